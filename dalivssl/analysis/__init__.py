@@ -1,0 +1,1 @@
+"""Analyses on pretrained checkpoints: downstream eval, retrieval, robustness, CKA, distillation."""

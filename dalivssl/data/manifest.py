@@ -1,0 +1,167 @@
+"""Video manifests: one JSON-lines file per dataset split, probed once, spoken in frame indices.
+
+Line 1 is a header ``{"format": "dalivssl-manifest", "version": 1, "root": ..., "classes": [...]}``;
+every following line is one :class:`VideoRecord`. Paths are stored relative to ``root``; ``root``
+itself is stored relative to the manifest file when it lies beside/below it, so a dataset folder can
+be moved as a whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from dalivssl.errors import DalivsslError
+
+FORMAT = "dalivssl-manifest"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One usable video (or one segment of a video).
+
+    path: file path relative to the manifest root. num_frames: exact decodable frame count of the
+    file. label: class index into ``Manifest.classes`` (-1 = unlabelled). start_frame/end_frame:
+    the usable frame range [start, end) inside the file (Diving48 annotations); end=-1 = num_frames.
+    video_id: identifier of the source video (segments of one video share it).
+    """
+
+    path: str
+    num_frames: int
+    label: int = -1
+    class_name: str = ""
+    split: str = "train"
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    codec: str = ""
+    start_frame: int = 0
+    end_frame: int = -1
+    video_id: str = ""
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def usable_frames(self) -> int:
+        """Number of frames in the usable range [start_frame, end_frame)."""
+        end = self.num_frames if self.end_frame < 0 else min(self.end_frame, self.num_frames)
+        return max(0, end - self.start_frame)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "VideoRecord":
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = dict(known.pop("extra", {}) or {})
+        extra.update({k: v for k, v in d.items() if k not in names})
+        return cls(**known, extra=extra)
+
+
+@dataclass
+class Manifest:
+    """A list of records with the dataset root and class names (index = label)."""
+
+    root: Path
+    records: list[VideoRecord]
+    classes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[VideoRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, i) -> VideoRecord:
+        return self.records[i]
+
+    def abspath(self, record: VideoRecord) -> Path:
+        """Absolute path of a record's file."""
+        return (self.root / record.path).resolve()
+
+    def paths(self) -> list[str]:
+        """Absolute paths of all records, in order (what the DALI pipeline reads)."""
+        return [str(self.abspath(r)) for r in self.records]
+
+    def select(self, records: Iterable[VideoRecord], **meta) -> "Manifest":
+        """A manifest over the same root and classes holding ``records``."""
+        return Manifest(self.root, list(records), list(self.classes), {**self.meta, **meta})
+
+    def split(self, name: str) -> "Manifest":
+        """Only the records of one split ('train', 'test', 'val', …)."""
+        return self.select(r for r in self.records if r.split == name)
+
+
+def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
+    """Write ``manifest`` as JSON lines, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(manifest.root).resolve()
+    try:
+        root_str = os.path.relpath(root, path.parent.resolve())
+        if root_str.startswith(".."):
+            root_str = str(root)
+    except ValueError:  # different drive (Windows)
+        root_str = str(root)
+    header = {"format": FORMAT, "version": VERSION, "root": root_str,
+              "classes": list(manifest.classes), **({"meta": manifest.meta} if manifest.meta else {})}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(header) + "\n")
+        for r in manifest.records:
+            f.write(json.dumps(r.to_json()) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _validate(rec: VideoRecord, root: Path, classes: Sequence[str], where: str) -> None:
+    if rec.num_frames < 0:
+        raise DalivsslError(f"{where}: {rec.path}: negative frame count {rec.num_frames}")
+    if not (rec.label == -1 or (classes and 0 <= rec.label < len(classes))) or (
+            rec.label != -1 and not classes):
+        raise DalivsslError(f"{where}: {rec.path}: unknown label {rec.label} "
+                            f"(manifest has {len(classes)} classes)")
+    full = (root / rec.path).resolve()
+    if os.path.isabs(rec.path) or not full.is_relative_to(root.resolve()):
+        raise DalivsslError(f"{where}: {rec.path}: path lies outside the manifest root {root}")
+
+
+def load_manifest(path: str | os.PathLike) -> Manifest:
+    """Read and validate a manifest; any bad line raises DalivsslError naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DalivsslError(f"{path}: manifest not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        raise DalivsslError(f"{path}: empty manifest")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError as exc:
+        raise DalivsslError(f"{path}:1: not a JSON header ({exc.msg})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise DalivsslError(f"{path}:1: not a dalivssl manifest (missing header)")
+    if header.get("version") != VERSION:
+        raise DalivsslError(f"{path}:1: unsupported manifest version {header.get('version')}")
+    root = Path(header["root"])
+    if not root.is_absolute():
+        root = (path.parent / root).resolve()
+    classes = list(header.get("classes", []))
+    records = []
+    for n, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            rec = VideoRecord.from_json(json.loads(line))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DalivsslError(f"{path}:{n}: bad record ({exc})") from None
+        _validate(rec, root, classes, f"{path}:{n}")
+        records.append(rec)
+    return Manifest(root, records, classes, header.get("meta", {}))

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny VP9 videos whose frames differ from each other (so frame-exact tests can
+tell any two frames apart), and the small synthetic dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def distinct_frames(num_frames: int, size: tuple[int, int] = (64, 80), seed: int = 0) -> np.ndarray:
+    """uint8 (F,H,W,3): frame i has a bright bar at a position that depends on i, a per-frame
+    grey level, and low-frequency texture, so every frame is distinguishable after VP9 coding."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 200, size=(h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)
+    base = np.kron(base, np.ones((8, 8, 1), np.float32))[:h, :w]
+    frames = np.empty((num_frames, h, w, 3), np.uint8)
+    for i in range(num_frames):
+        f = base.copy()
+        f *= 0.5 + 0.5 * ((i * 37) % 97) / 97.0
+        x = (i * 7) % max(1, w - 8)
+        y = (i * 3) % max(1, h - 8)
+        f[:, x:x + 8] = 255.0
+        f[y:y + 8, :, 1] = 0.0
+        frames[i] = np.clip(f, 0, 255).astype(np.uint8)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def make_video(tmp_path_factory):
+    """Factory: make_video(num_frames=48, size=(64,80), codec='vp9', name=None, gop=None) -> Path."""
+    from dalivssl.data.videoio import CODECS, write_video
+
+    root = tmp_path_factory.mktemp("videos")
+    counter = {"n": 0}
+
+    def _make(num_frames=48, size=(64, 80), codec="vp9", name=None, gop=None, fps=25, seed=0):
+        counter["n"] += 1
+        suffix = CODECS[codec][0]
+        path = root / (name or f"v{counter['n']}_{num_frames}{suffix}")
+        return write_video(path, distinct_frames(num_frames, size, seed), fps=fps, codec=codec,
+                           gop=gop)
+
+    return _make

@@ -41,3 +41,31 @@ def make_video(tmp_path_factory):
                            gop=gop)
 
     return _make
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-marked tests run only where a CUDA GPU exists."""
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory):
+    """A tiny synthetic dataset (train/test manifests) shared by the whole test session."""
+    from dalivssl.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth")
+    return generate(out, videos=12, classes=3, frames=40, size=64, seed=0)

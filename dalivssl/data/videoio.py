@@ -18,11 +18,12 @@ CODECS = {"vp9": (".webm", "libvpx-vp9"), "vp8": (".webm", "libvpx"),
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: int = 25,
                 codec: str = "vp9", gop: int | None = None, bitrate: int | None = None,
-                quality: str = "fast") -> Path:
+                quality: str = "fast", threads: int | None = None) -> Path:
     """Encode uint8 RGB frames (F,H,W,3) into ``path``; returns the path.
 
     VP9 uses libvpx realtime settings (fast enough for the synthetic dataset on 2 cores); ``gop``
-    sets the keyframe interval (None = encoder default).
+    sets the keyframe interval (None = encoder default); ``threads`` the encoder threads (None =
+    codec default; 1 inside worker pools, which already use every core).
     """
     import av
 
@@ -51,6 +52,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
             if codec in ("vp9", "vp8"):
                 opts["g"] = str(int(gop))
                 opts["keyint_min"] = str(int(gop))
+        if threads is not None:
+            stream.codec_context.thread_count = int(threads)
+            if codec in ("vp9", "vp8"):
+                opts["row-mt"] = "0" if int(threads) == 1 else "1"
         stream.options = opts
         for img in _chain(first, frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img, dtype=np.uint8),

@@ -1,0 +1,144 @@
+"""Video-level outputs of a model over an evaluation loader (shared by finetune, retrieval, …).
+
+The evaluation protocol of the benchmark (Kumar et al., arXiv 2306.06010; VCOP, Xu et al. CVPR
+2019, ``retrieve_clips.py``) scores a video from N evenly spaced clips: the model runs on every clip
+and the N outputs (features or logits) are averaged. :func:`extract` does exactly that for any
+iterable of :class:`pipelines.types.Batch` whose ``clips`` are B×K×C×T×H×W (K = N clips of one
+video per sample), so it works on the DALI loader and on hand-made batches alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from dalivssl.errors import DalivsslError
+
+#: clip settings that change what a feature means (they go into cache keys)
+CLIP_KEYS = ("num_clips", "clip_len", "size", "normalize")
+
+
+@dataclass
+class VideoOutputs:
+    """Per-video outputs, ordered by manifest position.
+
+    video: float32 V×D, the mean over the K clips of each video.
+    clips: float32 V×K×D, the per-clip outputs (None when not kept).
+    targets: int64 V, manifest labels (-1 = unlabelled).
+    indices: int64 V, positions in the manifest (ascending, unique).
+    """
+
+    video: np.ndarray
+    clips: np.ndarray | None
+    targets: np.ndarray
+    indices: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.video.shape[0])
+
+
+def extract(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, device="cpu",
+            keep_clips: bool = True, on_batch: Callable[[int], None] | None = None
+            ) -> VideoOutputs:
+    """Run ``fn`` (N×C×T×H×W → N×D) on every clip of every batch and average per video.
+
+    A video that appears twice (sharded loaders pad the last batch with repeats) is kept once.
+    ``on_batch(batch_size)`` is called after each batch (progress bars).
+    """
+    outs: dict[int, np.ndarray] = {}
+    targets: dict[int, int] = {}
+    with torch.no_grad():
+        for batch in batches:
+            x = batch.clips.to(device, non_blocking=True).float()
+            if x.dim() != 6:
+                raise DalivsslError(f"expected clips B×K×C×T×H×W, got shape {tuple(x.shape)}")
+            b, k = x.shape[:2]
+            y = fn(x.flatten(0, 1))
+            y = y.reshape(b, k, -1).float().cpu().numpy()
+            idx = _as_numpy(batch.indices).astype(np.int64).reshape(-1)
+            tgt = _as_numpy(batch.targets).astype(np.int64).reshape(-1)
+            for i in range(b):
+                key = int(idx[i])
+                if key not in outs:
+                    outs[key] = y[i]
+                    targets[key] = int(tgt[i])
+            if on_batch is not None:
+                on_batch(b)
+    if not outs:
+        raise DalivsslError("no videos to evaluate (empty loader: every video skipped or "
+                            "the manifest split is empty)")
+    order = sorted(outs)
+    clips = np.stack([outs[i] for i in order]).astype(np.float32)
+    return VideoOutputs(video=clips.mean(axis=1), clips=clips if keep_clips else None,
+                        targets=np.array([targets[i] for i in order], np.int64),
+                        indices=np.array(order, np.int64))
+
+
+def backbone_features(backbone, batches: Iterable, device="cpu", keep_clips: bool = False,
+                      on_batch=None) -> VideoOutputs:
+    """Pooled backbone features (``forward_features``, B×D) averaged over each video's clips.
+
+    The backbone runs in eval mode (BN running statistics, no dropout); its mode is restored.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return extract(backbone.forward_features, batches, device, keep_clips, on_batch)
+    finally:
+        backbone.train(was_training)
+
+
+def model_logits(model, batches: Iterable, device="cpu", on_batch=None) -> VideoOutputs:
+    """Per-clip logits of a classifier (``model(x)`` B×C) with their per-video mean."""
+    was_training = model.training
+    model.eval()
+    try:
+        return extract(model, batches, device, True, on_batch)
+    finally:
+        model.train(was_training)
+
+
+def loader_device(device) -> str:
+    """torch device ('cpu', 'cuda', 'cuda:0') -> DALI loader device ('cpu' | 'gpu')."""
+    return "gpu" if str(device).startswith("cuda") or str(device) == "gpu" else "cpu"
+
+
+def make_loader(task: str, manifest, where: str = "", **kw):
+    """``PretextLoader(task, manifest, **kw)``; its one-line input errors become DalivsslError
+    (pipelines cannot import dalivssl, so they raise ValueError subclasses)."""
+    from pipelines.loader import PretextLoader
+
+    kw["device"] = loader_device(kw.get("device", "cpu"))
+    try:
+        return PretextLoader(task, manifest, **kw)
+    except ValueError as exc:
+        raise DalivsslError(f"{where or 'loader'}: {exc}") from None
+
+
+def check_input_size(backbone, clip_len: int, size: int, arch: str = "") -> None:
+    """Fail early, in one line, when clips are smaller than the backbone can take."""
+    t, h, w = getattr(backbone, "min_input", (1, 1, 1))
+    if clip_len < t or size < max(h, w):
+        raise DalivsslError(f"{arch or type(backbone).__name__} needs clips of at least {t} "
+                            f"frames and {max(h, w)} px; got --clip-len {clip_len} --size {size}")
+
+
+def eval_loader(manifest, num_clips: int, batch_size: int, clip_len: int, size: int,
+                device: str = "cpu", seed: int = 0, normalize: str | None = None,
+                num_threads: int = 2, where: str = ""):
+    """The evaluation loader (contracts C3/C4): N evenly spaced centre-cropped clips per video,
+    no augmentation, every video once (no drop_last)."""
+    opts = {"num_clips": int(num_clips)}
+    if normalize is not None:
+        opts["normalize"] = normalize
+    return make_loader("eval", manifest, where, batch_size=batch_size, device=device,
+                       clip_len=clip_len, size=size, seed=seed, augment=False,
+                       drop_last=False, num_threads=num_threads, **opts)
+
+
+def _as_numpy(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().numpy()
+    return np.asarray(t)

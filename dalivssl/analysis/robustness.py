@@ -1,0 +1,453 @@
+"""Noise-robustness sweep: clean and perturbed video accuracy per (noise, severity), and R_s.
+
+Kumar et al. (arXiv 2306.06010) measure robustness as the relative drop
+``R_s = (A_c − A_p) / A_c`` (lower is better; = 1 − γʳ of Schiappa et al., arXiv 2207.01398) for
+gaussian, shot, impulse and speckle noise at severities 1..5 (spec/noise.md §5). A_p is computed
+per (noise, severity) cell and then averaged without weights: pooling all noisy videos would weight
+the cells by their video counts.
+
+Cost model: each test clip is decoded ONCE per group of models that share (clip_len, size); every
+noise cell is drawn from that uint8 batch by one DALI pipeline (:class:`pipelines.noise.NoiseRunner`,
+one output per cell, noise at model resolution before normalisation); the cells are then stacked
+into large forward batches. All models of a group see the same noisy pixels.
+
+HDF5 layout (one group per model, ``robustness/<model>``):
+  ``indices`` int64 V, ``targets`` int64 V          the test videos (manifest positions, labels)
+  ``cells/<cell>`` int64 V                          video-level predictions of a cell; attrs
+                                                    accuracy, correct, videos. <cell> is
+                                                    ``clean`` or ``<noise>_<severity>``.
+  ``accuracy`` float (n_noise, n_sev)               A_p; attrs noises, severities
+  ``rs`` float (n_noise, n_sev)                     R_s
+  ``clean_acc``, ``mean_acc``, ``mean_rs``          scalars (means unweighted over the cells)
+  ``rs_by_noise`` (n_noise), ``rs_by_severity`` (n_sev)
+  ``noises`` str list, ``severities`` int (n_sev), ``settings`` JSON text (constants, rounding,
+  seed, clips, decoder, checkpoint): a resumed sweep must use the same settings.
+Cells already present are skipped (resumable per cell).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dalivssl.errors import DalivsslError
+
+CLEAN = ("clean", 0)
+GROUP = "robustness"
+
+
+def cell_name(cell) -> str:
+    return "clean" if cell[1] == 0 else f"{cell[0]}_{int(cell[1])}"
+
+
+def sweep_cells(noises: Sequence[str], severities: Sequence[int]) -> list[tuple[str, int]]:
+    """The clean cell (severity 0) followed by every (noise, severity)."""
+    return [CLEAN] + [(n, int(s)) for n in noises for s in severities]
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What a cell's numbers depend on besides the model (checked when resuming)."""
+
+    noises: tuple[str, ...] = ("gaussian", "shot", "impulse", "speckle")
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    constants: str = "imagenet-c"
+    rounding: str = "floor"
+    clips_per_video: int = 5
+    seed: int = 0
+    decoder: str = "dali"
+
+    def key(self) -> dict:
+        """The settings a stored cell must share (the cell lists may grow between runs)."""
+        d = asdict(self)
+        d.pop("noises"), d.pop("severities")
+        return d
+
+
+@dataclass
+class SweepModel:
+    """A classifier under test. model: B×C×T×H×W float → B×num_classes logits."""
+
+    name: str
+    model: torch.nn.Module
+    normalize: str
+    clip_len: int
+    size: int
+    num_classes: int
+    source: str = ""
+
+
+@dataclass
+class CellTiming:
+    """Seconds spent per stage (the sweep-cost benchmark reads these)."""
+
+    decode: float = 0.0
+    noise: float = 0.0
+    forward: float = 0.0
+    batches: int = 0
+    clips: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return self.decode + self.noise + self.forward
+
+
+# ----------------------------------------------------------------------------------- models
+def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[SweepModel]:
+    """Finetuned checkpoints (contract C7) → SweepModel list with unique names."""
+    from dalivssl.engine.checkpoint import load_classifier
+
+    out, names = [], set()
+    for p in paths:
+        p = Path(p)
+        model, ckpt = load_classifier(p, device=device)
+        name = p.stem if p.stem not in names else f"{p.parent.name}_{p.stem}"
+        k = 2
+        while name in names:
+            name, k = f"{p.stem}_{k}", k + 1
+        names.add(name)
+        out.append(SweepModel(name, model, str(ckpt.get("normalize", "imagenet")),
+                              int(ckpt["clip_len"]), int(ckpt["size"]), int(ckpt["num_classes"]),
+                              str(p)))
+    return out
+
+
+def _normalize(raw, mode: str):
+    from pipelines.loader import normalize_clips
+
+    return normalize_clips(raw, mode)
+
+
+# ----------------------------------------------------------------------------------- sources
+def dali_source(manifest, clips_per_video: int, clip_len: int, size: int, batch_size: int,
+                device: str = "cpu", seed: int = 0, num_threads: int = 2):
+    """The DALI evaluation loader in raw mode: Batch.clips uint8 B×K×T×H×W×C (contract C4)."""
+    from pipelines.loader import PretextLoader
+
+    return PretextLoader("eval", manifest, batch_size=batch_size, device=device,
+                         clip_len=clip_len, size=size, seed=seed, augment=False, raw=True,
+                         drop_last=False, num_threads=num_threads, num_clips=int(clips_per_video))
+
+
+class PyAVSource:
+    """Reference decode path (PyAV: any codec PyAV knows, e.g. H.264 on a CPU-only machine).
+
+    Clips and crop boxes come from the same ``eval`` sampler as the DALI loader (N evenly spaced
+    clips, centre crop); frames are decoded with PyAV, cropped and resized (bilinear, antialias)
+    in torch. Yields ``pipelines.types.Batch`` with uint8 clips B×K×T×H×W×C like the raw DALI
+    loader. Pixel values differ from DALI's decoder and resize (spec/dali.md §1), so do not mix
+    the two paths within one study. Unusable videos are skipped and counted in ``skipped``.
+    """
+
+    def __init__(self, manifest, clips_per_video: int, clip_len: int, size: int, batch_size: int,
+                 seed: int = 0):
+        from pipelines.samplers import SAMPLERS
+
+        self.manifest, self.size, self.batch_size = manifest, int(size), int(batch_size)
+        self.sampler = SAMPLERS["eval"](clip_len=clip_len, size=size, augment=False,
+                                        num_clips=int(clips_per_video))
+        self.records = list(manifest.records)
+        self.seed = int(seed)
+        self.skipped: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return -(-len(self.records) // self.batch_size)
+
+    def _clip(self, i: int, rec) -> np.ndarray:
+        from dalivssl.data.videoio import decode_frames
+        from pipelines.types import sample_rng
+
+        plan = self.sampler.plan(rec, sample_rng(self.seed, 0, i))
+        K, T = plan.frames.shape
+        frames = torch.from_numpy(decode_frames(self.manifest.abspath(rec), plan.frames.reshape(-1)))
+        h, w = frames.shape[1:3]
+        x = frames.reshape(K, T, h, w, -1)
+        out = []
+        for k in range(K):
+            y0, x0, bh, bw = np.asarray(plan.params["crop"][k], np.float64)
+            r0, c0 = int(round(y0 * h)), int(round(x0 * w))
+            r1, c1 = max(r0 + 1, int(round((y0 + bh) * h))), max(c0 + 1, int(round((x0 + bw) * w)))
+            clip = x[k, :, r0:r1, c0:c1].permute(0, 3, 1, 2).float()
+            clip = torch.nn.functional.interpolate(clip, size=(self.size, self.size),
+                                                   mode="bilinear", align_corners=False,
+                                                   antialias=True)
+            out.append(clip.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1))
+        return torch.stack(out).numpy()
+
+    def __iter__(self):
+        from pipelines.types import Batch
+
+        for lo in range(0, len(self.records), self.batch_size):
+            clips, tg, ix = [], [], []
+            for i in range(lo, min(lo + self.batch_size, len(self.records))):
+                rec = self.records[i]
+                try:
+                    clips.append(self._clip(i, rec))
+                except Exception as exc:  # unusable video: counted, like the DALI loader does
+                    reason = type(exc).__name__
+                    self.skipped[reason] = self.skipped.get(reason, 0) + 1
+                    continue
+                tg.append(rec.label)
+                ix.append(i)
+            if not clips:
+                continue
+            yield Batch(clips=torch.from_numpy(np.stack(clips)), labels=torch.tensor(tg),
+                        targets=torch.tensor(tg), indices=torch.tensor(ix))
+
+
+# ----------------------------------------------------------------------------------- the sweep
+def _pending(results, model: SweepModel, cells) -> list:
+    if results is None:
+        return list(cells)
+    group = f"{GROUP}/{model.name}"
+    return [c for c in cells if not results.has(group, f"cells/{cell_name(c)}")]
+
+
+def _check_settings(results, model: SweepModel, settings: SweepSettings) -> None:
+    group = f"{GROUP}/{model.name}"
+    want = {**settings.key(), "checkpoint": model.source}
+    if results.has(group, "settings"):
+        have = json.loads(results.read(group, "settings"))
+        diff = sorted(k for k in want if have.get(k) != want[k])
+        if diff:
+            raise DalivsslError(
+                f"{results.path}: model {model.name!r} was swept with other settings "
+                f"({', '.join(f'{k}={have.get(k)!r}' for k in diff)}); use another --out or the "
+                f"same settings to resume")
+    else:
+        results.write(group, "settings", json.dumps(want))
+
+
+def evaluate_cells(models: Sequence[SweepModel], batches: Iterable, cells_per_model: dict,
+                   settings: SweepSettings, device: str = "cpu", forward_clips: int = 64,
+                   noise_device: str | None = None, on_batch: Callable[[int], None] | None = None,
+                   timing: CellTiming | None = None) -> dict:
+    """One pass over ``batches`` (uint8 B×K×T×H×W×C clips): every model × its pending cells.
+
+    Returns {model name: {cell: (indices V, targets V, predictions V)}} at video level: the logits
+    of a video's K clips are averaged (VCOP / Kumar et al. protocol). Videos repeated by a padded
+    loader count once. ``forward_clips``: clips per forward call (cells are stacked to fill it).
+    """
+    from pipelines.noise import NoiseRunner
+
+    timing = timing if timing is not None else CellTiming()
+    tdev = torch.device("cuda" if device == "gpu" else "cpu")
+    noise_device = noise_device or device
+    noise_cells = sorted({c for cs in cells_per_model.values() for c in cs if c != CLEAN},
+                         key=lambda c: (c[0], c[1]))
+    runner = None
+    logits = {m.name: {c: {} for c in cells_per_model[m.name]} for m in models}
+    targets: dict[int, int] = {}
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        raw = batch.clips
+        if raw.dtype != torch.uint8 or raw.dim() != 6:
+            raise DalivsslError(f"robustness needs raw uint8 clips B×K×T×H×W×C, got "
+                                f"{raw.dtype} {tuple(raw.shape)}")
+        B, K, T, H, W, C = raw.shape
+        idx = batch.indices.cpu().numpy().astype(np.int64)
+        for i, t in zip(idx, batch.targets.cpu().numpy()):
+            targets.setdefault(int(i), int(t))
+        t1 = time.perf_counter()
+        timing.decode += t1 - t0
+        # every cell of this batch as uint8 B×K×T×H×W×C
+        views = {CLEAN: raw}
+        if noise_cells:
+            if runner is None or runner.max_batch_size < B:
+                runner = NoiseRunner(noise_cells, max(B, getattr(batches, "batch_size", B)),
+                                     settings.constants, settings.rounding, settings.seed,
+                                     device=noise_device)
+            flat = raw.reshape(B, K * T, H, W, C)
+            flat = flat if noise_device == "gpu" else flat.cpu()
+            for cell, tl in zip(runner.cells, runner.run(flat)):
+                views[cell] = _to_torch(tl, noise_device).reshape(B, K, T, H, W, C)
+        t2 = time.perf_counter()
+        timing.noise += t2 - t1
+        for m in models:
+            cells = cells_per_model[m.name]
+            per = max(1, forward_clips // (B * K))  # cells stacked per forward call
+            for j in range(0, len(cells), per):
+                chunk = cells[j:j + per]
+                x = torch.cat([views[c].to(tdev, non_blocking=True) for c in chunk])
+                x = _normalize(x, m.normalize).flatten(0, 1)  # (n·B·K, C, T, H, W)
+                with torch.inference_mode():
+                    y = m.model(x).float().reshape(len(chunk), B, K, -1).mean(2).cpu().numpy()
+                for c, yc in zip(chunk, y):
+                    store = logits[m.name][c]
+                    for i, row in zip(idx, yc):
+                        store.setdefault(int(i), row)
+        timing.forward += time.perf_counter() - t2
+        timing.batches += 1
+        timing.clips += B * K
+        if on_batch is not None:
+            on_batch(B)
+    if not targets:
+        raise DalivsslError("no test videos could be evaluated (empty manifest or every video "
+                            "skipped)")
+    order = np.array(sorted(targets), np.int64)
+    tg = np.array([targets[int(i)] for i in order], np.int64)
+    out = {}
+    for m in models:
+        out[m.name] = {}
+        for c, store in logits[m.name].items():
+            pred = np.array([int(np.argmax(store[int(i)])) for i in order], np.int64)
+            out[m.name][c] = (order, tg, pred)
+    return out
+
+
+def _to_torch(tl, device: str):
+    """A DALI TensorList (uniform shape) → torch tensor, zero-copy through DLPack."""
+    t = tl.as_tensor()
+    return torch.from_dlpack(t) if device == "gpu" else torch.from_numpy(np.array(t))
+
+
+def write_cells(results, model: SweepModel, cells_out: dict) -> None:
+    group = f"{GROUP}/{model.name}"
+    for cell, (idx, tg, pred) in cells_out.items():
+        if results.has(group, "indices"):
+            old = np.asarray(results.read(group, "indices"))
+            if not np.array_equal(old, idx):
+                raise DalivsslError(f"{results.path}: model {model.name!r}: the test videos "
+                                    f"differ from the stored ones; use another --out")
+        else:
+            results.write(group, "indices", idx)
+            results.write(group, "targets", tg)
+        correct = int((pred == tg).sum())
+        results.write(group, f"cells/{cell_name(cell)}", pred, accuracy=correct / len(tg),
+                      correct=correct, videos=int(len(tg)), noise=cell[0], severity=int(cell[1]))
+
+
+def summarize(results, model: SweepModel, settings: SweepSettings) -> dict:
+    """From the stored cells: A_c, A_p[noise, sev], R_s[noise, sev] and the unweighted means."""
+    group = f"{GROUP}/{model.name}"
+    acc_of = lambda c: float(results.attrs(group, f"cells/{cell_name(c)}")["accuracy"])  # noqa
+    clean = acc_of(CLEAN)
+    noises, sevs = list(settings.noises), list(settings.severities)
+    acc = np.array([[acc_of((n, s)) for s in sevs] for n in noises], np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rs = (clean - acc) / clean if clean > 0 else np.full_like(acc, np.nan)
+    summary = {"model": model.name, "clean_acc": clean, "accuracy": acc, "rs": rs,
+               "mean_acc": float(acc.mean()), "mean_rs": float(rs.mean()),
+               "rs_by_noise": rs.mean(axis=1), "rs_by_severity": rs.mean(axis=0),
+               "noises": noises, "severities": sevs}
+    attrs = {"noises": noises, "severities": sevs, "constants": settings.constants}
+    results.write(group, "accuracy", acc, **attrs)
+    results.write(group, "rs", rs, **attrs)
+    results.write(group, "clean_acc", clean)
+    results.write(group, "mean_acc", summary["mean_acc"])
+    results.write(group, "mean_rs", summary["mean_rs"])
+    results.write(group, "rs_by_noise", summary["rs_by_noise"], noises=noises)
+    results.write(group, "rs_by_severity", summary["rs_by_severity"], severities=sevs)
+    results.write(group, "noises", noises)
+    results.write(group, "severities", np.array(sevs, np.int64))
+    return summary
+
+
+def run_sweep(models: Sequence[SweepModel], make_source: Callable[[int, int], Iterable],
+              results, settings: SweepSettings, device: str = "cpu", forward_clips: int = 64,
+              progress: Callable | None = None, timing: CellTiming | None = None) -> list[dict]:
+    """Sweep every model; returns one summary dict per model (see :func:`summarize`).
+
+    make_source(clip_len, size) → an iterable of raw batches (one decode pass). Models sharing
+    (clip_len, size) share the pass. Cells already in ``results`` are skipped.
+    progress(total_videos_or_None, description) → callable(n) advancing a bar, or None.
+    """
+    cells = sweep_cells(settings.noises, settings.severities)
+    for m in models:
+        _check_settings(results, m, settings)
+    groups: dict[tuple[int, int], list[SweepModel]] = {}
+    for m in models:
+        groups.setdefault((m.clip_len, m.size), []).append(m)
+    for (clip_len, size), ms in groups.items():
+        pending = {m.name: _pending(results, m, cells) for m in ms}
+        todo = [m for m in ms if pending[m.name]]
+        if not todo:
+            continue
+        source = make_source(clip_len, size)
+        n_cells = len({c for m in todo for c in pending[m.name]})
+        on_batch = None
+        if progress is not None:
+            on_batch = progress(len(getattr(source, "records", [])) or None,
+                                f"{', '.join(m.name for m in todo)}: {n_cells} cells, "
+                                f"T={clip_len} {size}px")
+        out = evaluate_cells(todo, source, {m.name: pending[m.name] for m in todo}, settings,
+                             device=device, forward_clips=forward_clips, on_batch=on_batch,
+                             timing=timing)
+        for m in todo:
+            write_cells(results, m, out[m.name])
+    return [summarize(results, m, settings) for m in models]
+
+
+# ----------------------------------------------------------------------------------- outputs
+def write_csv(summaries: Sequence[dict], path: str | Path) -> Path:
+    """One row per (model, noise, severity) plus the clean row (severity 0)."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "noise", "severity", "accuracy", "clean_accuracy", "rs"])
+        for s in summaries:
+            w.writerow([s["model"], "clean", 0, f"{s['clean_acc']:.6f}", f"{s['clean_acc']:.6f}",
+                        f"{0.0:.6f}"])
+            for i, n in enumerate(s["noises"]):
+                for j, sev in enumerate(s["severities"]):
+                    w.writerow([s["model"], n, sev, f"{s['accuracy'][i, j]:.6f}",
+                                f"{s['clean_acc']:.6f}", f"{s['rs'][i, j]:.6f}"])
+    return path
+
+
+def plot_rs(summaries: Sequence[dict], path: str | Path) -> Path:
+    """R_s against severity: one panel per noise, one line per model (PNG, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    noises = summaries[0]["noises"]
+    fig, axes = plt.subplots(1, len(noises), figsize=(3.2 * len(noises), 3.0), sharey=True,
+                             squeeze=False)
+    for ax, (i, n) in zip(axes[0], enumerate(noises)):
+        for s in summaries:
+            ax.plot(s["severities"], s["rs"][i], marker="o", label=s["model"])
+        ax.set_title(n)
+        ax.set_xlabel("severity")
+        ax.set_xticks(summaries[0]["severities"])
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("R_s = (A_c − A_p) / A_c")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def rich_table(summaries: Sequence[dict]):
+    """R_s per model × noise (columns: severities, mean) plus the clean accuracy."""
+    from rich.table import Table
+
+    sevs = summaries[0]["severities"]
+    t = Table(title="Noise robustness R_s = (A_c − A_p)/A_c (lower is better)")
+    for col in ["model", "A_c", "noise"] + [f"s{s}" for s in sevs] + ["mean"]:
+        t.add_column(col, justify="left" if col in ("model", "noise") else "right")
+    for s in summaries:
+        for i, n in enumerate(s["noises"]):
+            t.add_row(s["model"] if i == 0 else "", f"{s['clean_acc']:.3f}" if i == 0 else "", n,
+                      *[f"{v:.3f}" for v in s["rs"][i]], f"{s['rs_by_noise'][i]:.3f}")
+        t.add_row("", "", "[b]mean[/b]", *[f"{v:.3f}" for v in s["rs_by_severity"]],
+                  f"[b]{s['mean_rs']:.3f}[/b]", end_section=True)
+    return t

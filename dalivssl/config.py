@@ -1,0 +1,207 @@
+"""Typed, flat run configuration: one YAML per experiment + ``--set key=value`` overrides.
+
+A config is a frozen dataclass with flat fields (no nesting, no ``_base_`` chains). The two task
+sub-configs, ``sampler`` and ``head``, are plain option dicts passed to the pretext sampler and the
+task's ``build_head``; they are checked against those signatures when the run is built
+(:func:`check_options`). Unknown keys and wrongly typed values raise :class:`DalivsslError`.
+
+Precedence: dataclass defaults < YAML file < explicit CLI flags < ``--set`` overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dalivssl.errors import DalivsslError
+
+SUB_CONFIGS = ("sampler", "head")  # dict-valued fields: task options, keys checked at build time
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """``dalivssl pretrain``. CPU-friendly defaults: 8-frame clips at 64 px (the paper uses 16 at
+    112); ``None`` optimiser fields mean "the task's SPEC value"."""
+
+    task: str = "vcop"
+    arch: str = "shufflenet"
+    data: str | None = None           # train manifest; None = embedded synthetic dataset
+    subset: int | None = None         # number of training videos (nested, class-balanced)
+    epochs: int = 10
+    max_steps: int | None = None      # stops after this many optimiser steps (wins over epochs)
+    batch_size: int = 8               # per process
+    clip_len: int = 8
+    size: int = 64
+    seed: int = 0
+    device: str = "cpu"               # cpu | gpu
+    out: str | None = None            # run dir; None = runs/pretrain/<task>_<arch>
+    threads: int = 2                  # torch intra-op threads and DALI threads
+    optimizer: str | None = None      # sgd | adamw
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None       # constant | step | cosine
+    warmup_steps: int | None = None
+    milestones: tuple[float, ...] | None = None  # 'step' decay points, fractions of total steps
+    gamma: float = 0.1                # 'step' decay factor
+    min_lr_ratio: float = 0.0         # 'cosine' floor as a fraction of lr
+    grad_clip: float | None = None    # max gradient norm
+    amp: bool = False                 # bfloat16 autocast (GPU only)
+    deterministic: bool = False       # torch.use_deterministic_algorithms: bitwise resume on CPU
+    ckpt_every: int = 50              # steps between checkpoints (and one at the end)
+    log_every: int = 5
+    tensorboard: bool = True
+    progress: bool = True
+    sampler: dict = field(default_factory=dict)  # task sampler options (over SPEC defaults)
+    head: dict = field(default_factory=dict)     # task head options (over SPEC defaults)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs/pretrain") / f"{self.task}_{self.arch}"
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(key: str, value, tp):
+    """Check/convert ``value`` to the annotation ``tp`` (int, float, str, bool, dict, optional,
+    tuple[x, ...])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except DalivsslError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is tuple:
+        (elem, *_rest) = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise DalivsslError(f"config key {key!r}: expected a list, got {value!r}")
+        return tuple(_coerce(key, v, elem) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    raise DalivsslError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(cls, values: dict, base=None):
+    """A new ``cls`` from ``base`` (or defaults) updated with ``values``; keys and types checked."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    current = dataclasses.asdict(base) if base is not None else {}
+    for key, value in values.items():
+        if key not in hints:
+            raise DalivsslError(f"unknown config key {key!r}; valid: {', '.join(names)}")
+        value = _coerce(key, value, hints[key])
+        if key in SUB_CONFIGS:
+            value = {**current.get(key, {}), **value}
+        current[key] = value
+    return cls(**current)
+
+
+def parse_set(items) -> dict:
+    """``['lr=0.1', 'head.queue_size=500']`` -> ``{'lr': 0.1, 'head': {'queue_size': 500}}``.
+    Values are YAML scalars/lists (``milestones=[0.5,0.75]``, ``amp=true``)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise DalivsslError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if "." in key:
+            sub, opt = key.split(".", 1)
+            if sub not in SUB_CONFIGS:
+                raise DalivsslError(f"--set {item!r}: only {', '.join(SUB_CONFIGS)} take "
+                                    "dotted keys")
+            out.setdefault(sub, {})[opt] = value
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path) -> dict:
+    """The mapping in a YAML config file (DalivsslError if missing or not a mapping)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise DalivsslError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DalivsslError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DalivsslError(f"{path}: config must be a mapping of key: value")
+    return data
+
+
+def resolve(cls, yaml_path=None, flags: dict | None = None, sets=None):
+    """defaults < YAML < flags (None values ignored) < --set."""
+    cfg = cls()
+    if yaml_path:
+        try:
+            cfg = from_dict(cls, load_yaml(yaml_path), cfg)
+        except DalivsslError as exc:
+            raise DalivsslError(f"{yaml_path}: {exc}") from None
+    cfg = from_dict(cls, {k: v for k, v in (flags or {}).items() if v is not None}, cfg)
+    return from_dict(cls, parse_set(sets), cfg)
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict (tuples as lists) for YAML and checkpoints."""
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def save_yaml(cfg, path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_options(what: str, fn, options: dict, reserved=()) -> None:
+    """Raise DalivsslError if ``options`` has a key ``fn`` does not accept (or a reserved one)."""
+    params = inspect.signature(fn).parameters
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and n not in reserved and n not in ("self", "backbone")]
+    for key in options:
+        if key in reserved or (not accepts_any and key not in params):
+            raise DalivsslError(f"unknown {what} option {key!r}; valid: {', '.join(valid)}")

@@ -1,0 +1,182 @@
+"""Transcode a dataset into what DALI decodes fast: VP9/MJPEG for the CPU decoder, H.264 for the
+GPU, short side resized, short GOP, optionally cut into short segments.
+
+Why segments: DALI's CPU ``decoders.video`` decodes from frame 0 up to the highest requested frame
+on every call (spec/dali.md §7), so a clip near the end of a 300-frame video costs ~10x one at the
+start. Segments of N frames bound that cost.
+
+Segmenting (``segment_frames=N``) cuts the usable range [start_frame, end_frame) of each video
+into consecutive segments of N frames. A tail shorter than N/2 is appended to the previous
+segment (segments hold N..N + N/2 - 1 frames), a longer tail becomes its own segment, and a video
+shorter than N is one segment: no frame is ever dropped, so the segments of a video sum to its
+usable frame count. Each segment is a record with ``video_id`` = the source's id and ``extra``
+``{"segment": i, "source_start": k, "source": path}`` (k = absolute first frame in the source).
+Without segmenting, each video becomes one file and start_frame/end_frame are carried over.
+
+Resumable: outputs are written under a temporary name and renamed when complete; a video's
+records are then saved to ``OUT/.done/<path>.json`` and a rerun skips videos that have one. One bad
+input is reported and never stops the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+from dalivssl.data import parallel
+from dalivssl.data.manifest import Manifest, VideoRecord, save_manifest
+from dalivssl.data.videoio import CODECS
+from dalivssl.errors import DalivsslError, VideoError
+
+PREPARE_CODECS = ("vp9", "mjpeg", "h264")
+DONE_DIR = ".done"
+
+
+def _out_size(w: int, h: int, short_side: int | None) -> tuple[int, int]:
+    """Size with the short side = ``short_side`` (None/0: unchanged), both even (yuv420p)."""
+    if short_side:
+        s = short_side / min(w, h)
+        w, h = w * s, h * s
+    return max(2, int(round(w / 2)) * 2), max(2, int(round(h / 2)) * 2)
+
+
+def _frames(src: Path, short_side: int | None, start: int, end: int):
+    """Yield resized rgb24 frames [start, end) of ``src`` (end=-1: to the last frame)."""
+    import av
+
+    with av.open(str(src)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        size = None
+        for i, f in enumerate(c.decode(stream)):
+            if end >= 0 and i >= end:
+                break
+            if i < start:
+                continue
+            if size is None:
+                size = _out_size(f.width, f.height, short_side)
+            yield f.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+
+
+def _segments(frames, n: int | None):
+    """Group a frame iterator into lists per the segment rule above (None: one segment)."""
+    if not n:
+        yield list(frames)
+        return
+    ready, cur = None, []
+    for f in frames:
+        cur.append(f)
+        if len(cur) == n:
+            if ready is not None:
+                yield ready
+            ready, cur = cur, []
+        elif ready is not None and len(cur) == (n + 1) // 2:
+            yield ready  # the next segment will be long enough: the previous one is final
+            ready = None
+    if ready is not None and cur and len(cur) < (n + 1) // 2:
+        yield ready + cur
+    else:
+        if ready is not None:
+            yield ready
+        if cur:
+            yield cur
+
+
+def _prepare_one(job: dict) -> tuple[str, list[dict] | str]:
+    """Worker: transcode one source video; returns (source path, records) or (path, reason)."""
+    from dalivssl.data.probe import probe
+    from dalivssl.data.videoio import write_video
+
+    rec = VideoRecord.from_json(job["record"])
+    out_root = Path(job["out"])
+    src = Path(job["src"])
+    done = out_root / DONE_DIR / (rec.path + ".json")
+    if done.is_file():
+        return rec.path, json.loads(done.read_text())
+    suffix = CODECS[job["codec"]][0]
+    stem = Path(rec.path).with_suffix("")
+    seg_n = job["segment_frames"]
+    # the encoder wants a rational rate: 29.97 -> 2997/100
+    fps = Fraction(job["fps"] or 25).limit_denominator(1001)
+    written: list[Path] = []
+    try:
+        probe(src)  # missing / empty / not a video / truncated: the canonical one-line reason
+        start = rec.start_frame if seg_n else 0
+        end = rec.end_frame if seg_n else -1
+        rows, k = [], start
+        for i, seg in enumerate(_segments(_frames(src, job["short_side"], start, end), seg_n)):
+            if not seg:
+                break
+            rel = f"{stem}_seg{i:04d}{suffix}" if seg_n else f"{stem}{suffix}"
+            final = out_root / rel
+            tmp = final.with_name(final.stem + ".partial" + suffix)
+            write_video(tmp, seg, fps=fps, codec=job["codec"], gop=job["gop"],
+                        threads=job["threads"])
+            info = probe(tmp)
+            if info["num_frames"] != len(seg):
+                raise VideoError(src, f"re-encoded segment {i} holds {info['num_frames']} "
+                                      f"frames, {len(seg)} were written")
+            os.replace(tmp, final)
+            written.append(final)
+            d = rec.to_json()
+            d.update(path=rel, num_frames=len(seg), fps=info["fps"], width=info["width"],
+                     height=info["height"], codec=info["codec"],
+                     video_id=rec.video_id or Path(rec.path).stem)
+            if seg_n:
+                d.update(start_frame=0, end_frame=-1,
+                         extra={**rec.extra, "segment": i, "source_start": k,
+                                "source": rec.path})
+            rows.append(d)
+            k += len(seg)
+        if not rows:
+            raise VideoError(src, "truncated or corrupt (no frames decoded)")
+    except Exception as exc:  # one bad input must never stop the others
+        for p in written:
+            p.unlink(missing_ok=True)
+        for p in out_root.glob(f"{stem}*.partial{suffix}"):
+            p.unlink(missing_ok=True)
+        reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
+        return rec.path, reason.splitlines()[0] if reason else "failed"
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(rows))
+    os.replace(tmp, done)
+    return rec.path, rows
+
+
+def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | None = 128,
+            gop: int | None = 16, segment_frames: int | None = None, workers: int | None = None,
+            progress: bool = False) -> tuple[Manifest, list[tuple[str, str]], Path]:
+    """Transcode every record of ``manifest`` into ``out_dir``; writes out_dir/manifest.jsonl.
+
+    Returns (new manifest, failures [(source path, reason)], manifest path).
+    """
+    if codec not in PREPARE_CODECS:
+        from dalivssl.errors import unknown_name
+
+        raise unknown_name("codec", codec, PREPARE_CODECS)
+    if segment_frames is not None and segment_frames < 2:
+        raise DalivsslError(f"--segment-frames must be >= 2, got {segment_frames}")
+    out = Path(out_dir).resolve()
+    if out == Path(manifest.root).resolve():
+        raise DalivsslError(f"{out}: output folder must differ from the dataset root")
+    out.mkdir(parents=True, exist_ok=True)
+    n_workers = parallel.default_workers(len(manifest)) if workers is None else workers
+    if workers is None and len(manifest) < 8:
+        n_workers = 1
+    jobs = [{"record": r.to_json(), "src": str(manifest.abspath(r)), "out": str(out),
+             "codec": codec, "short_side": short_side, "gop": gop,
+             "segment_frames": segment_frames, "fps": r.fps,
+             "threads": 1 if n_workers > 1 else None} for r in manifest.records]
+    records, failures = [], []
+    for path, res in parallel.run(_prepare_one, jobs, n_workers, progress, "prepare"):
+        if isinstance(res, str):
+            failures.append((path, res))
+        else:
+            records += [VideoRecord.from_json(d) for d in res]
+    meta = {"prepared": {"codec": codec, "short_side": short_side, "gop": gop,
+                         "segment_frames": segment_frames, "source_root": str(manifest.root)}}
+    new = Manifest(out, records, list(manifest.classes), meta)
+    path = save_manifest(new, out / "manifest.jsonl")
+    return new, failures, path

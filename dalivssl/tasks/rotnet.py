@@ -1,0 +1,36 @@
+"""RotNet for video (3DRotNet, Jing & Tian, arXiv 1811.11387; reference: microsoft/CtP rot3d).
+
+One clip per video, rotated by 90°·r in the loader; the backbone predicts r.
+Batch: clips B×1×C×T×H×W (ImageNet-normalised), labels B (rotation class).
+Head: pooled feature B×D → Dropout 0.5 → Linear(D, num_rotations). Loss: cross-entropy.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from models.heads import LinearHead
+
+SPEC = {
+    "sampler": "rotnet",
+    # complexity knob (Kumar et al.): 2 / 3 / 4 rotations
+    "sampler_opts": {"num_rotations": 4},
+    "complexity": "num_rotations",
+    # CtP: SGD 0.01, momentum 0.9, wd 1e-4, grad-norm clip 40, ×0.1 at epochs 100/200 of 300
+    # (batch 32); kept at batch 8: the step decay is expressed as fractions of the run.
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+    "schedule": {"name": "step", "milestones": (1 / 3, 2 / 3), "gamma": 0.1},
+    "grad_clip": 40.0,
+}
+
+
+def build_head(backbone, num_classes: int = 4, dropout: float = 0.5):
+    """LinearHead(feature_dim → num_classes); ``num_classes`` = the sampler's num_rotations."""
+    return LinearHead(backbone.feature_dim, num_classes, dropout)
+
+
+def step(backbone, head, batch) -> dict:
+    x = batch.clips[:, 0]  # B×C×T×H×W
+    logits = head(backbone.forward_features(x))
+    loss = F.cross_entropy(logits, batch.labels)
+    acc = (logits.argmax(1) == batch.labels).float().mean()
+    return {"loss": loss, "acc": acc.detach()}

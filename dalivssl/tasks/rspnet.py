@@ -1,0 +1,111 @@
+"""RSPNet: relative speed perception (Chen et al., AAAI 2021; PeihaoChen/RSPNet,
+moco/builder_diffspeed_diffloss.py).
+
+The loader gives two independent windows (q and k) of max(speeds)·T consecutive frames.
+Batch: clips B×2×C×W×H×W (ImageNet-normalised), W = max(speeds)·T.
+Per batch one speed r is drawn from ``speeds``; the batch is split at random into halves:
+half at normal speed (first T frames), half at r× (every r-th frame). q and k⁺ share the speed;
+k⁻ is the k window at the other speed.
+Heads (on the pooled feature, each Linear(D,128) → L2): A-VID (appearance) and RSP (speed);
+keys come from EMA copies (m 0.999) of backbone and heads.
+Losses (T = 0.07): A-VID InfoNCE [q·k⁺, q·queue] + InfoNCE [q·k⁻, q·queue] (same video at any
+speed is positive; the queue enqueues k⁻_A); RSP MarginRanking(q_M·k⁺_M/T > q_M·k⁻_M/T, margin
+2.0). Total = CE₁ + CE₂ + rank. Queue K = 16384, trimmed to a multiple of the global batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalivssl.tasks.moco import (KeyQueue, ema_update, infonce, key_copy, shuffled_encode,
+                                 trimmed_size)
+from models.heads import EmbeddingHead
+
+SPEC = {
+    "sampler": "rspnet",
+    # complexity knob: the speed set ([2], [4], [4, 2, 1])
+    "sampler_opts": {},
+    "complexity": "speeds",
+    # RSPNet: SGD 0.1 × (world·batch/64), momentum 0.9, wd 1e-4, cosine to lr/1000.
+    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+                  "ref_batch": 64, "scaling": "linear"},
+    "schedule": {"name": "cosine", "min_lr_ratio": 1e-3},
+}
+
+
+class RSPNetHead(nn.Module):
+    """``avid`` and ``rsp`` heads, their EMA copies, the EMA backbone and the A-VID queue."""
+
+    def __init__(self, backbone, dim, queue_size, momentum, temperature, margin, speeds,
+                 shuffle_groups):
+        super().__init__()
+        self.avid = EmbeddingHead(backbone.feature_dim, dim)
+        self.rsp = EmbeddingHead(backbone.feature_dim, dim)
+        self.key_backbone = key_copy(backbone)
+        self.key_avid = key_copy(self.avid)
+        self.key_rsp = key_copy(self.rsp)
+        self.queue = KeyQueue(queue_size, dim, init="normal")
+        self.momentum, self.temperature, self.margin = momentum, temperature, margin
+        self.speeds = tuple(int(s) for s in speeds)
+        self.shuffle_groups = shuffle_groups
+
+    def forward(self, feats):
+        return self.avid(feats), self.rsp(feats)
+
+    def encode_key(self, x):
+        f = self.key_backbone.forward_features(x)
+        return torch.cat([self.key_avid(f), self.key_rsp(f)], dim=1)
+
+    def momentum_update(self, backbone):
+        ema_update(backbone, self.key_backbone, self.momentum)
+        ema_update(self.avid, self.key_avid, self.momentum)
+        ema_update(self.rsp, self.key_rsp, self.momentum)
+
+
+def build_head(backbone, queue_size: int = 16384, dim: int = 128, momentum: float = 0.999,
+               temperature: float = 0.07, margin: float = 2.0, speeds=(2,),
+               batch_size: int | None = None, world_size: int = 1, shuffle_groups: int = 2):
+    """``speeds`` must match the sampler's (the window is max(speeds)·T frames)."""
+    size = trimmed_size(queue_size, batch_size, world_size)
+    return RSPNetHead(backbone, dim, size, momentum, temperature, margin, speeds, shuffle_groups)
+
+
+def at_speed(x: torch.Tensor, speed: int, t: int) -> torch.Tensor:
+    """B×C×W×H×W → B×C×t×H×W: every ``speed``-th of the first speed·t frames."""
+    return x[:, :, : speed * t : speed]
+
+
+def split_speeds(q_win, k_win, speeds):
+    """Draw r and the random half split → (q, k⁺, k⁻), each B×C×T×H×W, and the fast mask B."""
+    b, window = q_win.shape[0], q_win.shape[2]
+    t = window // max(speeds)
+    r = speeds[int(torch.randint(len(speeds), ()))]
+    fast = torch.zeros(b, dtype=torch.bool, device=q_win.device)
+    fast[torch.randperm(b, device=q_win.device)[: b // 2]] = True
+    m = fast.view(b, 1, 1, 1, 1)
+    q = torch.where(m, at_speed(q_win, r, t), at_speed(q_win, 1, t))
+    k_n, k_f = at_speed(k_win, 1, t), at_speed(k_win, r, t)
+    return q, torch.where(m, k_f, k_n), torch.where(m, k_n, k_f), fast
+
+
+def step(backbone, head, batch) -> dict:
+    q_clip, k_pos_clip, k_neg_clip, _ = split_speeds(batch.clips[:, 0], batch.clips[:, 1],
+                                                     head.speeds)
+    q_a, q_m = head(backbone.forward_features(q_clip))
+    with torch.no_grad():
+        head.momentum_update(backbone)
+        kp = shuffled_encode(head.encode_key, k_pos_clip, head.shuffle_groups)
+        kn = shuffled_encode(head.encode_key, k_neg_clip, head.shuffle_groups)
+    d = q_a.shape[1]
+    kp_a, kp_m, kn_a, kn_m = kp[:, :d], kp[:, d:], kn[:, :d], kn[:, d:]
+    queue = head.queue.keys.clone()
+    ce1, acc = infonce(q_a, kp_a, queue, head.temperature)
+    ce2, _ = infonce(q_a, kn_a, queue, head.temperature)
+    pos = (q_m * kp_m).sum(1) / head.temperature
+    neg = (q_m * kn_m).sum(1) / head.temperature
+    rank = F.margin_ranking_loss(pos, neg, torch.ones_like(pos), margin=head.margin)
+    head.queue.enqueue(kn_a)
+    speed_acc = (pos > neg).float().mean().detach()
+    return {"loss": ce1 + ce2 + rank, "avid": (ce1 + ce2).detach(), "rsp": rank.detach(),
+            "acc": acc, "speed_acc": speed_acc}

@@ -1,0 +1,382 @@
+"""PretextLoader: sampler plans -> one DALI pipeline -> ``pipelines.types.Batch`` (contract C4).
+
+Order and reproducibility (DESIGN.md §3):
+  * epoch ``e`` visits a permutation of all videos drawn from (seed, e); rank ``r`` of ``w`` takes
+    positions r, r+w, r+2w, … of it, so shards are disjoint and every rank gets the same number of
+    samples (drop_last: the tail beyond a multiple of w is dropped; otherwise the permutation is
+    wrapped around to pad);
+  * the sample at global position g of epoch e is planned with ``sample_rng(seed, e, g)``, so any
+    batch can be regenerated: same seed -> identical batches, and resuming from
+    ``state_dict()`` yields exactly the remaining batches of the uninterrupted run;
+  * a video that cannot be used (too short for the task, missing/empty/unreadable file, a codec
+    the CPU decoder lacks, a DALI decode error) is skipped, counted in ``loader.skipped`` and
+    replaced by the next usable video of the shard's order, so batch sizes stay fixed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from pipelines.augment import graph_keys, param_arrays
+from pipelines.types import Batch, ClipPlan, sample_rng
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE_MODES = ("imagenet", "unit")
+# codecs fn.decoders.video can only decode with the mixed (GPU) backend (spec/dali.md §1)
+GPU_ONLY_CODECS = {"h264", "avc", "avc1", "hevc", "h265", "mpeg4", "av1", "msmpeg4v3", "xvid"}
+_PERM_TAG = 0x5EED  # spawn key of the epoch permutation stream (distinct from sample streams)
+
+
+class LoaderError(ValueError):
+    """A loader input the user must fix (bad task options, no usable video). One-line message."""
+
+
+def normalize_clips(raw, mode: str = "imagenet"):
+    """uint8 (B, K, T, H, W, C) -> float32 (B, K, C, T, H, W).
+
+    mode 'imagenet': (x/255 - mean) / std with the ImageNet statistics (RotNet/CtP, TDL, RSPNet);
+    'unit': x/255 in [0, 1] (VCOP, PRP, CVRL). Works for any number of leading dims before
+    (T, H, W, C); runs on the tensor's device.
+    """
+    import torch
+
+    if mode not in NORMALIZE_MODES:
+        raise LoaderError(f"unknown normalisation {mode!r}; valid: {', '.join(NORMALIZE_MODES)}")
+    x = torch.as_tensor(raw)
+    nd = x.dim()
+    if nd < 4:
+        raise LoaderError(f"normalize_clips expects (..., T, H, W, C) uint8, got {tuple(x.shape)}")
+    perm = list(range(nd - 4)) + [nd - 1, nd - 4, nd - 3, nd - 2]
+    x = x.permute(*perm).to(torch.float32)
+    if mode == "unit":
+        return x.mul_(1.0 / 255.0).contiguous()
+    shape = [1] * (nd - 4) + [3, 1, 1, 1]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(shape) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device)
+                     .view(shape) * 255.0)
+    return x.sub_(mean).mul_(inv_std).contiguous()
+
+
+def _too_short_type():
+    try:
+        from pipelines.samplers.base import TooShort
+
+        return TooShort
+    except Exception:  # samplers not written yet: match by name (it subclasses ValueError)
+        return None
+
+
+def _is_too_short(exc: BaseException) -> bool:
+    cls = _too_short_type()
+    if cls is not None and isinstance(exc, cls):
+        return True
+    return isinstance(exc, ValueError) and any(c.__name__ == "TooShort" for c in type(exc).__mro__)
+
+
+def _make_sampler(task, clip_len: int, size: int, augment: bool, options: dict):
+    if not isinstance(task, str):
+        return task
+    from pipelines.samplers import SAMPLERS
+
+    if task not in SAMPLERS:
+        raise LoaderError(f"unknown task {task!r}; valid: {', '.join(sorted(SAMPLERS))}")
+    try:
+        return SAMPLERS[task](clip_len=clip_len, size=size, augment=augment, **options)
+    except (TypeError, ValueError) as exc:
+        raise LoaderError(f"task {task!r}: {exc}") from None
+
+
+class PretextLoader:
+    """Iterate ``Batch`` objects of a pretext task over a manifest (contract C4).
+
+    task: a key of ``pipelines.samplers.SAMPLERS`` or a sampler instance (anything with
+    ``plan(record, rng) -> ClipPlan``, ``num_clips``, ``clip_len``, ``normalize``, ``out_size``).
+    manifest: anything with ``.records`` and ``.abspath(record)``.
+    device 'cpu' (CPU decoder, CPU tensors) or 'gpu' (mixed NVDEC decoder, CUDA tensors).
+    raw: yield uint8 clips (B, K, T, H, W, C) before normalisation instead of float
+    (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
+    before normalisation (``pipelines.noise.dali_noise``).
+    """
+
+    def __init__(self, task, manifest, batch_size: int, device: str = "cpu", clip_len: int = 16,
+                 size: int = 112, seed: int = 0, augment: bool = True,
+                 return_indices: bool = False, shard: tuple[int, int] = (0, 1),
+                 num_threads: int = 2, drop_last: bool = True, raw: bool = False,
+                 noise: tuple | None = None, **task_options):
+        if device not in ("cpu", "gpu"):
+            raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
+        rank, world = (int(shard[0]), int(shard[1]))
+        if not 0 <= rank < world:
+            raise LoaderError(f"bad shard {shard!r}: need 0 <= rank < world")
+        if batch_size < 1:
+            raise LoaderError(f"batch_size must be >= 1, got {batch_size}")
+        self.sampler = _make_sampler(task, clip_len, size, augment, task_options)
+        self.task = task if isinstance(task, str) else type(task).__name__
+        self.manifest = manifest
+        self.records = list(manifest.records)
+        if not self.records:
+            raise LoaderError("the manifest holds no videos")
+        self.batch_size = int(batch_size)
+        self.device = device
+        self.seed = int(seed)
+        self.return_indices = bool(return_indices)
+        self.rank, self.world = rank, world
+        self.num_threads = int(num_threads)
+        self.drop_last = bool(drop_last)
+        self.raw = bool(raw)
+        self.noise = tuple(noise) if noise is not None else None
+        self.normalize = getattr(self.sampler, "normalize", "imagenet")
+        self.epoch = 0
+        self.position = 0  # batches of the current epoch already yielded
+        self._bad: dict[int, str] = {}  # manifest index -> reason
+        self._logged: set[str] = set()
+        self._pipe = None
+        self._cfg = None
+        self._device_id = None
+        n = len(self.records)
+        self.per_rank = n // world if drop_last else -(-n // world)
+        if self.per_rank == 0:
+            raise LoaderError(f"{n} videos cannot fill {world} shards")
+        nb = self.per_rank // self.batch_size if drop_last else -(-self.per_rank // self.batch_size)
+        if nb == 0:
+            raise LoaderError(f"{self.per_rank} videos per shard cannot fill one batch of "
+                              f"{self.batch_size} with drop_last=True")
+        self._num_batches = nb
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        return self._num_batches
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """{reason: number of distinct videos skipped for it}."""
+        out: dict[str, int] = {}
+        for reason in self._bad.values():
+            out[reason] = out.get(reason, 0) + 1
+        return out
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` from its first batch (new permutation drawn from the seed)."""
+        self.epoch, self.position = int(epoch), 0
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: resume with ``load_state_dict`` to get the remaining batches."""
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "shard": [self.rank, self.world], "bad": {str(k): v for k, v in self._bad.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise LoaderError(f"loader state is for seed {state['seed']}, this loader has seed "
+                              f"{self.seed}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._bad.update({int(k): v for k, v in state.get("bad", {}).items()})
+
+    def _skip(self, index: int, reason: str, detail: str = "") -> None:
+        self._bad[index] = reason
+        if reason not in self._logged:
+            self._logged.add(reason)
+            path = self.records[index].path
+            log.warning("skipping %s: %s%s (further videos skipped for this reason are only "
+                        "counted in loader.skipped)", path, reason, f" ({detail})" if detail else "")
+
+    # ------------------------------------------------------------------ order
+    def shard_order(self, epoch: int) -> np.ndarray:
+        """Manifest indices this rank visits in ``epoch`` (length ``per_rank``)."""
+        n = len(self.records)
+        ss = np.random.SeedSequence([self.seed, int(epoch)], spawn_key=(_PERM_TAG,))
+        perm = np.random.default_rng(ss).permutation(n)
+        total = self.per_rank * self.world
+        ext = perm[:total] if total <= n else np.resize(perm, total)
+        return ext[self.rank::self.world]
+
+    def _plan_one(self, order: np.ndarray, pos: int, epoch: int):
+        """(manifest index, ClipPlan, encoded bytes) for shard position ``pos``, replacing an
+        unusable video by the next usable one in the shard's order."""
+        g = pos * self.world + self.rank  # global position in the epoch: the rng stream
+        for j in range(len(order)):
+            idx = int(order[(pos + j) % len(order)])
+            if idx in self._bad:
+                continue
+            rec = self.records[idx]
+            reason = self._precheck(idx, rec)
+            if reason:
+                self._skip(idx, *reason)
+                continue
+            try:
+                plan = self.sampler.plan(rec, sample_rng(self.seed, epoch, g))
+            except ValueError as exc:
+                if _is_too_short(exc):
+                    self._skip(idx, "too short for the task", str(exc))
+                    continue
+                raise
+            try:
+                data = np.fromfile(self.manifest.abspath(rec), dtype=np.uint8)
+            except OSError as exc:
+                self._skip(idx, "unreadable file", exc.strerror or str(exc))
+                continue
+            if data.size == 0:
+                self._skip(idx, "empty file")
+                continue
+            return idx, plan, data
+        raise LoaderError(f"no usable video left in shard {self.rank}/{self.world}; skipped: "
+                          f"{self.skipped}")
+
+    def _precheck(self, idx: int, rec) -> tuple[str, str] | None:
+        codec = str(getattr(rec, "codec", "") or "").lower()
+        if self.device == "cpu" and codec in GPU_ONLY_CODECS:
+            return (f"codec {codec} needs the GPU decoder (transcode to VP9 with "
+                    f"`dalivssl data prepare`)", "")
+        path = self.manifest.abspath(rec)
+        try:
+            if os.path.getsize(path) == 0:
+                return ("empty file", "")
+        except OSError as exc:
+            return ("unreadable file", exc.strerror or str(exc))
+        return None
+
+    # ------------------------------------------------------------------ DALI
+    def _config_for(self, plan: ClipPlan):
+        from pipelines.video import GraphConfig
+
+        out_size = tuple(int(s) for s in getattr(self.sampler, "out_size", None) or
+                         (getattr(self.sampler, "size", 112),) * 2)
+        extra = tuple((k, int(np.asarray(v).size)) for k, v in plan.extra_frames.items())
+        return GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
+                           graph_keys(plan.params), self.device, self.noise)
+
+    def _ensure_pipe(self, cfg):
+        from pipelines.video import build_pipeline
+
+        if self._pipe is not None and self._cfg == cfg:
+            return self._pipe
+        if self._pipe is not None and self._cfg is not None:
+            # a later plan may carry more augmentation keys: rebuild with the union
+            keys = graph_keys(set(cfg.keys) | set(self._cfg.keys))
+            if (cfg.num_clips, cfg.clip_len, cfg.extra) != (
+                    self._cfg.num_clips, self._cfg.clip_len, self._cfg.extra):
+                raise LoaderError(f"sampler {self.task}: plans differ in shape "
+                                  f"({self._cfg.num_clips}x{self._cfg.clip_len} {self._cfg.extra}"
+                                  f" vs {cfg.num_clips}x{cfg.clip_len} {cfg.extra})")
+            cfg = type(cfg)(**{**cfg.__dict__, "keys": keys})
+            if cfg == self._cfg:
+                return self._pipe
+        if self.device == "gpu" and self._device_id is None:
+            import torch
+
+            self._device_id = torch.cuda.current_device()
+        self._pipe = build_pipeline(cfg, self.batch_size, self.num_threads, self._device_id,
+                                    seed=self.seed + 7919 * self.rank)
+        self._cfg = cfg
+        return self._pipe
+
+    def _decode(self, items):
+        """Run the pipeline on [(idx, plan, bytes)]; returns uint8 (B, F, H, W, 3) or raises."""
+        from pipelines.video import run
+
+        cfg = self._cfg
+        params = [param_arrays(p.params, cfg.keys, cfg.num_clips) for _, p, _ in items]
+        return run(self._pipe, cfg, [d for _, _, d in items], [p.all_frames() for _, p, _ in items],
+                   params)
+
+    def _decode_batch(self, items, order, positions, epoch):
+        """Decode a batch; on a DALI error find the bad sample(s) one by one, mark them, replace
+        them and retry (a failed DALI pipeline is invalid, so it is rebuilt)."""
+        while True:
+            cfg = self._config_for(items[0][1])
+            for _, p, _ in items[1:]:
+                other = self._config_for(p)
+                cfg = type(cfg)(**{**cfg.__dict__, "keys": graph_keys(set(cfg.keys)
+                                                                      | set(other.keys))})
+                if other.extra != cfg.extra or (other.num_clips, other.clip_len) != (
+                        cfg.num_clips, cfg.clip_len):
+                    raise LoaderError(f"sampler {self.task}: plans of one batch differ in shape")
+            self._ensure_pipe(cfg)
+            try:
+                return items, self._decode(items)
+            except RuntimeError as exc:
+                bad = self._find_bad(items)
+                if not bad:
+                    raise
+                for i in bad:
+                    self._skip(items[i][0], "decode error", _first_line(exc))
+                for i in bad:
+                    items[i] = self._plan_one(order, positions[i], epoch)
+
+    def _find_bad(self, items) -> list[int]:
+        bad = []
+        for i, item in enumerate(items):
+            self._pipe = None
+            self._ensure_pipe(self._cfg)
+            try:
+                self._decode([item])
+            except RuntimeError:
+                bad.append(i)
+        self._pipe = None
+        return bad
+
+    # ------------------------------------------------------------------ iteration
+    def batch_at(self, epoch: int, b: int) -> Batch:
+        """Batch ``b`` of ``epoch`` (pure function of seed/epoch/b, given the known-bad videos)."""
+        import torch
+
+        order = self.shard_order(epoch)
+        lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.per_rank)
+        positions = list(range(lo, hi))
+        items = [self._plan_one(order, p, epoch) for p in positions]
+        items, out = self._decode_batch(items, order, positions, epoch)
+        cfg = self._cfg
+        B, K, T = len(items), cfg.num_clips, cfg.clip_len
+        H, W, C = out.shape[2:]
+        clips = out[:, :K * T].reshape(B, K, T, H, W, C)
+        extra_raw, start = {}, K * T
+        for name, n in cfg.extra:
+            extra_raw[name] = out[:, start:start + n]
+            start += n
+        if self.raw:
+            x, extra_clips = clips, extra_raw
+        else:
+            x = normalize_clips(clips, self.normalize)
+            extra_clips = {k: normalize_clips(v, self.normalize) for k, v in extra_raw.items()}
+        dev = x.device
+        plans = [p for _, p, _ in items]
+        idx = [i for i, _, _ in items]
+        batch = Batch(
+            clips=x,
+            labels=torch.as_tensor(np.array([int(p.label) for p in plans], np.int64), device=dev),
+            targets=torch.as_tensor(np.array([int(getattr(self.records[i], "label", -1))
+                                              for i in idx], np.int64), device=dev),
+            indices=torch.as_tensor(np.array(idx, np.int64), device=dev),
+            frames=(torch.as_tensor(np.stack([np.asarray(p.frames, np.int64) for p in plans]),
+                                    device=dev) if self.return_indices else None),
+            extra_clips=extra_clips,
+            extras={k: torch.as_tensor(np.stack([np.asarray(p.extras[k]) for p in plans]),
+                                       device=dev) for k in plans[0].extras},
+        )
+        return batch
+
+    def __iter__(self):
+        epoch = self.epoch
+        while self.position < self._num_batches:
+            batch = self.batch_at(epoch, self.position)
+            self.position += 1
+            yield batch
+        # epoch finished: the next iteration starts the next epoch
+        self.epoch, self.position = epoch + 1, 0
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of a DALI error (the one after 'encountered:'), shortened."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        line = lines[lines.index("encountered:") + 1]
+        line = line.split("failed: ", 1)[-1]
+    else:
+        line = (lines or [type(exc).__name__])[0]
+    return line[:200]

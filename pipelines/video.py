@@ -1,0 +1,112 @@
+"""The DALI pipeline that executes clip plans: encoded bytes + frame lists in, uint8 clips out.
+
+One DALI sample = one video. Per iteration the loader feeds, through ``fn.external_source``:
+  ``encoded``  uint8 (bytes,)     the file read with np.fromfile,
+  ``frames``   int32 (F,)         ``ClipPlan.all_frames()``: K·T clip frames, then the extras,
+  ``p_<key>``  (K, ...)           per-clip augmentation parameters (pipelines.augment).
+The graph decodes all F frames of a sample in ONE ``fn.decoders.video`` call (CPU decoder, or
+'mixed' NVDEC for device='gpu'); on CPU the call decodes from frame 0 to max(frames) once, so the
+extra clips of a sample are almost free (spec/dali.md §7). It then slices the K clips (fixed K and T
+per task: K graph branches), augments each with its own parameter row, treats every extra-frame
+group like clip 0 (same geometry and colour, so PRP's reconstruction target aligns with its
+input), optionally adds noise, and concatenates everything back into one sequence:
+
+  output  uint8 (K·T + ΣN, out_h, out_w, 3) per sample (FHWC), on the pipeline's device.
+
+Normalisation and the B×K×C×T×H×W layout happen in torch (``pipelines.loader.normalize_clips``),
+which gives ``raw=True`` for free.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.augment import augment_clip, graph_keys
+
+ENCODED, FRAMES, PARAM_PREFIX = "encoded", "frames", "p_"
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Static shape of the graph (DALI graphs are fixed; a task's plans all share it).
+
+    num_clips K, clip_len T, extra: ((name, N), ...) extra-frame groups in plan order,
+    out_size (H, W), keys: augmentation parameter keys built into the graph, device 'cpu'|'gpu',
+    noise: (kind, severity, constants) or None.
+    """
+
+    num_clips: int
+    clip_len: int
+    extra: tuple[tuple[str, int], ...]
+    out_size: tuple[int, int]
+    keys: tuple[str, ...]
+    device: str = "cpu"
+    noise: tuple | None = None
+
+    @property
+    def total_frames(self) -> int:
+        return self.num_clips * self.clip_len + sum(n for _, n in self.extra)
+
+
+def build_pipeline(cfg: GraphConfig, batch_size: int, num_threads: int = 2,
+                   device_id: int | None = None, seed: int = 0):
+    """Build the DALI pipeline for ``cfg`` (see module docstring for inputs and output)."""
+    import nvidia.dali as dali
+    from nvidia.dali import fn, types
+
+    if cfg.device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', not {cfg.device!r}")
+    dev = cfg.device
+    if dev == "gpu" and device_id is None:
+        device_id = 0
+    pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads,
+                         device_id=device_id if dev == "gpu" else None, seed=seed,
+                         prefetch_queue_depth=1, exec_dynamic=True)
+    keys = graph_keys(cfg.keys)
+    K, T = cfg.num_clips, cfg.clip_len
+    with pipe:
+        encoded = fn.external_source(name=ENCODED, dtype=types.UINT8, ndim=1, no_copy=False)
+        frames = fn.external_source(name=FRAMES, dtype=types.INT32, ndim=1)
+        params = {key: fn.external_source(name=PARAM_PREFIX + key,
+                                          dtype=types.FLOAT if key in (
+                                              "crop", "angle", "brightness", "contrast",
+                                              "saturation", "hue", "blur_sigma") else types.INT32,
+                                          ndim=2 if key == "crop" else 1)
+                  for key in keys}
+        video = fn.decoders.video(encoded, frames=frames,
+                                  device="mixed" if dev == "gpu" else "cpu")
+        parts = [augment_clip(video[k * T:(k + 1) * T], params, k, cfg.out_size, dev)
+                 for k in range(K)]
+        start = K * T
+        for _, n in cfg.extra:
+            parts.append(augment_clip(video[start:start + n], params, 0, cfg.out_size, dev))
+            start += n
+        out = parts[0] if len(parts) == 1 else fn.cat(*parts, axis=0, device=dev)
+        if cfg.noise is not None:
+            from pipelines.noise import dali_noise
+
+            kind, severity, *rest = cfg.noise
+            out = dali_noise(out, kind, severity, *(rest[:1] or ["imagenet-c"]))
+        pipe.set_outputs(out)
+    pipe.build()
+    return pipe
+
+
+def feed(pipe, cfg: GraphConfig, encoded: list[np.ndarray], frames: list[np.ndarray],
+         params: list[dict[str, np.ndarray]]) -> None:
+    """Feed one batch (lists of per-sample arrays; params from ``augment.param_arrays``)."""
+    pipe.feed_input(ENCODED, encoded)
+    pipe.feed_input(FRAMES, [np.ascontiguousarray(f, dtype=np.int32) for f in frames])
+    for key in graph_keys(cfg.keys):
+        pipe.feed_input(PARAM_PREFIX + key, [p[key] for p in params])
+
+
+def run(pipe, cfg: GraphConfig, encoded, frames, params):
+    """Feed one batch and run it; returns a torch uint8 tensor (B, F, H, W, 3) on the pipeline's
+    device (zero-copy through DLPack)."""
+    import torch
+
+    feed(pipe, cfg, encoded, frames, params)
+    (out,) = pipe.run()
+    return torch.from_dlpack(out.as_tensor())

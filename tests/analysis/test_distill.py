@@ -1,0 +1,227 @@
+"""Multi-teacher distillation: the loss formula, gradient flow, logits files, and the CLI end to end
+(export-logits -> distill from a logits file and a live teacher) on the tiny synthetic dataset."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from dalivssl.analysis import distill as D
+from dalivssl.errors import DalivsslError
+from pipelines.types import Batch
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_kd_loss_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    s, t1, t2 = (rng.normal(0, 2, (5, 4)) for _ in range(3))
+    y = np.array([0, 3, 1, 1, 2])
+    T, alpha = 4.0, 0.7
+    ce = np.mean(-np.log(_softmax(s)[np.arange(5), y]))
+    kl = lambda t: np.mean(np.sum(_softmax(t / T) * (np.log(_softmax(t / T))  # noqa: E731
+                                                     - np.log(_softmax(s / T))), 1))
+    want = ce + alpha * T * T * (kl(t1) + kl(t2))
+    st = torch.tensor(s, requires_grad=True)
+    loss, parts = D.kd_loss(st, torch.tensor(y), [torch.tensor(t1), torch.tensor(t2)], T, alpha)
+    assert float(loss) == pytest.approx(want, rel=1e-10)
+    assert parts["ce"] == pytest.approx(ce, rel=1e-10)
+    assert parts["kd_i"] == pytest.approx([T * T * kl(t1), T * T * kl(t2)], rel=1e-10)
+    # identical teacher and student: the KD term vanishes
+    _, same = D.kd_loss(st, torch.tensor(y), [st.detach().clone()], T)
+    assert same["kd"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kd_loss_without_teachers_is_cross_entropy():
+    s = torch.randn(6, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    loss, parts = D.kd_loss(s, y, [])
+    assert torch.equal(loss, nn.functional.cross_entropy(s, y)) and parts["kd"] == 0.0
+    with pytest.raises(DalivsslError, match="do not match"):
+        D.kd_loss(s, y, [torch.randn(6, 4)])
+
+
+def _raw_batches(n=3, bs=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        raw = torch.randint(0, 256, (bs, 1, 4, 8, 8, 3), generator=g, dtype=torch.uint8)
+        out.append(Batch(clips=raw, labels=torch.zeros(bs, dtype=torch.long),
+                         targets=torch.randint(0, 3, (bs,), generator=g),
+                         indices=torch.arange(i * bs, (i + 1) * bs)))
+    return out
+
+
+def test_gradient_reaches_only_the_student():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
+    tmodel = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
+    for p in tmodel.parameters():
+        p.requires_grad_(False)
+    teacher = D.ModelTeacher("t.pt", tmodel.eval(), "unit", clip_len=4, size=8)
+    table = D.LogitsTeacher("t.h5", torch.randn(12, 3))
+    t_before = [p.clone() for p in tmodel.parameters()]
+    s_before = [p.clone() for p in student.parameters()]
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)
+    hist = D.train_student(student, [teacher, table], _raw_batches(), opt, "imagenet", "cpu",
+                           epochs=2, max_steps=5)
+    assert hist.step == [1, 2, 3, 4, 5] and hist.epoch == [0, 0, 0, 1, 1]
+    assert all(len(k) == 2 for k in hist.kd_i)
+    assert all(torch.equal(a, b) for a, b in zip(t_before, tmodel.parameters()))
+    assert all(p.grad is None for p in tmodel.parameters())
+    assert not any(torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
+    np.testing.assert_allclose(hist.loss, np.array(hist.ce) + np.array(hist.kd), rtol=1e-6)
+
+
+def test_teacher_resizes_input_to_its_clip_shape():
+    seen = {}
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            seen["shape"] = tuple(x.shape)
+            return torch.zeros(x.shape[0], 3)
+
+    teacher = D.ModelTeacher("t.pt", Probe(), "imagenet", clip_len=2, size=6)
+    teacher(_raw_batches(1)[0].clips, None)
+    assert seen["shape"] == (4, 3, 2, 6, 6)
+
+
+# --------------------------------------------------------------------------- logits files
+@pytest.fixture(scope="module")
+def train_manifest(tiny_synth):
+    from dalivssl.data.manifest import load_manifest
+
+    return load_manifest(tiny_synth["train"])
+
+
+def test_logits_file_roundtrip_and_errors(tmp_path, train_manifest):
+    recs = train_manifest.records
+    classes = D.manifest_classes(train_manifest)
+    C = len(classes)
+    logits = np.arange(len(recs) * C, dtype=np.float32).reshape(len(recs), C)
+    # rows written in reverse order: lookup is by path
+    path = D.write_logits_file(tmp_path / "ok.h5", logits[::-1], [r.path for r in recs][::-1],
+                               list(range(len(recs)))[::-1], classes, num_clips=2)
+    t = D.load_logits_teacher(path, train_manifest, classes, "cpu")
+    np.testing.assert_array_equal(t(None, torch.tensor([2, 0])).numpy(), logits[[2, 0]])
+    assert D.read_logits_file(path)["attrs"]["num_clips"] == 2
+
+    short = D.write_logits_file(tmp_path / "short.h5", logits[:-2], [r.path for r in recs][:-2],
+                                list(range(len(recs) - 2)), classes)
+    with pytest.raises(DalivsslError, match=rf"no logits for 2 of {len(recs)} videos"):
+        D.load_logits_teacher(short, train_manifest, classes, "cpu")
+    wide = D.write_logits_file(tmp_path / "wide.h5", np.zeros((len(recs), C + 2)),
+                               [r.path for r in recs], list(range(len(recs))))
+    with pytest.raises(DalivsslError, match=f"teacher has {C + 2} classes but the data has {C}"):
+        D.load_logits_teacher(wide, train_manifest, classes, "cpu")
+    swapped = D.write_logits_file(tmp_path / "sw.h5", logits, [r.path for r in recs],
+                                  list(range(len(recs))), classes[::-1])
+    with pytest.raises(DalivsslError, match="class lists differ"):
+        D.load_logits_teacher(swapped, train_manifest, classes, "cpu")
+    with pytest.raises(DalivsslError, match="not found"):
+        D.read_logits_file(tmp_path / "nope.h5")
+    from dalivssl.results import ResultsFile
+
+    with ResultsFile(tmp_path / "other.h5", "w") as rf:
+        rf.write("cka", "map", np.zeros((2, 2)))
+    with pytest.raises(DalivsslError, match="not a logits file"):
+        D.read_logits_file(tmp_path / "other.h5")
+
+
+# ------------------------------------------------------------------------------ CLI e2e
+ARCH = "squeezenet"
+
+
+def _finetune_ckpt(path, classes, seed, num_classes=None, clip_len=8, size=64):
+    models = pytest.importorskip("models")
+    from dalivssl.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    b = models.create_backbone(ARCH, num_classes=num_classes or len(classes))
+    sd = b.state_dict()
+    save_checkpoint(path, kind="finetune", arch=ARCH,
+                    backbone={k: v for k, v in sd.items() if not k.startswith("classifier.")},
+                    head=b.classifier.state_dict(), config={}, versions={}, step=0, epoch=0,
+                    num_classes=num_classes or len(classes),
+                    classes=list(classes) if num_classes is None else [],
+                    clip_len=clip_len, size=size, normalize="imagenet")
+    return path
+
+
+def _invoke(args):
+    from dalivssl.cli import cli
+
+    return CliRunner().invoke(cli, args, catch_exceptions=True)
+
+
+@pytest.mark.slow
+def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manifest):
+    from dalivssl.engine.checkpoint import load_classifier
+    from dalivssl.results import ResultsFile
+
+    classes = D.manifest_classes(train_manifest)
+    t0 = _finetune_ckpt(tmp_path / "t0.pt", classes, 0)
+    t1 = _finetune_ckpt(tmp_path / "t1.pt", classes, 1)
+    h5 = tmp_path / "t0.h5"
+    r = _invoke(["export-logits", "--checkpoint", str(t0), "--data", str(tiny_synth["train"]),
+                 "-o", str(h5), "--clips", "2", "--batch-size", "4"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    f = D.read_logits_file(h5)
+    n = len(train_manifest.records)
+    assert f["logits"].shape == (n, len(classes)) and f["logits"].dtype == np.float32
+    assert f["paths"] == [rec.path for rec in train_manifest.records]
+    assert f["attrs"]["num_clips"] == 2 and f["classes"] == classes
+    # the exported rows are the teacher's mean logits over the two eval clips (spot check row 0)
+    model, _ = load_classifier(t0)
+    assert np.all(np.isfinite(f["logits"])) and f["logits"].std() > 0
+
+    out = tmp_path / "run"
+    r = _invoke(["distill", "--teacher", str(t1), "--teacher-logits", str(h5), "--student", ARCH,
+                 "--data", str(tiny_synth["train"]), "--eval-data", str(tiny_synth["test"]),
+                 "--batch-size", "3", "--max-steps", "4", "--epochs", "3", "--out", str(out)])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    with ResultsFile(out / "distill.h5", "r") as rf:
+        assert list(rf.read("distill", "step")) == [1, 2, 3, 4]
+        loss, ce, kd = (rf.read("distill", k) for k in ("loss", "ce", "kd"))
+        kdt = rf.read("distill", "kd_teachers")
+        assert kdt.shape == (4, 2) and np.all(kdt >= 0)
+        np.testing.assert_allclose(loss, ce + kd, rtol=1e-5)
+        np.testing.assert_allclose(kd, kdt.sum(1), rtol=1e-5)
+        acc = float(rf.read("eval", "accuracy"))
+        assert 0.0 <= acc <= 1.0
+        assert rf.attrs("eval", "accuracy")["videos"] == 3
+        assert rf.meta()["config"]["temperature"] == 4.0
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss,ce,kd,kd_0,kd_1" and len(rows) == 5
+    student, ck = load_classifier(out / "student.pt")
+    assert ck["kind"] == "finetune" and ck["arch"] == ARCH and ck["num_classes"] == len(classes)
+    assert ck["step"] == 4 and (ck["clip_len"], ck["size"]) == (8, 64)
+    x = torch.randn(2, 3, 8, 64, 64)
+    assert student(x).shape == (2, len(classes))
+
+
+@pytest.mark.slow
+def test_distill_cli_errors(tmp_path, tiny_synth, train_manifest):
+    classes = D.manifest_classes(train_manifest)
+    bad = _finetune_ckpt(tmp_path / "t5.pt", classes, 0, num_classes=len(classes) + 2)
+    r = _invoke(["distill", "--teacher", str(bad), "--student", ARCH,
+                 "--data", str(tiny_synth["train"]), "--max-steps", "1", "--out",
+                 str(tmp_path / "o")])
+    assert isinstance(r.exception, DalivsslError)
+    assert f"teacher has {len(classes) + 2} classes but the data has {len(classes)}" in str(
+        r.exception)
+    recs = train_manifest.records
+    short = D.write_logits_file(tmp_path / "short.h5", np.zeros((1, len(classes))),
+                                [recs[0].path], [0], classes)
+    r = _invoke(["distill", "--teacher-logits", str(short), "--student", ARCH, "--data",
+                 str(tiny_synth["train"]), "--max-steps", "1", "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, DalivsslError) and "no logits for" in str(r.exception)

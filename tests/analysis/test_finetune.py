@@ -1,0 +1,272 @@
+"""Finetuning / linear probe: metrics, training, frozen probe, checkpoint + results, CLI errors."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from tests.analysis.test_features import TinyBackbone, make_batches
+
+# 6 videos, 3 classes; the class is the dominant colour channel (learnable by the tiny net)
+COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.9, 0.1, 0), (0.1, 0.8, 0.1), (0, 0.2, 0.9)]
+LABELS = [0, 1, 2, 0, 1, 2]
+
+
+def _fake_data(tmp_path):
+    """FinetuneData over manifests whose records need not exist (batches are hand-made)."""
+    from dalivssl.analysis.finetune import FinetuneData
+    from dalivssl.data.manifest import Manifest, VideoRecord
+
+    classes = ["red", "green", "blue"]
+    recs = [VideoRecord(f"v{i}.webm", 40, label=LABELS[i], class_name=classes[LABELS[i]])
+            for i in range(len(LABELS))]
+    m = Manifest(tmp_path, recs, classes)
+    return FinetuneData(m, m, classes, "train.jsonl", "test.jsonl")
+
+
+def test_video_accuracy_uses_averaged_logits_not_votes():
+    from dalivssl.analysis.finetune import (clip_accuracy, confusion_matrix, video_accuracy,
+                                            video_predictions)
+
+    # video 0: one confident clip for class 0, two weak clips for class 1 -> mean logits say 0,
+    # a majority vote would say 1. video 1: all clips say class 1.
+    logits = np.array([[[5.0, 0.0], [0.0, 1.0], [0.0, 1.0]],
+                       [[0.0, 2.0], [0.0, 3.0], [1.0, 0.0]]])
+    targets = np.array([0, 1])
+    assert video_predictions(logits).tolist() == [0, 1]
+    assert video_accuracy(logits, targets) == 1.0
+    assert clip_accuracy(logits, targets) == pytest.approx(3 / 6)
+    assert video_accuracy(logits, np.array([1, 1])) == 0.5
+    cm = confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2)
+    assert cm.tolist() == [[1, 1], [0, 1]]
+
+
+def test_training_loss_falls_on_fixed_tiny_set():
+    from dalivssl.analysis.finetune import (FinetuneConfig, FinetuneModel, build_optimizer,
+                                            train_epoch)
+
+    torch.manual_seed(0)
+    batches = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
+    model = FinetuneModel(TinyBackbone(), 3)
+    opt = build_optimizer(model, FinetuneConfig(lr=0.1, weight_decay=0.0))
+    losses = [train_epoch(model, batches, opt)["loss"] for _ in range(10)]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_linear_probe_freezes_backbone_weights_and_bn_stats():
+    from dalivssl.analysis.finetune import (FinetuneConfig, FinetuneModel, build_optimizer,
+                                            train_epoch)
+
+    torch.manual_seed(0)
+    model = FinetuneModel(TinyBackbone(), 3, frozen=True)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    head_before = model.head.weight.clone()
+    opt = build_optimizer(model, FinetuneConfig(lr=0.5, weight_decay=1e-3))
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2  # head weight + bias only
+    model.train()
+    assert not model.backbone.training and not model.backbone.bn.training
+    for _ in range(3):
+        train_epoch(model, make_batches(COLOURS, LABELS, batch_size=3, noise=0.1), opt)
+    after = model.backbone.state_dict()
+    for k, v in before.items():  # includes bn.running_mean / running_var / num_batches_tracked
+        assert torch.equal(v, after[k]), k
+    assert not torch.equal(head_before, model.head.weight)
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+
+
+def test_l2_norm_probe_features_have_unit_norm():
+    from dalivssl.analysis.finetune import FinetuneModel
+
+    model = FinetuneModel(TinyBackbone(), 3, frozen=True, l2_norm=True).eval()
+    f = model.features(make_batches(COLOURS[:2], LABELS[:2])[0].clips.flatten(0, 1))
+    np.testing.assert_allclose(f.norm(dim=1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_run_finetune_writes_checkpoint_results_and_resumes(tmp_path):
+    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+    from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.results import ResultsFile
+
+    data = _fake_data(tmp_path)
+    train = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
+    test = make_batches(COLOURS, LABELS, batch_size=4, clips=3, noise=0.05, seed=1)
+    cfg = FinetuneConfig(arch="tiny", epochs=1, lr=0.1, eval_clips=3, clip_len=4, size=8)
+    torch.manual_seed(0)
+    res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "run", train_batches=train,
+                       test_batches=test)
+    assert res["epochs"] == 1 and res["step"] == 2
+    ck = load_checkpoint(res["checkpoint"])
+    for key in ("kind", "arch", "backbone", "head", "num_classes", "classes", "clip_len", "size",
+                "normalize", "config", "versions", "step", "epoch"):
+        assert key in ck, key
+    assert ck["kind"] == "finetune" and ck["arch"] == "tiny" and ck["num_classes"] == 3
+    assert ck["classes"] == ["red", "green", "blue"]
+    assert set(ck["head"]) == {"weight", "bias"} and ck["head"]["weight"].shape == (3, 8)
+    with ResultsFile(res["results"], "r") as rf:
+        clip_acc, video_acc = rf.read("finetune", "clip_acc"), rf.read("finetune", "video_acc")
+        assert 0.0 <= clip_acc <= 1.0 and 0.0 <= video_acc <= 1.0
+        assert clip_acc == pytest.approx(res["clip_acc"])
+        assert rf.read("finetune", "confusion").shape == (3, 3)
+        assert rf.read("finetune", "confusion").sum() == 6
+        assert rf.read("predictions", "video_index").tolist() == list(range(6))
+        assert rf.read("predictions", "video_target").tolist() == LABELS
+        assert rf.read("predictions", "clip_pred").shape == (6, 3)
+        assert rf.read("predictions", "video_path")[0] == "v0.webm"
+        assert len(rf.read("log", "train_loss")) == 1
+        assert rf.meta()["kind"] == "finetune"
+
+
+class _CrashAt:
+    """Batches that die when epoch ``n`` starts (a killed run)."""
+
+    def __init__(self, batches, n):
+        self.batches, self.n = batches, n
+
+    def set_epoch(self, e):
+        if e >= self.n:
+            raise KeyboardInterrupt
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+    from dalivssl.engine.checkpoint import load_checkpoint
+
+    data = _fake_data(tmp_path)
+    train = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
+    test = make_batches(COLOURS, LABELS, batch_size=4, clips=2, noise=0.05, seed=1)
+    cfg = FinetuneConfig(arch="tiny", epochs=4, lr=0.1, eval_clips=2, dropout=0.3)
+    torch.manual_seed(0)
+    full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full", train_batches=train,
+                        test_batches=test)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut",
+                     train_batches=_CrashAt(train, 2), test_batches=test)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
+    torch.manual_seed(123)  # resume must not depend on the caller's RNG: restored from the file
+    res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut", resume=True,
+                       train_batches=train, test_batches=test)
+    assert res["epochs"] == 4 and res["step"] == 8
+    rows = list(csv.DictReader(open(tmp_path / "cut" / "finetune_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # cosine per step: the last of 8 steps (index 7) ran at lr * 0.5 * (1 + cos(7π/8))
+    assert float(rows[-1]["lr"]) == pytest.approx(0.1 * 0.5 * (1 + np.cos(7 * np.pi / 8)))
+    a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(res["checkpoint"])
+    for part in ("head", "backbone"):
+        for k in a[part]:
+            torch.testing.assert_close(a[part][k], b[part][k], msg=f"{part}.{k}")
+    assert res["clip_acc"] == full["clip_acc"]
+
+
+def test_max_steps_stops_mid_epoch(tmp_path):
+    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+
+    cfg = FinetuneConfig(arch="tiny", max_steps=3, eval_clips=1)
+    res = run_finetune(cfg, _fake_data(tmp_path), TinyBackbone(), tmp_path / "r",
+                       train_batches=make_batches(COLOURS, LABELS, batch_size=3),
+                       test_batches=make_batches(COLOURS, LABELS))
+    assert res["step"] == 3 and res["epochs"] == 2
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _main_error(capsys, argv):
+    from dalivssl.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    return exc.value.code, err
+
+
+def _c7_checkpoint(path, arch, backbone_state):
+    torch.save({"kind": "pretrain", "arch": arch, "backbone": backbone_state, "head": {},
+                "config": {}, "versions": {}, "step": 0, "epoch": 0, "task": "vcop"}, path)
+    return path
+
+
+def test_cli_missing_manifest_is_one_line_exit_2(tmp_path, capsys):
+    code, err = _main_error(capsys, ["finetune", "--random-init", "--arch", "shufflenet",
+                                     "--data", str(tmp_path / "missing.jsonl")])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "missing.jsonl" in err and "not found" in err
+
+
+def test_cli_wrong_arch_checkpoint(tmp_path, capsys, tiny_synth):
+    ck = _c7_checkpoint(tmp_path / "pre.pt", "shufflenet", TinyBackbone().state_dict())
+    code, err = _main_error(capsys, ["finetune", "--checkpoint", str(ck), "--arch", "r3d",
+                                     "--data", str(tiny_synth["train"]),
+                                     "--test-data", str(tiny_synth["test"])])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "pre.pt" in err and "'shufflenet'" in err and "'r3d'" in err
+
+
+def test_cli_weights_of_another_model(tmp_path, capsys, tiny_synth):
+    pytest.importorskip("models")
+    ck = _c7_checkpoint(tmp_path / "pre.pt", "shufflenet", TinyBackbone().state_dict())
+    code, err = _main_error(capsys, ["finetune", "--checkpoint", str(ck),
+                                     "--data", str(tiny_synth["train"]),
+                                     "--test-data", str(tiny_synth["test"])])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "pre.pt" in err and "do not fit" in err
+
+
+@pytest.mark.slow
+def test_cli_finetune_end_to_end(tmp_path, tiny_synth):
+    """Pretrained C7 checkpoint -> DALI loader -> finetune on the tiny synthetic dataset."""
+    pytest.importorskip("pipelines.loader")
+    models = pytest.importorskip("models")
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.engine.checkpoint import load_checkpoint, save_checkpoint
+    from dalivssl.results import ResultsFile
+
+    torch.manual_seed(1)
+    pre = models.create_backbone("r3d")
+    pre_state = {k: v.clone() for k, v in pre.state_dict().items()}
+    save_checkpoint(tmp_path / "pre.pt", kind="pretrain", arch="r3d", backbone=pre_state,
+                    head={}, config={"clip_len": 8, "size": 32, "normalize": "unit"},
+                    versions={}, step=5, epoch=1, task="vcop")
+    out = tmp_path / "ft"
+    args = ["finetune", "--checkpoint", str(tmp_path / "pre.pt"), "--data",
+            str(tiny_synth["train"]), "--test-data", str(tiny_synth["test"]), "--max-steps", "2",
+            "--batch-size", "2", "--eval-clips", "2", "--out", str(out)]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["kind"] == "finetune" and ck["arch"] == "r3d" and ck["num_classes"] == 3
+    # clip settings and normalisation come from the pretrained checkpoint
+    assert (ck["clip_len"], ck["size"], ck["normalize"]) == (8, 32, "unit")
+    assert ck["step"] == 2 and ck["head"]["weight"].shape == (3, 512)
+    # training started from the pretrained weights (and moved them)
+    w = "stem.0.weight" if "stem.0.weight" in pre_state else next(
+        k for k in pre_state if k.endswith("weight") and pre_state[k].dim() == 5)
+    delta = (ck["backbone"][w] - pre_state[w]).abs().max().item()
+    assert 0 < delta < 0.5 * pre_state[w].abs().max().item()
+    with ResultsFile(out / "finetune.h5", "r") as rf:
+        assert 0 <= rf.read("finetune", "clip_acc") <= 1
+        assert 0 <= rf.read("finetune", "video_acc") <= 1
+        n_test = len(rf.read("predictions", "video_index"))
+        assert rf.read("predictions", "clip_pred").shape == (n_test, 2)
+    assert n_test == len(load_manifest(tiny_synth["test"]))
+
+
+def test_pretrain_normalize_follows_the_pretext_task():
+    from dalivssl.analysis.finetune import pretrain_normalize
+
+    assert pretrain_normalize({"normalize": "unit"}) == "unit"
+    assert pretrain_normalize({"config": {"normalize": "imagenet"}, "task": "vcop"}) == "imagenet"
+    pytest.importorskip("pipelines.samplers")
+    assert pretrain_normalize({"task": "vcop", "config": {}}) == "unit"  # VCOP trains on [0,1]
+    assert pretrain_normalize({"task": "rotnet", "config": {}}) == "imagenet"
+    assert pretrain_normalize({"task": "nope", "config": {}}) is None

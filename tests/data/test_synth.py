@@ -1,0 +1,149 @@
+"""The synthetic dataset: motion-defined classes, reversal pairs, balanced splits, exact counts."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from dalivssl.data import load_manifest, synth
+from dalivssl.data.probe import probe
+from dalivssl.errors import DalivsslError
+
+
+def classify(traj: dict) -> str:
+    """Name the motion of a trajectory from its numbers alone (independent of synth's tables)."""
+    x, y, ang, scale = traj["x"], traj["y"], traj["angle"], traj["scale"]
+    growth = math.log(scale[-1] / scale[0])
+    if abs(growth) > 0.3:
+        return "zoom_in" if growth > 0 else "zoom_out"
+    turn = ang[-1] - ang[0]
+    if abs(turn) > 90:
+        return "spin_cw" if turn > 0 else "spin_ccw"  # angles grow clockwise on screen
+    dx, dy = np.diff(x), np.diff(y)
+    step = np.hypot(dx, dy)
+    med = np.median(step)
+    jumps = step > 5 * med
+    if jumps.any():
+        slow = np.median(dx[~jumps])
+        assert np.all(np.sign(dx[jumps]) == -np.sign(slow)), "sawtooth jumps back"
+        return "saw_right" if slow > 0 else "saw_left"
+    heading = np.arctan2(dy, dx)
+    if np.ptp(np.unwrap(heading)) > math.pi:  # heading turns: circular path
+        cx, cy = x.mean(), y.mean()
+        cross = np.sum((x[:-1] - cx) * dy - (y[:-1] - cy) * dx)
+        return "orbit_cw" if cross > 0 else "orbit_ccw"  # y points down: positive = clockwise
+    deg = math.degrees(math.atan2(dy.mean(), dx.mean())) % 360
+    names = {0: "move_right", 45: "move_down_right", 90: "move_down", 135: "move_down_left",
+             180: "move_left", 225: "move_up_left", 270: "move_up", 315: "move_up_right"}
+    return names[int(round(deg / 45.0)) % 8 * 45]
+
+
+def test_reverse_is_a_fixed_point_free_involution():
+    assert set(synth.REVERSE) == set(synth.CLASS_NAMES)
+    for name, rev in synth.REVERSE.items():
+        assert rev != name
+        assert synth.REVERSE[rev] == name
+
+
+@pytest.mark.parametrize("name", synth.CLASS_NAMES)
+def test_motion_defines_class_and_reversal_maps_to_partner(name):
+    for seed in range(6):
+        traj = synth.trajectory(name, 150, 112, np.random.default_rng(seed))
+        assert classify(traj) == name
+        assert classify(synth.reverse_trajectory(traj)) == synth.REVERSE[name]
+
+
+def test_first_classes_keep_reversal_pairs_together():
+    # the tiny fixture uses the first classes; pairs must not be split for even class counts
+    for c in range(0, len(synth.CLASS_NAMES), 2):
+        assert synth.REVERSE[synth.CLASS_NAMES[c]] == synth.CLASS_NAMES[c + 1]
+
+
+def test_render_is_deterministic_and_seed_dependent():
+    a, info = synth.render("orbit_cw", 12, 64, np.random.default_rng(3))
+    b, _ = synth.render("orbit_cw", 12, 64, np.random.default_rng(3))
+    c, _ = synth.render("orbit_cw", 12, 64, np.random.default_rng(4))
+    assert a.shape == (12, 64, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert 1 <= info["objects"] <= 3
+    # objects move and the background pans or not: consecutive frames are not all identical
+    assert np.abs(np.diff(a.astype(int), axis=0)).sum() > 0
+
+
+def test_plan_is_balanced_with_test_share():
+    plan = synth.plan_videos(300, 12)
+    per = Counter(label for label, _ in plan)
+    assert set(per.values()) == {25}
+    tests = Counter(label for label, split in plan if split == "test")
+    assert set(tests.values()) == {6}
+    uneven = Counter(label for label, _ in synth.plan_videos(14, 3))
+    assert sorted(uneven.values()) == [4, 5, 5]
+
+
+def test_tiny_dataset(tiny_synth):
+    train, test = load_manifest(tiny_synth["train"]), load_manifest(tiny_synth["test"])
+    assert train.classes == ["move_right", "move_left", "spin_cw"]
+    assert len(train) == 9 and len(test) == 3
+    assert Counter(r.label for r in train) == {0: 3, 1: 3, 2: 3}
+    assert Counter(r.label for r in test) == {0: 1, 1: 1, 2: 1}
+    assert {r.split for r in train} == {"train"} and {r.split for r in test} == {"test"}
+    allm = load_manifest(tiny_synth["all"])
+    assert len(allm) == 12
+    assert not {r.path for r in train} & {r.path for r in test}
+    for m in (train, test):
+        for r in m:
+            assert m.abspath(r).is_file()
+            assert r.class_name == m.classes[r.label]
+            assert (r.num_frames, r.width, r.height, r.codec) == (40, 64, 64, "vp9")
+            assert r.fps == 25.0
+
+
+def test_frame_counts_match_exact_decode_and_dali(tiny_synth):
+    from nvidia.dali import fn, pipeline_def
+
+    m = load_manifest(tiny_synth["all"])
+    recs = [m[0], m[len(m) - 1]]
+    for r in recs:
+        assert probe(m.abspath(r), exact=True)["num_frames"] == r.num_frames
+
+    @pipeline_def(batch_size=len(recs), num_threads=1, device_id=None)
+    def full_decode():
+        enc, _ = fn.readers.file(files=[str(m.abspath(r)) for r in recs])
+        return fn.decoders.video(enc, device="cpu")  # no frame arguments: every frame
+
+    pipe = full_decode()
+    pipe.build()
+    (out,) = pipe.run()
+    for i, r in enumerate(recs):
+        assert np.asarray(out[i]).shape == (r.num_frames, 64, 64, 3)
+
+
+def test_generate_rejects_bad_arguments(tmp_path):
+    with pytest.raises(DalivsslError, match="classes"):
+        synth.generate(tmp_path, videos=4, classes=99, frames=8, size=32)
+    with pytest.raises(DalivsslError, match="at least one video per class"):
+        synth.generate(tmp_path, videos=2, classes=3, frames=8, size=32)
+
+
+def test_ensure_default_dataset_generates_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("DALIVSSL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(synth, "DEFAULT",
+                        synth.SynthConfig(videos=4, classes=2, frames=8, size=32))
+    calls = []
+    real = synth.generate
+    monkeypatch.setattr(synth, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # a half-written folder from a crashed run (no COMPLETE marker) must not be used
+    final = tmp_path / "cache" / synth._default_name(synth.DEFAULT)
+    (final / "videos").mkdir(parents=True)
+    (final / "train.jsonl").write_text("half")
+    paths = synth.ensure_default_dataset()
+    assert calls == [1]
+    assert (final / "COMPLETE").is_file()
+    assert len(load_manifest(paths["train"])) + len(load_manifest(paths["test"])) == 4
+    again = synth.ensure_default_dataset()
+    assert again == paths and calls == [1]
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
+    assert leftovers == []

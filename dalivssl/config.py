@@ -23,7 +23,7 @@ SUB_CONFIGS = ("sampler", "head")  # dict-valued fields: task options, keys chec
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """``dalivssl pretrain``. CPU-friendly defaults: 8-frame clips at 64 px (the paper uses 16 at
+    """``dalivssl pretrain``. CPU-friendly defaults: 16-frame clips at 64 px (the paper uses 16 at
     112); ``None`` optimiser fields mean "the task's SPEC value"."""
 
     task: str = "vcop"
@@ -33,7 +33,7 @@ class PretrainConfig:
     epochs: int = 10
     max_steps: int | None = None      # stops after this many optimiser steps (wins over epochs)
     batch_size: int = 8               # per process
-    clip_len: int = 8
+    clip_len: int = 16
     size: int = 64
     seed: int = 0
     device: str = "cpu"               # cpu | gpu
@@ -184,10 +184,17 @@ def resolve(cls, yaml_path=None, flags: dict | None = None, sets=None):
     return from_dict(cls, parse_set(sets), cfg)
 
 
+def _plain(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
 def to_dict(cfg) -> dict:
-    """Plain dict (tuples as lists) for YAML and checkpoints."""
-    d = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    """Plain dict (tuples as lists, also inside the option dicts) for YAML and checkpoints."""
+    return _plain(dataclasses.asdict(cfg))
 
 
 def save_yaml(cfg, path) -> None:

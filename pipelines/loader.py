@@ -101,14 +101,15 @@ class PretextLoader:
     device 'cpu' (CPU decoder, CPU tensors) or 'gpu' (mixed NVDEC decoder, CUDA tensors).
     raw: yield uint8 clips (B, K, T, H, W, C) before normalisation instead of float
     (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
-    before normalisation (``pipelines.noise.dali_noise``).
+    before normalisation (``pipelines.noise.dali_noise``). prefetch: batches prepared ahead by
+    a worker thread (0 = synchronous).
     """
 
     def __init__(self, task, manifest, batch_size: int, device: str = "cpu", clip_len: int = 16,
                  size: int = 112, seed: int = 0, augment: bool = True,
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int = 2, drop_last: bool = True, raw: bool = False,
-                 noise: tuple | None = None, **task_options):
+                 noise: tuple | None = None, prefetch: int = 1, **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -131,6 +132,7 @@ class PretextLoader:
         self.drop_last = bool(drop_last)
         self.raw = bool(raw)
         self.noise = tuple(noise) if noise is not None else None
+        self.prefetch = int(prefetch)
         self.normalize = getattr(self.sampler, "normalize", "imagenet")
         self.epoch = 0
         self.position = 0  # batches of the current epoch already yielded
@@ -310,25 +312,35 @@ class PretextLoader:
                     items[i] = self._plan_one(order, positions[i], epoch)
 
     def _find_bad(self, items) -> list[int]:
+        """Indices of the items DALI cannot decode, found by decoding them one at a time."""
         bad = []
+        self._pipe = None  # a pipeline that raised is no longer valid
         for i, item in enumerate(items):
-            self._pipe = None
             self._ensure_pipe(self._cfg)
             try:
                 self._decode([item])
             except RuntimeError:
                 bad.append(i)
-        self._pipe = None
+                self._pipe = None
         return bad
 
     # ------------------------------------------------------------------ iteration
+    def batch_plans(self, epoch: int, b: int) -> list[tuple[int, ClipPlan]]:
+        """[(manifest index, plan)] of batch ``b`` of ``epoch``: what the pipeline will decode
+        (unusable videos already replaced; benchmarks feed the same plans to other loaders)."""
+        order = self.shard_order(epoch)
+        return [(i, p) for i, p, _ in (self._plan_one(order, pos, epoch)
+                                       for pos in self._positions(b))]
+
+    def _positions(self, b: int) -> list[int]:
+        return list(range(b * self.batch_size, min((b + 1) * self.batch_size, self.per_rank)))
+
     def batch_at(self, epoch: int, b: int) -> Batch:
         """Batch ``b`` of ``epoch`` (pure function of seed/epoch/b, given the known-bad videos)."""
         import torch
 
         order = self.shard_order(epoch)
-        lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.per_rank)
-        positions = list(range(lo, hi))
+        positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
         items, out = self._decode_batch(items, order, positions, epoch)
         cfg = self._cfg
@@ -362,13 +374,58 @@ class PretextLoader:
         return batch
 
     def __iter__(self):
-        epoch = self.epoch
-        while self.position < self._num_batches:
-            batch = self.batch_at(epoch, self.position)
-            self.position += 1
-            yield batch
+        epoch, start = self.epoch, self.position
+        if self.prefetch <= 0:
+            for b in range(start, self._num_batches):
+                batch = self.batch_at(epoch, b)
+                self.position = b + 1
+                yield batch
+        else:
+            yield from self._iter_prefetch(epoch, start)
         # epoch finished: the next iteration starts the next epoch
         self.epoch, self.position = epoch + 1, 0
+
+    def _iter_prefetch(self, epoch: int, start: int):
+        """Batches made by a worker thread ``prefetch`` batches ahead: DALI decoding and the torch
+        normalisation release the GIL, so they overlap with the consumer's training step."""
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                for b in range(start, self._num_batches):
+                    if stop.is_set() or not put((b, self.batch_at(epoch, b), None)):
+                        return
+                put((None, None, None))
+            except BaseException as exc:  # handed to the consumer, raised there
+                put((None, None, exc))
+
+        worker = threading.Thread(target=work, name="PretextLoader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                b, batch, err = q.get()
+                if err is not None:
+                    raise err
+                if b is None:
+                    return
+                self.position = b + 1
+                yield batch
+        finally:
+            stop.set()
+            worker.join()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -437,8 +437,7 @@ def plot_cka_map(result: CKAMap, path, name_a: str = "A", name_b: str = "B",
 
     la, lb = len(result.layers_a), len(result.layers_b)
     fig, ax = plt.subplots(figsize=(2.0 + 0.45 * lb, 1.6 + 0.4 * la))
-    cmap = matplotlib.colormaps["magma"].copy()
-    cmap.set_bad("0.6")  # NaN (a constant layer) in grey, not as 0
+    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.6")  # NaN (constant layer): grey
     im = ax.imshow(result.map, origin="lower", cmap=cmap, vmin=0.0, vmax=1.0,
                    aspect="auto", interpolation="nearest")
     ax.set_xticks(range(lb), result.layers_b, rotation=60, ha="right", fontsize=7)

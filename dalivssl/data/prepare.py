@@ -162,6 +162,8 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
     if out == Path(manifest.root).resolve():
         raise DalivsslError(f"{out}: output folder must differ from the dataset root")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.rglob("*.partial.*"):  # left by a killed run; never part of the output
+        stale.unlink(missing_ok=True)
     n_workers = parallel.default_workers(len(manifest)) if workers is None else workers
     if workers is None and len(manifest) < 8:
         n_workers = 1

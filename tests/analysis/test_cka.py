@@ -353,3 +353,77 @@ def test_cka_map_bad_layers():
         C.cka_map(Twice(), None, _clip_iter(1))
     with pytest.raises(DalivsslError, match="B x C x T x H x W"):
         C.cka_map(a, None, [torch.zeros(4, 3, 8)])
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _pretrain_ckpt(path, seed):
+    models = pytest.importorskip("models")
+    import torch
+
+    from dalivssl.engine.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    b = models.create_backbone("squeezenet")
+    save_checkpoint(path, kind="pretrain", arch="squeezenet", backbone=b.state_dict(), head={},
+                    config={}, versions={}, step=0, epoch=0)
+    return path
+
+
+@pytest.mark.slow
+def test_cka_cli_end_to_end(tmp_path, tiny_synth):
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.results import ResultsFile
+
+    a, b = _pretrain_ckpt(tmp_path / "a.pt", 0), _pretrain_ckpt(tmp_path / "b.pt", 1)
+    common = ["--data", str(tiny_synth["train"]), "--batch-size", "4", "--clip-len", "8",
+              "--size", "64"]
+    with pytest.warns(RuntimeWarning, match="skipping a batch of 1"):
+        r = CliRunner().invoke(cli, ["cka", "--checkpoint", str(a), *common, "--out",
+                                     str(tmp_path / "self"), "--layers",
+                                     "features.2,features.5,features.8"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    with ResultsFile(tmp_path / "self" / "cka.h5", "r") as rf:
+        M = rf.read("cka", "map")
+        assert M.shape == (3, 3) and np.all(np.diag(M) == 1.0)
+        assert rf.read("cka", "layers_a") == ["features.2", "features.5", "features.8"]
+        at = rf.attrs("cka", "map")
+        # 9 training videos in batches of 4: 4 + 4 used, the last batch of 1 skipped
+        assert (at["n_examples"], at["n_batches"], at["skipped_batches"]) == (8, 2, 1)
+        assert at["features"] == "flatten" and at["self_map"]
+    assert (tmp_path / "self" / "cka.png").stat().st_size > 1000
+
+    r = CliRunner().invoke(cli, ["cka", "--checkpoint", str(a), "--checkpoint", str(b), *common,
+                                 "--batches", "1", "--out", str(tmp_path / "pair")])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    with ResultsFile(tmp_path / "pair" / "cka.h5", "r") as rf:
+        M = rf.read("cka", "map")
+        la, lb = rf.read("cka", "layers_a"), rf.read("cka", "layers_b")
+        assert M.shape == (len(la), len(lb)) and la == lb and len(la) > 3
+        fin = M[np.isfinite(M)]
+        assert fin.size > 0 and np.all((fin >= -1) & (fin <= 1 + 1e-9))
+        assert rf.attrs("cka", "map")["n_examples"] == 4
+        assert rf.read("cka", "checkpoints") == [str(a.resolve()), str(b.resolve())]
+    assert (tmp_path / "pair" / "cka.png").exists()
+    assert (tmp_path / "pair" / "cka.csv").read_text().startswith("layer_a,features.2")
+
+    r = CliRunner().invoke(cli, ["cka", "--checkpoint", str(a), *common, "--layers", "nope",
+                                 "--out", str(tmp_path / "bad")])
+    assert isinstance(r.exception, DalivsslError) and "no layer named 'nope'" in str(r.exception)
+
+
+@pytest.mark.gpu
+def test_cka_map_gpu_matches_cpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # default True for convs
+    a, b = _tiny_models()
+    clips = _clip_iter(3, 8)
+    cpu = C.cka_map(a, b, clips, device="cpu")
+    gpu = C.cka_map(a, b, [x.cuda() for x in clips], device="gpu")
+    # CPU and cuDNN convolutions round differently, so the maps agree only to float32 accuracy;
+    # the CKA arithmetic itself is compared to 1e-10 in test_cupy_matches_numpy
+    np.testing.assert_allclose(gpu.map, cpu.map, atol=1e-5)
+    self_gpu = C.cka_map(a, None, [x.cuda() for x in clips], device="gpu")
+    assert np.all(np.diag(self_gpu.map) == 1.0)

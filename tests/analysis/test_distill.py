@@ -180,8 +180,6 @@ def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manif
     assert f["logits"].shape == (n, len(classes)) and f["logits"].dtype == np.float32
     assert f["paths"] == [rec.path for rec in train_manifest.records]
     assert f["attrs"]["num_clips"] == 2 and f["classes"] == classes
-    # the exported rows are the teacher's mean logits over the two eval clips (spot check row 0)
-    model, _ = load_classifier(t0)
     assert np.all(np.isfinite(f["logits"])) and f["logits"].std() > 0
 
     out = tmp_path / "run"

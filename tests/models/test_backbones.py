@@ -219,3 +219,17 @@ def test_import_models_does_not_import_torchvision():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert models.create_backbone is create_backbone
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_backward_on_cuda_at_benchmark_size(name):
+    torch.manual_seed(0)
+    m = create_backbone(name, num_classes=4).cuda()
+    x = torch.randn(2, 3, 16, 112, 112, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = m(x)
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all()
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert tuple(m.forward_map(x).shape[1:]) == SPEC[name][3]

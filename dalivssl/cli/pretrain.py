@@ -1,0 +1,71 @@
+"""``dalivssl pretrain``: pretrain a backbone on a pretext task (torch/DALI imported lazily)."""
+from __future__ import annotations
+
+import click
+
+TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
+
+
+@click.command("pretrain")
+@click.option("--task", default=None, help=f"Pretext task: {TASK_NAMES} (default vcop).")
+@click.option("--arch", default=None, help="Backbone, e.g. shufflenet, r21d, r3d, c3d "
+              "(default shufflenet).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Train manifest (JSONL). Default: the embedded synthetic dataset.")
+@click.option("--subset", type=int, default=None, help="Use N videos (nested, class-balanced).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 10).")
+@click.option("--max-steps", type=int, default=None, help="Stop after S optimiser steps.")
+@click.option("--batch-size", type=int, default=None, help="Per-process batch (default 8).")
+@click.option("--clip-len", type=int, default=None, help="Frames per clip (default 16, as the paper).")
+@click.option("--size", type=int, default=None, help="Crop size in px (default 64; paper 112).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="YAML run config (flat keys).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (repeatable): lr=0.01, sampler.num_clips=4, "
+                   "head.queue_size=500.")
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default cpu.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run dir (default runs/pretrain/<task>_<arch>).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--overwrite", is_flag=True, help="Start again even if --out holds a checkpoint.")
+@click.option("--seed", type=int, default=None, help="Seed (default 0).")
+@click.option("--threads", "--workers", "threads", type=int, default=None,
+              help="CPU threads for torch and DALI (default 2).")
+@click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
+def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
+             config_path, sets, device, out, resume, overwrite, seed, threads, no_progress):
+    """Pretrain a backbone on a pretext task (Kumar et al., arXiv 2306.06010).
+
+    Writes checkpoint.pt, config.yaml, log.csv, tb/ and summary.json into the run dir. Under
+    torchrun (`torchrun --nproc_per_node=N -m dalivssl pretrain …`) it trains with DDP.
+    """
+    from dalivssl.config import PretrainConfig, resolve
+
+    flags = dict(task=task, arch=arch, data=data, subset=subset, epochs=epochs,
+                 max_steps=max_steps, batch_size=batch_size, clip_len=clip_len, size=size,
+                 device=device, out=out, seed=seed, threads=threads,
+                 progress=False if no_progress else None)
+    cfg = resolve(PretrainConfig, config_path, flags, sets)
+    _validate_names(cfg)
+
+    from dalivssl.engine.trainer import pretrain as run
+
+    run(cfg, resume=resume, overwrite=overwrite)
+
+
+def _validate_names(cfg) -> None:
+    """Fail on an unknown task/arch or a missing manifest before importing torch/DALI."""
+    from pathlib import Path
+
+    from dalivssl.errors import DalivsslError, unknown_name
+
+    tasks = [t.strip() for t in TASK_NAMES.split(",")]
+    if cfg.task not in tasks:
+        raise unknown_name("task", cfg.task, tasks)
+    if cfg.data and not Path(cfg.data).is_file():
+        raise DalivsslError(f"{cfg.data}: manifest not found")
+    for key in ("epochs", "batch_size", "clip_len", "size", "threads", "ckpt_every", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise DalivsslError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise DalivsslError(f"max_steps must be >= 1, got {cfg.max_steps}")

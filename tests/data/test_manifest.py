@@ -1,0 +1,75 @@
+"""Manifest round trip and validation: every bad line names file, line and reason."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dalivssl.data.manifest import Manifest, VideoRecord, load_manifest, save_manifest
+from dalivssl.errors import DalivsslError
+
+
+def _write(tmp_path, records, classes=("a", "b")):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    header = {"format": "dalivssl-manifest", "version": 1, "root": "data",
+              "classes": list(classes)}
+    p = tmp_path / "m.jsonl"
+    p.write_text("\n".join(json.dumps(x) for x in [header, *records]) + "\n")
+    return p
+
+
+def test_round_trip_keeps_records_and_extra(tmp_path):
+    recs = [VideoRecord("x/v1.webm", 40, 1, "b", "test", 25.0, 64, 48, "vp9", 2, 30, "v1",
+                        {"segment": 3}),
+            VideoRecord("v2.webm", 10, 0, "a")]
+    path = save_manifest(Manifest(tmp_path / "data", recs, ["a", "b"]), tmp_path / "m.jsonl")
+    m = load_manifest(path)
+    assert m.records == recs and m.records[0].extra == {"segment": 3}
+    assert m.classes == ["a", "b"]
+    assert m.abspath(m[0]) == (tmp_path / "data" / "x" / "v1.webm").resolve()
+    assert m[0].usable_frames == 28
+    assert len(m.split("test")) == 1
+
+
+def test_path_outside_root(tmp_path):
+    p = _write(tmp_path, [{"path": "../escape.webm", "num_frames": 5, "label": 0}])
+    with pytest.raises(DalivsslError, match=r"m\.jsonl:2: \.\./escape\.webm: path lies outside"):
+        load_manifest(p)
+
+
+def test_absolute_path(tmp_path):
+    p = _write(tmp_path, [{"path": "/etc/x.webm", "num_frames": 5, "label": 0}])
+    with pytest.raises(DalivsslError, match="outside the manifest root"):
+        load_manifest(p)
+
+
+def test_negative_frame_count(tmp_path):
+    p = _write(tmp_path, [{"path": "ok.webm", "num_frames": 5, "label": 0},
+                          {"path": "v.webm", "num_frames": -3, "label": 0}])
+    with pytest.raises(DalivsslError, match=r"m\.jsonl:3: v\.webm: negative frame count -3"):
+        load_manifest(p)
+
+
+def test_unknown_label(tmp_path):
+    p = _write(tmp_path, [{"path": "v.webm", "num_frames": 5, "label": 2}])
+    with pytest.raises(DalivsslError, match=r"unknown label 2 \(manifest has 2 classes\)"):
+        load_manifest(p)
+
+
+def test_label_without_classes(tmp_path):
+    p = _write(tmp_path, [{"path": "v.webm", "num_frames": 5, "label": 0}], classes=())
+    with pytest.raises(DalivsslError, match="unknown label 0"):
+        load_manifest(p)
+
+
+def test_unlabelled_is_fine(tmp_path):
+    p = _write(tmp_path, [{"path": "v.webm", "num_frames": 5, "label": -1}], classes=())
+    assert load_manifest(p)[0].label == -1
+
+
+def test_not_a_manifest(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"path": "v.webm"}\n')
+    with pytest.raises(DalivsslError, match="not a dalivssl manifest"):
+        load_manifest(tmp_path / "x.jsonl")
+    with pytest.raises(DalivsslError, match="manifest not found"):
+        load_manifest(tmp_path / "none.jsonl")

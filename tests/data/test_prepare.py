@@ -1,0 +1,130 @@
+"""`data prepare`: transcode to DALI-friendly files, segments, resume, bad inputs."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dalivssl.data.check import check_manifest
+from dalivssl.data.manifest import Manifest, VideoRecord, load_manifest, save_manifest
+from dalivssl.data.prepare import _segments, prepare
+from dalivssl.data.videoio import decode_frames
+
+
+@pytest.mark.parametrize("n,total,want", [
+    (16, 40, [16, 16, 8]),      # tail 8 >= 16/2: its own segment
+    (12, 40, [12, 12, 16]),     # tail 4 < 6: joins the last segment
+    (10, 40, [10, 10, 10, 10]),
+    (16, 9, [9]),               # shorter than N: one segment
+    (5, 7, [7]),                # tail 2 < 3 joins
+    (5, 8, [5, 3]),             # tail 3 >= ceil(5/2)
+    (None, 13, [13]),
+])
+def test_segment_rule(n, total, want):
+    segs = list(_segments(iter(range(total)), n))
+    assert [len(s) for s in segs] == want
+    assert sum(segs, []) == list(range(total))  # consecutive, nothing dropped
+
+
+@pytest.fixture()
+def src(tmp_path, make_video):
+    """Manifest of two 40-frame and one 20-frame VP9 videos (64x80), two classes, two splits."""
+    root = tmp_path / "src"
+    specs = [("a/x.webm", 40, 0, "train", 1), ("b/y.webm", 40, 1, "test", 2),
+             ("b/z.webm", 20, 1, "train", 3)]
+    recs = []
+    for rel, n, label, split, seed in specs:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(make_video(n, size=(64, 80), seed=seed), root / rel)
+        recs.append(VideoRecord(rel, n, label, "ab"[label], split, 25.0, 80, 64, "vp9",
+                                video_id=rel[2]))
+    return Manifest(root, recs, ["a", "b"])
+
+
+def test_prepare_resizes_and_keeps_labels(src, tmp_path):
+    new, failures, path = prepare(src, tmp_path / "out", short_side=32, gop=8)
+    assert failures == [] and path == (tmp_path / "out" / "manifest.jsonl").resolve()
+    m = load_manifest(path)
+    assert [r.path for r in m] == ["a/x.webm", "b/y.webm", "b/z.webm"]
+    for r, s in zip(m, src):
+        assert (r.num_frames, r.label, r.class_name, r.split, r.video_id) == (
+            s.num_frames, s.label, s.class_name, s.split, s.video_id)
+        assert (r.width, r.height, r.codec) == (40, 32, "vp9")  # short side 32, aspect kept
+    assert m.classes == ["a", "b"]
+    assert check_manifest(m, "cpu", decode=True) == []  # DALI's CPU decoder reads every file
+
+
+def test_segments_sum_to_source_and_keep_frame_order(src, tmp_path):
+    new, failures, _ = prepare(src, tmp_path / "out", short_side=0, segment_frames=16)
+    assert failures == []
+    segs = [r for r in new if r.video_id == "x"]
+    assert [r.num_frames for r in segs] == [16, 16, 8]
+    assert [r.extra["segment"] for r in segs] == [0, 1, 2]
+    assert [r.extra["source_start"] for r in segs] == [0, 16, 32]
+    assert {r.extra["source"] for r in segs} == {"a/x.webm"}
+    assert [r.num_frames for r in new if r.video_id == "z"] == [20]  # 16 + tail 4 < 8
+    assert all(r.label == 1 and r.split == "test" for r in new if r.video_id == "y")
+    # frame j of segment i is source frame source_start + j (compare through both codecs)
+    source = decode_frames(src.abspath(src[0])).astype(np.float32)
+    seg1 = decode_frames(new.abspath(segs[1])).astype(np.float32)
+    for j in (0, 7, 15):
+        errs = [np.abs(seg1[j] - source[k]).mean() for k in range(40)]
+        assert int(np.argmin(errs)) == 16 + j
+    assert check_manifest(new, "cpu", decode=True) == []
+
+
+def test_segments_use_the_usable_range(src, tmp_path):
+    rec = VideoRecord("a/x.webm", 40, 0, "a", start_frame=5, end_frame=35, video_id="x")
+    new, _, _ = prepare(src.select([rec]), tmp_path / "out", short_side=0, segment_frames=10)
+    assert [(r.num_frames, r.extra["source_start"], r.start_frame, r.end_frame) for r in new] == [
+        (10, 5, 0, -1), (10, 15, 0, -1), (10, 25, 0, -1)]
+
+
+def test_resume_skips_finished_videos(src, tmp_path):
+    out = tmp_path / "out"
+    first, _, _ = prepare(src, out, short_side=32)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.webm")}
+    (out / "b" / "y.webm").unlink()  # pretend y never finished: remove it and its marker
+    (out / ".done" / "b" / "y.webm.json").unlink()
+    (out / "b" / "z.partial.webm").write_bytes(b"half-written")  # leftover of a killed run
+    second, failures, _ = prepare(src, out, short_side=32)
+    assert failures == []
+    assert second.records == first.records
+    assert (out / "a" / "x.webm").stat().st_mtime_ns == stamps[out / "a" / "x.webm"]
+    assert (out / "b" / "z.webm").stat().st_mtime_ns == stamps[out / "b" / "z.webm"]
+    assert (out / "b" / "y.webm").is_file()
+    assert not any(".partial" in r.path for r in second)
+    assert not (out / "b" / "z.partial.webm").exists()
+
+
+def test_bad_input_is_reported_and_others_succeed(src, tmp_path):
+    (src.root / "b" / "y.webm").write_bytes(b"not a video at all" * 10)
+    rec = VideoRecord("a/gone.webm", 40, 0, "a")
+    m = src.select(src.records + [rec])
+    new, failures, _ = prepare(m, tmp_path / "out", short_side=32)
+    assert failures == [("b/y.webm", "not a video"), ("a/gone.webm", "missing")]
+    assert [r.path for r in new] == ["a/x.webm", "b/z.webm"]
+    assert not list((tmp_path / "out").rglob("*.partial.*"))
+
+
+def test_mjpeg_decodes_on_cpu(src, tmp_path):
+    new, failures, _ = prepare(src.select(src.records[2:]), tmp_path / "out", codec="mjpeg",
+                               short_side=32)
+    assert failures == [] and new[0].path == "b/z.avi" and new[0].codec == "mjpeg"
+    assert new[0].num_frames == 20
+    assert check_manifest(new, "cpu", decode=True) == []
+
+
+def test_cli_prepare(src, tmp_path):
+    from dalivssl.cli import cli
+
+    path = save_manifest(src, tmp_path / "m.jsonl")
+    res = CliRunner().invoke(cli, ["data", "prepare", str(path), str(tmp_path / "out"),
+                                   "--short-side", "32", "--segment-frames", "20",
+                                   "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    m = load_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert [r.num_frames for r in m] == [20, 20, 20, 20, 20]
+    assert m.meta["prepared"]["segment_frames"] == 20

@@ -300,8 +300,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DALIVSSL_CACHE") or Path.home() / ".cache" / "dalivssl")
 
 
+# bump when rendering or encoding changes, so caches of the old generator are not reused
+GENERATOR_VERSION = 1
+
+
 def _default_name(cfg: SynthConfig) -> str:
-    return (f"synth-v1-{cfg.videos}v-{cfg.classes}c-{cfg.frames}f-{cfg.size}px-s{cfg.seed}")
+    return (f"synth-v{GENERATOR_VERSION}-{cfg.videos}v-{cfg.classes}c-{cfg.frames}f-"
+            f"{cfg.size}px-s{cfg.seed}")
 
 
 def ensure_default_dataset(progress: bool = False) -> dict[str, Path]:

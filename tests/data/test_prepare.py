@@ -128,3 +128,13 @@ def test_cli_prepare(src, tmp_path):
     m = load_manifest(tmp_path / "out" / "manifest.jsonl")
     assert [r.num_frames for r in m] == [20, 20, 20, 20, 20]
     assert m.meta["prepared"]["segment_frames"] == 20
+
+
+@pytest.mark.gpu
+def test_h264_for_the_mixed_decoder(src, tmp_path):
+    new, failures, _ = prepare(src, tmp_path / "out", codec="h264", short_side=32,
+                               segment_frames=16)
+    assert failures == [] and {r.codec for r in new} == {"h264"}
+    assert [r.num_frames for r in new if r.video_id == "x"] == [16, 16, 8]
+    assert check_manifest(new, "gpu", decode=True) == []
+    assert len(check_manifest(new, "cpu")) == len(new)  # and the CPU check says why not

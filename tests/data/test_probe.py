@@ -1,7 +1,6 @@
 """probe(): exact counts and one canonical reason per kind of bad file."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest

@@ -55,7 +55,7 @@ def _scores(run_dir: Path) -> dict:
 @click.option("--pretrain-steps", type=int, default=None, help="Wins over --pretrain-epochs.")
 @click.option("--finetune-epochs", type=int, default=8, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Finetuning lr.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Finetuning lr.")
 @click.option("--clip-len", type=int, default=16, show_default=True)
 @click.option("--size", type=int, default=64, show_default=True)
 @click.option("--eval-clips", type=int, default=10, show_default=True)

@@ -42,9 +42,11 @@ LOG_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "lr", "seconds")
 class FinetuneConfig:
     """Everything that defines a finetuning run (stored in the checkpoint and results file).
 
-    lr: base learning rate of the backbone (full finetuning) — 0.01 suits batches of 4–16 with
-    SGD momentum 0.9; the head gets ``lr × head_lr_mult`` (probe default 10×: a linear layer on
-    frozen features tolerates, and needs, a larger step).
+    lr: base learning rate (VCOP's finetuning lr, 1e-3). Un-normalised pooled features of
+    randomly initialised 3D CNNs have norms of ~50–100 (ShuffleNet 2.0x: ~70), so the head's
+    effective step scales with ‖f‖²: 3e-3 already diverges there for batch 8. With ``l2_norm``
+    the features have unit norm and a probe wants a much larger lr (CLI default 0.1).
+    The head gets ``lr × head_lr_mult``.
     """
 
     arch: str = "shufflenet"
@@ -53,7 +55,7 @@ class FinetuneConfig:
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 8
-    lr: float = 0.01
+    lr: float = 1e-3
     head_lr_mult: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -28,7 +28,7 @@ DEFAULT_SIZE = 64
               "(wins over --epochs).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=None,
-              help="Base lr (default: 0.01 finetune, 0.1 probe head), cosine decay.")
+              help="Base lr, cosine decay (default 1e-3; 0.1 with --l2-norm).")
 @click.option("--weight-decay", type=float, default=None,
               help="Default 5e-4 finetune, 0 probe.")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
@@ -106,8 +106,8 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     from dalivssl.analysis.features import check_input_size
 
     check_input_size(backbone, int(clip_len), int(size), arch)
-    if lr is None:
-        lr = 0.1 if linear_probe else 0.01
+    if lr is None:  # raw features have norms ~50-100: larger steps blow the head up
+        lr = 0.1 if l2_norm else 1e-3
     if weight_decay is None:
         weight_decay = 0.0 if linear_probe else 5e-4
     cfg = FinetuneConfig(arch=arch, linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs,

@@ -53,14 +53,14 @@ def normalize_clips(raw, mode: str = "imagenet"):
     if nd < 4:
         raise LoaderError(f"normalize_clips expects (..., T, H, W, C) uint8, got {tuple(x.shape)}")
     perm = list(range(nd - 4)) + [nd - 1, nd - 4, nd - 3, nd - 2]
-    x = x.permute(*perm).to(torch.float32)
+    x = x.to(torch.float32)  # contiguous, channel-last: the arithmetic runs on dense memory
     if mode == "unit":
-        return x.mul_(1.0 / 255.0).contiguous()
-    shape = [1] * (nd - 4) + [3, 1, 1, 1]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(shape) * 255.0
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device)
-                     .view(shape) * 255.0)
-    return x.sub_(mean).mul_(inv_std).contiguous()
+        x = x.mul_(1.0 / 255.0)
+    else:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device) * 255.0
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device) * 255.0)
+        x = x.sub_(mean).mul_(inv_std)
+    return x.permute(*perm).contiguous()
 
 
 def _too_short_type():
@@ -134,6 +134,9 @@ class PretextLoader:
         self.noise = tuple(noise) if noise is not None else None
         self.prefetch = int(prefetch)
         self.normalize = getattr(self.sampler, "normalize", "imagenet")
+        if self.normalize not in NORMALIZE_MODES:
+            raise LoaderError(f"sampler {self.task}: unknown normalisation {self.normalize!r}; "
+                              f"valid: {', '.join(NORMALIZE_MODES)}")
         self.epoch = 0
         self.position = 0  # batches of the current epoch already yielded
         self._bad: dict[int, str] = {}  # manifest index -> reason
@@ -251,7 +254,8 @@ class PretextLoader:
                          (getattr(self.sampler, "size", 112),) * 2)
         extra = tuple((k, int(np.asarray(v).size)) for k, v in plan.extra_frames.items())
         return GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
-                           graph_keys(plan.params), self.device, self.noise)
+                           graph_keys(plan.params), self.device, self.noise,
+                           None if self.raw else self.normalize)
 
     def _ensure_pipe(self, cfg):
         from pipelines.video import build_pipeline
@@ -342,20 +346,19 @@ class PretextLoader:
         order = self.shard_order(epoch)
         positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
-        items, out = self._decode_batch(items, order, positions, epoch)
+        items, outs = self._decode_batch(items, order, positions, epoch)
         cfg = self._cfg
-        B, K, T = len(items), cfg.num_clips, cfg.clip_len
-        H, W, C = out.shape[2:]
-        clips = out[:, :K * T].reshape(B, K, T, H, W, C)
-        extra_raw, start = {}, K * T
-        for name, n in cfg.extra:
-            extra_raw[name] = out[:, start:start + n]
-            start += n
         if self.raw:
-            x, extra_clips = clips, extra_raw
+            out = outs[0]
+            B, K, T = len(items), cfg.num_clips, cfg.clip_len
+            x = out[:, :K * T].reshape(B, K, T, *out.shape[2:])
+            extra_clips, start = {}, K * T
+            for name, n in cfg.extra:
+                extra_clips[name] = out[:, start:start + n]
+                start += n
         else:
-            x = normalize_clips(clips, self.normalize)
-            extra_clips = {k: normalize_clips(v, self.normalize) for k, v in extra_raw.items()}
+            x = outs[0]
+            extra_clips = {name: t for (name, _), t in zip(cfg.extra, outs[1:])}
         dev = x.device
         plans = [p for _, p, _ in items]
         idx = [i for i, _, _ in items]

@@ -11,10 +11,10 @@ per task: K graph branches), augments each with its own parameter row, treats ev
 group like clip 0 (same geometry and colour, so PRP's reconstruction target aligns with its
 input), optionally adds noise, and concatenates everything back into one sequence:
 
-  output  uint8 (K·T + ΣN, out_h, out_w, 3) per sample (FHWC), on the pipeline's device.
-
-Normalisation and the B×K×C×T×H×W layout happen in torch (``pipelines.loader.normalize_clips``),
-which gives ``raw=True`` for free.
+  raw:         uint8 (K·T + ΣN, out_h, out_w, 3) per sample (FHWC), on the pipeline's device;
+  normalised:  float (K, C, T, out_h, out_w) per sample, plus one float (C, N, out_h, out_w)
+               output per extra-frame group (fn.crop_mirror_normalize: ImageNet mean/std or
+               [0, 1], fused with the FHWC -> CFHW transpose).
 """
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ import numpy as np
 from pipelines.augment import augment_clip, graph_keys
 
 ENCODED, FRAMES, PARAM_PREFIX = "encoded", "frames", "p_"
+# (mean, std) per RGB channel on the 0..255 scale
+NORM_STATS = {"imagenet": ([0.485 * 255, 0.456 * 255, 0.406 * 255],
+                           [0.229 * 255, 0.224 * 255, 0.225 * 255]),
+              "unit": ([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])}
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class GraphConfig:
 
     num_clips K, clip_len T, extra: ((name, N), ...) extra-frame groups in plan order,
     out_size (H, W), keys: augmentation parameter keys built into the graph, device 'cpu'|'gpu',
-    noise: (kind, severity, constants) or None.
+    noise: (kind, severity, constants) or None, normalize: 'imagenet' | 'unit' | None (raw).
     """
 
     num_clips: int
@@ -43,6 +47,7 @@ class GraphConfig:
     keys: tuple[str, ...]
     device: str = "cpu"
     noise: tuple | None = None
+    normalize: str | None = None
 
     @property
     def total_frames(self) -> int:
@@ -82,13 +87,20 @@ def build_pipeline(cfg: GraphConfig, batch_size: int, num_threads: int = 2,
         for _, n in cfg.extra:
             parts.append(augment_clip(video[start:start + n], params, 0, cfg.out_size, dev))
             start += n
-        out = parts[0] if len(parts) == 1 else fn.cat(*parts, axis=0, device=dev)
         if cfg.noise is not None:
             from pipelines.noise import dali_noise
 
             kind, severity, *rest = cfg.noise
-            out = dali_noise(out, kind, severity, *(rest[:1] or ["imagenet-c"]))
-        pipe.set_outputs(out)
+            parts = [dali_noise(p, kind, severity, *(rest[:1] or ["imagenet-c"])) for p in parts]
+        if cfg.normalize is None:
+            outs = [parts[0] if len(parts) == 1 else fn.cat(*parts, axis=0, device=dev)]
+        else:
+            # normalise + FHWC -> CFHW in one op on the DALI threads (or the GPU)
+            mean, std = NORM_STATS[cfg.normalize]
+            normed = [fn.crop_mirror_normalize(p, dtype=types.FLOAT, output_layout="CFHW",
+                                               mean=mean, std=std, device=dev) for p in parts]
+            outs = [fn.stack(*normed[:K], axis=0, device=dev)] + normed[K:]
+        pipe.set_outputs(*outs)
     pipe.build()
     return pipe
 
@@ -102,11 +114,11 @@ def feed(pipe, cfg: GraphConfig, encoded: list[np.ndarray], frames: list[np.ndar
         pipe.feed_input(PARAM_PREFIX + key, [p[key] for p in params])
 
 
-def run(pipe, cfg: GraphConfig, encoded, frames, params):
-    """Feed one batch and run it; returns a torch uint8 tensor (B, F, H, W, 3) on the pipeline's
-    device (zero-copy through DLPack)."""
+def run(pipe, cfg: GraphConfig, encoded, frames, params) -> list:
+    """Feed one batch and run it; returns torch tensors on the pipeline's device (zero-copy
+    through DLPack): raw (normalize None): [uint8 (B, F, H, W, 3)]; normalised: [float
+    (B, K, C, T, H, W)] + one float (B, C, N, H, W) per extra-frame group."""
     import torch
 
     feed(pipe, cfg, encoded, frames, params)
-    (out,) = pipe.run()
-    return torch.from_dlpack(out.as_tensor())
+    return [torch.from_dlpack(o.as_tensor()) for o in pipe.run()]

@@ -46,7 +46,8 @@ DEFAULT_SIZE = 64
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
-@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue from the checkpoint in --out (without it, a new run overwrites it).")
 def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_norm, epochs,
              max_steps, batch_size, lr, weight_decay, dropout, clip_len, size, normalize,
              eval_clips, out, device, seed, threads, resume):

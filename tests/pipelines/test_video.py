@@ -45,7 +45,7 @@ def test_one_call_decodes_any_order_with_duplicates_and_slices_clips(make_video)
     frames = [np.array([29, 3, 3, 0, 5, 6, 7, 8, 20, 10, 21, 1, 2, 2]),
               np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13])]
     enc = np.fromfile(path, dtype=np.uint8)
-    out = run(pipe, cfg, [enc, enc], frames, [param_arrays({}, cfg.keys, 3)] * 2)
+    (out,) = run(pipe, cfg, [enc, enc], frames, [param_arrays({}, cfg.keys, 3)] * 2)
     assert out.shape == (2, 14, 32, 48, 3) and out.dtype == torch.uint8
     for b in range(2):
         np.testing.assert_array_equal(_nearest(out[b].numpy(), ref), frames[b])

@@ -90,7 +90,8 @@ def fake_batch(task: str, b: int = 4, t: int = 8, s: int = 32, seed: int = 0, **
         v = _video(g, b, 2 * t, s)
         a = v[:, :, :t]
         clips = torch.stack([a + 0.05 * torch.randn(a.shape, generator=g),
-                             a + 0.05 * torch.randn(a.shape, generator=g), v[:, :, t:]], 1)
+                             a + 0.05 * torch.randn(a.shape, generator=g),
+                             _video(g, b, t, s)], 1)  # "later in the video": a new scene
     elif task == "rspnet":
         w = t * max(opts.get("speeds", (2,)))
         clips = torch.stack([_video(g, b, w, s), _video(g, b, w, s)], 1)

@@ -1,0 +1,238 @@
+"""Pretext tasks (C6): registry, heads, loss pieces with exact values, and short overfitting
+runs where the loss must fall (tiny stand-in backbone; real backbones in the slow tests)."""
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dalivssl.tasks import TASKS, get_task
+from dalivssl.errors import DalivsslError
+from tests.tasks.fakes import TinyBackbone, fake_batch
+
+MOCO = ("tdl", "rspnet")  # fast-moving EMA (m 0.5) below: 15 steps are too few for 0.999
+HEAD_OPTS = {"vcop": {"num_clips": 3}, "prp": {"clip_len": 8, "size": 32, "width": 32},
+             "cvrl": {"hidden": 64}, "tdl": {"queue_size": 256, "momentum": 0.5},
+             "rspnet": {"queue_size": 256, "batch_size": 4, "momentum": 0.5}}
+
+
+def test_registry_matches_samplers_and_contract():
+    from pipelines.samplers import SAMPLERS
+
+    assert set(TASKS) == {"rotnet", "vcop", "prp", "cvrl", "tdl", "rspnet"}
+    for name, mod in TASKS.items():
+        spec = mod.SPEC
+        assert spec["sampler"] == name and spec["sampler"] in SAMPLERS
+        params = inspect.signature(SAMPLERS[spec["sampler"]]).parameters
+        assert all(k in params for k in spec["sampler_opts"]), name
+        if spec.get("complexity"):
+            assert spec["complexity"] in params, name
+        assert spec["optimizer"]["name"] in ("sgd", "adamw") and spec["optimizer"]["lr"] > 0
+        assert callable(mod.build_head) and callable(mod.step)
+
+
+def test_unknown_task_lists_valid_names():
+    with pytest.raises(DalivsslError, match="valid: cvrl, prp, rotnet, rspnet, tdl, vcop"):
+        get_task("jigsaw")
+
+
+def _build(name, seed=0):
+    torch.manual_seed(seed)
+    bb = TinyBackbone()
+    return bb, TASKS[name].build_head(bb, **HEAD_OPTS.get(name, {}))
+
+
+def _eval_loss(name, bb, head, batch, seed=123):
+    """Loss of one step with fixed randomness, leaving model, EMA and queue untouched."""
+    bb_s, head_s = copy.deepcopy(bb.state_dict()), copy.deepcopy(head.state_dict())
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        loss = float(TASKS[name].step(bb, head, batch)["loss"])
+    torch.set_rng_state(state)
+    bb.load_state_dict(bb_s)
+    head.load_state_dict(head_s)
+    return loss
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_loss_falls_tiny_backbone(name):
+    """~15 Adam steps. Classification tasks overfit one fixed batch; MoCo tasks see fresh batches
+    (a fixed batch would fill the queue with copies of its own positives) and are evaluated on a
+    held-out batch against the initial queue."""
+    bb, head = _build(name)
+    probe = fake_batch(name, b=4, seed=999)
+    initial_queue = copy.deepcopy(head.state_dict()).get("queue.keys")
+    before = _eval_loss(name, bb, head, probe)
+    params = [p for p in [*bb.parameters(), *head.parameters()] if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    for i in range(15):
+        batch = fake_batch(name, b=4, seed=(i if name in MOCO else 999))
+        out = TASKS[name].step(bb, head, batch)
+        assert out["loss"].requires_grad and torch.isfinite(out["loss"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    if initial_queue is not None:
+        head.queue.keys.copy_(initial_queue)
+    after = _eval_loss(name, bb, head, probe)
+    assert after < 0.8 * before, (name, before, after)
+
+
+def test_vcop_head_pairs_and_classes():
+    from models.heads import PairwiseOrderHead
+
+    head = PairwiseOrderHead(32, num_clips=4)
+    assert len(head.pairs) == 6 and head.fc8.out_features == 24
+    assert head.fc7.in_features == 64 and head.fc8.in_features == 6 * 512
+    assert head(torch.randn(5, 4, 32)).shape == (5, 24)
+
+
+def test_prp_motion_weights_range_and_static():
+    from dalivssl.tasks.prp import motion_weights
+
+    motion = torch.zeros(2, 3, 8, 32, 32)
+    motion[0, :, 1, 8:16, 8:16] = 1.0  # sample 0: motion in one patch of chunk 0
+    w = motion_weights(motion, torch.tensor([4, 8]), (16, 32, 32))
+    assert w.shape == (2, 3, 16, 32, 32)
+    assert torch.all(w[1] == 1.0)  # static → all ones
+    assert w[0].min() >= 0.8 - 1e-5 and w[0].max() <= 2.0 + 1e-5
+    assert w[0, 0, :, 12, 12].mean() > w[0, 0, :, 30, 30].mean()  # moving patch weighs more
+
+
+def test_prp_recon_loss_ignores_interpolated_frames():
+    from dalivssl.tasks.prp import recon_loss
+
+    pred, target = torch.zeros(1, 3, 4, 2, 2), torch.zeros(1, 3, 4, 2, 2)
+    target[:, :, 1] = 5.0  # error only on frame 1
+    w = torch.ones_like(pred)
+    assert recon_loss(pred, target, w, torch.tensor([[1, 0, 1, 0]])) == 0.0
+    # all real: mean over 4 frames of 25 on one frame
+    assert recon_loss(pred, target, w, torch.ones(1, 4)).item() == pytest.approx(25.0 / 4)
+    assert recon_loss(pred, target, 2 * w, torch.ones(1, 4)).item() == pytest.approx(50.0 / 4)
+
+
+@pytest.mark.parametrize("map_size,out", [((1, 2, 2), (16, 32, 32)), ((2, 7, 7), (32, 112, 112)),
+                                           ((1, 4, 4), (32, 112, 112))])
+def test_prp_decoder_reaches_target(map_size, out):
+    from models.heads import VideoDecoder
+
+    dec = VideoDecoder(16, map_size, out, width=16)
+    y = dec(torch.randn(2, 16, *map_size))
+    assert y.shape == (2, 3, *out) and y.min() >= 0
+
+
+def test_nt_xent_matches_manual_formula():
+    from dalivssl.tasks.cvrl import nt_xent
+
+    torch.manual_seed(0)
+    za, zb = torch.randn(3, 5), torch.randn(3, 5)
+    loss, _ = nt_xent(za, zb, 0.1)
+    a, b = F.normalize(za, dim=1), F.normalize(zb, dim=1)
+    total = 0.0
+    for x, y in ((a, b), (b, a)):
+        for i in range(3):
+            logits = [x[i] @ y[j] / 0.1 for j in range(3)] + \
+                     [x[i] @ x[j] / 0.1 for j in range(3) if j != i]
+            total += -(logits[i] - torch.logsumexp(torch.stack(logits), 0)) / 3
+    assert loss.item() == pytest.approx(float(total), rel=1e-5)
+
+
+def test_moco_queue_fifo_and_ema():
+    from dalivssl.tasks.moco import KeyQueue, ema_update, trimmed_size
+
+    q = KeyQueue(5, 2)
+    q.enqueue(torch.ones(3, 2))
+    q.enqueue(2 * torch.ones(3, 2))  # wraps: slots 3,4,0
+    assert q.keys[:, 0].tolist() == [2, 1, 1, 2, 2] and int(q.ptr) == 1
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expect = 0.9 * b.weight.detach() + 0.1 * a.weight.detach()
+    ema_update(a, b, 0.9)
+    assert torch.allclose(b.weight, expect)
+    assert trimmed_size(16384, 6) == 16380 and trimmed_size(16384, 64, 4) == 16384
+
+
+def test_tdl_mixup_blends_one_frame():
+    from dalivssl.tasks.tdl import intra_video_mixup
+
+    x = torch.arange(4.0).view(1, 1, 4, 1, 1).repeat(2, 3, 1, 2, 2)
+    torch.manual_seed(0)
+    y = intra_video_mixup(x)
+    torch.manual_seed(0)
+    lam = float(torch.rand(()) * 0.1)
+    pick = torch.randint(4, (2,))
+    for b in range(2):
+        expect = (1 - lam) * x[b] + lam * float(pick[b])
+        assert torch.allclose(y[b], expect)
+    assert 0 <= lam <= 0.1
+
+
+def test_rspnet_speed_split_exact_frames():
+    from dalivssl.tasks.rspnet import split_speeds
+
+    b, w = 6, 8
+    frame = torch.arange(w, dtype=torch.float32).view(1, 1, w, 1, 1)
+    q_win = frame.repeat(b, 1, 1, 1, 1)
+    k_win = 100 + q_win
+    torch.manual_seed(1)
+    q, kp, kn, fast = split_speeds(q_win, k_win, (2,))
+    assert int(fast.sum()) == b // 2 and q.shape[2] == 4
+    for i in range(b):
+        fq = q[i, 0, :, 0, 0].tolist()
+        expect_fast, expect_slow = [0, 2, 4, 6], [0, 1, 2, 3]
+        assert fq == (expect_fast if fast[i] else expect_slow)
+        assert [v - 100 for v in kp[i, 0, :, 0, 0].tolist()] == fq
+        assert [v - 100 for v in kn[i, 0, :, 0, 0].tolist()] == (
+            expect_slow if fast[i] else expect_fast)
+
+
+@pytest.mark.parametrize("name", MOCO)
+def test_moco_state_round_trips(name, tmp_path):
+    """Queue, pointer and EMA encoder live in the head's state dict."""
+    bb, head = _build(name)
+    TASKS[name].step(bb, head, fake_batch(name, b=4))
+    sd = head.state_dict()
+    assert "queue.keys" in sd and "queue.ptr" in sd and int(sd["queue.ptr"]) == 4
+    assert any(k.startswith("key_backbone.") for k in sd)
+    torch.save(sd, tmp_path / "h.pt")
+    _, head2 = _build(name, seed=5)
+    head2.load_state_dict(torch.load(tmp_path / "h.pt"))
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, head2.state_dict()[k]), k
+
+
+REAL = [("shufflenet", 16, 32), ("r21d", 8, 32)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,t,s", REAL)
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_loss_falls_real_backbone(name, arch, t, s):
+    from models import create_backbone
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    bb = create_backbone(arch)
+    opts = dict(HEAD_OPTS.get(name, {}))
+    if name == "prp":
+        opts.update(clip_len=t, size=s)
+    head = TASKS[name].build_head(bb, **opts)
+    probe = fake_batch(name, b=4, t=t, s=s, seed=999)
+    initial_queue = copy.deepcopy(head.state_dict()).get("queue.keys")
+    before = _eval_loss(name, bb, head, probe)
+    params = [p for p in [*bb.parameters(), *head.parameters()] if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    for i in range(12):
+        out = TASKS[name].step(bb, head, fake_batch(name, b=4, t=t, s=s,
+                                                    seed=(i if name in MOCO else 999)))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    if initial_queue is not None:
+        head.queue.keys.copy_(initial_queue)
+    assert _eval_loss(name, bb, head, probe) < 0.9 * before

@@ -9,10 +9,11 @@ Datasets (unless --data names a manifest):
   ucf-prepared   the same videos after `dalivssl data prepare`-style preparation (short side 128,
                  segments of --segment-frames frames, GOP 16).
 
-Reported per loader: clips/s, decoded frames per delivered frame (DALI CPU: the decoder decodes
-from frame 0 to the highest requested index, spec/dali.md §7, so it is max+1 per sample; PyAV:
-counted while decoding after a seek to the keyframe before the first needed frame) and the ratio
-DALI / baseline. The machine note says how busy the CPU was (load average) when it ran.
+Reported per loader: clips/s (median of --repeats interleaved rounds, with the spread), decoded
+frames per delivered frame (DALI CPU: the decoder decodes from frame 0 to the highest requested
+index, spec/dali.md §7, so it is max+1 per sample; PyAV: counted while decoding after a seek to
+the keyframe before the first needed frame) and the ratio DALI / baseline. The machine note says
+how busy the CPU was (load average) when it ran.
 """
 from __future__ import annotations
 
@@ -194,7 +195,8 @@ class PlanDataset:
     """torch Dataset over fixed (path, plan) items: decode with ``decoder`` then augment."""
 
     def __init__(self, items, out_size, normalize, decoder="pyav"):
-        self.items, self.out_size, self.normalize, self.decoder = items, out_size, normalize, decoder
+        self.items, self.out_size = items, out_size
+        self.normalize, self.decoder = normalize, decoder
 
     def __len__(self):
         return len(self.items)
@@ -223,15 +225,25 @@ def torchcodec_decode(path: str, indices):
 # ------------------------------------------------------------------------------------------------
 # measurement
 
-def _time_dali(loader, batches: int, epoch: int) -> dict:
-    loader.set_epoch(epoch)
-    n_clips = n_frames = 0
-    t0 = time.perf_counter()
-    for b, batch in enumerate(loader):
-        n_clips += batch.clips.shape[0] * batch.clips.shape[1]
-        if b + 1 == batches:
-            break
-    dt = time.perf_counter() - t0
+def _schedule(loader, batches: int) -> list[tuple[int, int]]:
+    """(epoch, batch) pairs of the first ``batches`` batches, running over epochs as needed."""
+    n = len(loader)
+    return [(i // n, i % n) for i in range(batches)]
+
+
+def _time_dali(loader, batches: int) -> dict:
+    sched = _schedule(loader, batches)
+    n_clips, done = 0, 0
+    t0 = t_last = time.perf_counter()
+    for epoch in sorted({e for e, _ in sched}):
+        loader.set_epoch(epoch)
+        for batch in loader:
+            n_clips += batch.clips.shape[0] * batch.clips.shape[1]
+            done += 1
+            t_last = time.perf_counter()  # not counting the prefetched batch nobody asked for
+            if done == batches:
+                break
+    dt = t_last - t0
     return {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt}
 
 
@@ -251,21 +263,20 @@ def _time_torch(items, batch_size, workers, out_size, normalize, decoder) -> dic
 
 
 def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_len, size, workers,
-                  task_options, decoders, log) -> dict:
+                  task_options, decoders, log, repeats: int = 3) -> dict:
     from dalivssl.data.manifest import load_manifest
     from pipelines.loader import PretextLoader
 
     man = load_manifest(manifest_path)
     loader = PretextLoader(task, man, batch_size=batch_size, device=device, clip_len=clip_len,
                            size=size, seed=0, num_threads=workers, **task_options)
-    batches = min(batches, len(loader))
-    # warm-up outside the timing: pipeline build + first batch (epoch 1); timing uses epoch 0
+    # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses
     t0 = time.perf_counter()
-    loader.batch_at(1, 0)
+    loader.batch_at(10_000, 0)
     build_s = time.perf_counter() - t0
     items, delivered, dali_decoded = [], 0, 0
-    for b in range(batches):
-        for i, plan in loader.batch_plans(0, b):
+    for epoch, b in _schedule(loader, batches):
+        for i, plan in loader.batch_plans(epoch, b):
             items.append((str(man.abspath(man.records[i])), plan))
             f = plan.all_frames()
             delivered += f.size
@@ -273,15 +284,28 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     out_size = tuple(loader.sampler.out_size)
     res = {"dataset": name, "manifest": str(manifest_path), "videos": len(man.records),
            "batches": batches, "delivered_frames": delivered, "warmup_s": build_s}
-    log(f"[{name}] DALI ({device}) …")
-    res["dali"] = _time_dali(loader, batches, 0)
-    res["dali"]["decoded_per_delivered"] = dali_decoded / delivered
+    # interleave the loaders and keep the median of ``repeats`` rounds: the machine is shared,
+    # so load drifts during a run; alternating exposes every loader to the same drift
+    runs: dict[str, list] = {"dali": [], **{dec: [] for dec in decoders}}
+    for rnd in range(repeats):
+        log(f"[{name}] round {rnd + 1}/{repeats}: DALI ({device}) …")
+        runs["dali"].append(_time_dali(loader, batches))
+        for dec in decoders:
+            log(f"[{name}] round {rnd + 1}/{repeats}: DataLoader + {dec} ({workers} workers) …")
+            runs[dec].append(_time_torch(items, batch_size, workers, out_size, loader.normalize,
+                                         dec))
+    for key, rs in runs.items():
+        speeds = sorted(r["clips_per_s"] for r in rs)
+        med = dict(sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2])
+        med["rounds_clips_per_s"] = [r["clips_per_s"] for r in rs]
+        med["spread"] = (speeds[-1] - speeds[0]) / speeds[len(speeds) // 2]
+        if key == "dali":
+            med["decoded_per_delivered"] = dali_decoded / delivered
+        else:
+            med["decoded_per_delivered"] = med.pop("decoded") / delivered
+        res[key] = med
     for dec in decoders:
-        log(f"[{name}] DataLoader + {dec} ({workers} workers) …")
-        r = _time_torch(items, batch_size, workers, out_size, loader.normalize, dec)
-        r["decoded_per_delivered"] = r.pop("decoded") / delivered
-        res[dec] = r
-        res[f"ratio_vs_{dec}"] = res["dali"]["clips_per_s"] / r["clips_per_s"]
+        res[f"ratio_vs_{dec}"] = res["dali"]["clips_per_s"] / res[dec]["clips_per_s"]
     res["skipped"] = loader.skipped
     return res
 
@@ -291,7 +315,8 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="manifest to use instead of the built-in datasets")
-@click.option("--batches", default=10, show_default=True, help="timed batches per loader")
+@click.option("--batches", default=10, show_default=True,
+              help="timed batches per loader (running over epochs when a dataset is smaller)")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--clip-len", default=16, show_default=True)
 @click.option("--size", default=112, show_default=True)
@@ -303,9 +328,11 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
 @click.option("--short-side", default=128, show_default=True)
 @click.option("--datasets", default="synth,ucf-like,ucf-prepared", show_default=True,
               help="comma list of built-in datasets (ignored with --data)")
+@click.option("--repeats", default=3, show_default=True,
+              help="interleaved rounds per loader; the median is reported")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos, segment_frames,
-        short_side, datasets, json_out):
+        short_side, datasets, repeats, json_out):
     """Clips/s of the DALI PretextLoader vs DataLoader + PyAV on the same plans."""
     import importlib.util
 
@@ -344,19 +371,19 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
     results = []
     for name, path in sets:
         results.append(bench_dataset(name, path, task, device, batches, batch_size, clip_len, size,
-                                     workers, {}, decoders, console.log))
+                                     workers, {}, decoders, console.log, repeats))
     load1 = os.getloadavg()[0]
 
     table = Table(title=f"loader throughput: task {task}, device {device}, batch {batch_size}, "
                         f"clip {clip_len}, size {size}, {workers} workers/threads")
-    for col in ("dataset", "loader", "clips/s", "decoded/delivered", "DALI ×"):
+    for col in ("dataset", "loader", "clips/s", "spread", "decoded/delivered", "DALI ×"):
         table.add_column(col, justify="right" if col not in ("dataset", "loader") else "left")
     for r in results:
         table.add_row(r["dataset"], f"DALI ({device})", f"{r['dali']['clips_per_s']:.1f}",
-                      f"{r['dali']['decoded_per_delivered']:.2f}", "")
+                      f"{r['dali']['spread']:.0%}", f"{r['dali']['decoded_per_delivered']:.2f}", "")
         for dec in decoders:
             table.add_row("", f"DataLoader+{dec}", f"{r[dec]['clips_per_s']:.1f}",
-                          f"{r[dec]['decoded_per_delivered']:.2f}",
+                          f"{r[dec]['spread']:.0%}", f"{r[dec]['decoded_per_delivered']:.2f}",
                           f"{r[f'ratio_vs_{dec}']:.2f}")
     by = {r["dataset"]: r for r in results}
     cross = {}

@@ -30,7 +30,7 @@ class PretrainConfig:
     arch: str = "shufflenet"
     data: str | None = None           # train manifest; None = embedded synthetic dataset
     subset: int | None = None         # number of training videos (nested, class-balanced)
-    epochs: int = 10
+    epochs: int = 1                   # 1 epoch of the embedded dataset: 28 steps, ~3 min on 2 cores
     max_steps: int | None = None      # stops after this many optimiser steps (wins over epochs)
     batch_size: int = 8               # per process
     clip_len: int = 16
@@ -46,8 +46,8 @@ class PretrainConfig:
     schedule: str | None = None       # constant | step | cosine
     warmup_steps: int | None = None
     milestones: tuple[float, ...] | None = None  # 'step' decay points, fractions of total steps
-    gamma: float = 0.1                # 'step' decay factor
-    min_lr_ratio: float = 0.0         # 'cosine' floor as a fraction of lr
+    gamma: float | None = None        # 'step' decay factor
+    min_lr_ratio: float | None = None  # 'cosine' floor as a fraction of lr
     grad_clip: float | None = None    # max gradient norm
     amp: bool = False                 # bfloat16 autocast (GPU only)
     deterministic: bool = False       # torch.use_deterministic_algorithms: bitwise resume on CPU
@@ -100,6 +100,11 @@ def _coerce(key: str, value, tp):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -8,8 +8,9 @@ Parameters arrive as per-sample arrays with leading dimension K (``pipelines.typ
 ``augment_clip(..., k)`` picks row ``k`` inside the graph. Only the keys a task's plans carry are
 built into the graph, so a task without colour jitter pays nothing for it.
 
-Op order (fixed, torchvision/BYOL-like): crop+resize -> flip -> rotate -> brightness/contrast ->
-saturation/hue/grayscale -> gaussian blur -> solarise. Geometry runs first so every later op
+Op order (fixed, torchvision/BYOL-like): crop+resize -> flip -> rotate -> colour (brightness,
+contrast, saturation, hue, grayscale fused into one affine colour map per clip, see
+``colour_affine``) -> gaussian blur -> solarise. Geometry runs first so every later op
 works at the (small) model resolution.
 """
 from __future__ import annotations
@@ -35,14 +36,73 @@ ORDER = tuple(IDENTITY)
 _NO_BLUR_SIGMA = 1e-3
 
 
-def param_arrays(params: dict, keys, num_clips: int) -> dict[str, np.ndarray]:
-    """Per-sample parameter arrays for ``keys``: (K,4) float32 for crop, (K,) otherwise.
+COLOUR_KEYS = ("brightness", "contrast", "saturation", "hue", "gray")
+# RGB -> YIQ (NTSC); Y is the luma (the grey level of grayscale and of the contrast mean)
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = np.linalg.inv(_YIQ)
+LUMA = tuple(float(v) for v in _YIQ[0])
 
-    Missing keys are filled with the identity value, so plans of one task may differ in which
-    keys they carry (e.g. a flip drawn only sometimes).
+
+def colour_affine(brightness, contrast, saturation, hue, gray):
+    """Per-clip colour jitter as one affine map y = M·x + t·m, with m the clip's mean luma.
+
+    torchvision order: brightness b (x·b), contrast c around the mean (c·x + (1−c)·mean),
+    saturation s and hue h as a rotation/scaling of the YIQ chroma plane (exactly what DALI's
+    fn.hsv computes: ours matches it within 0.25 grey levels), then grayscale (chroma = 0). Every
+    step is linear and maps grey to grey, so the composition is
+    M = c·b·YIQ⁻¹·diag(1, R)·YIQ and t = (1−c)·b·[1, 1, 1]. Clamping happens once at the
+    end instead of after each step (differs from torchvision only where a step saturates).
+    Arrays of shape (K,) in, (K, 3, 3) and (K, 3) float32 out.
     """
+    b, c, sat, h, g = (np.asarray(v, np.float64) for v in (brightness, contrast, saturation,
+                                                              hue, gray))
+    s = sat * (1.0 - g)
+    th = np.deg2rad(h)
+    k = b.shape[0]
+    R = np.zeros((k, 3, 3))
+    R[:, 0, 0] = 1.0
+    R[:, 1, 1] = R[:, 2, 2] = s * np.cos(th)
+    R[:, 1, 2] = s * np.sin(th)
+    R[:, 2, 1] = -s * np.sin(th)
+    M = (c * b)[:, None, None] * (_YIQ_INV[None] @ R @ _YIQ[None])
+    t = np.repeat(((1.0 - c) * b)[:, None], 3, axis=1)
+    return M.astype(np.float32), t.astype(np.float32)
+
+
+def graph_keys(keys) -> tuple[str, ...]:
+    """The parameter keys to build, in graph order (crop always: it also resizes to the output
+    size); unknown keys raise ValueError."""
+    unknown = set(keys) - set(IDENTITY)
+    if unknown:
+        raise ValueError(f"unknown augmentation parameter(s) {sorted(unknown)}; "
+                         f"valid: {', '.join(ORDER)}")
+    return tuple(k for k in ORDER if k in set(keys) | {"crop"})
+
+
+def graph_inputs(keys) -> dict[str, tuple[str, int]]:
+    """External-source inputs the graph needs for ``keys``: name -> (dtype 'float'|'int', ndim)."""
+    keys = graph_keys(keys)
     out = {}
     for key in keys:
+        if key in COLOUR_KEYS:
+            out["colour_m"] = ("float", 3)
+            if "contrast" in keys:  # the offset is only needed (and only wired) for contrast
+                out["colour_t"] = ("float", 2)
+        else:
+            out[key] = ("float" if IDENTITY[key][0] == np.float32 else "int",
+                        2 if key == "crop" else 1)
+    return out
+
+
+def param_arrays(params: dict, keys, num_clips: int) -> dict[str, np.ndarray]:
+    """Per-sample arrays for the graph inputs of ``keys`` (see ``graph_inputs``).
+
+    Missing keys are filled with the identity value, so plans of one task may differ in which
+    keys they carry. Colour keys become the (K, 3, 3) matrix and (K, 3) offset of
+    ``colour_affine``.
+    """
+    vals = {}
+    for key in set(graph_keys(keys)) | set(COLOUR_KEYS if set(keys) & set(COLOUR_KEYS) else ()):
         dtype, ident = IDENTITY[key]
         shape = (num_clips, 4) if key == "crop" else (num_clips,)
         if key in params:
@@ -51,25 +111,25 @@ def param_arrays(params: dict, keys, num_clips: int) -> dict[str, np.ndarray]:
             arr = np.broadcast_to(np.asarray(ident, dtype=dtype), shape)
         if key == "blur_sigma":
             arr = np.maximum(arr, _NO_BLUR_SIGMA).astype(dtype)
-        out[key] = np.ascontiguousarray(arr)
+        vals[key] = np.ascontiguousarray(arr)
+    out = {k: vals[k] for k in graph_inputs(keys) if k in vals}
+    inputs = graph_inputs(keys)
+    if "colour_m" in inputs:
+        m, t = colour_affine(*(vals[k] for k in COLOUR_KEYS))
+        out["colour_m"] = m
+        if "colour_t" in inputs:
+            out["colour_t"] = t
     return out
 
 
-def graph_keys(keys) -> tuple[str, ...]:
-    """The keys to build, in graph order; unknown keys raise ValueError."""
-    unknown = set(keys) - set(IDENTITY)
-    if unknown:
-        raise ValueError(f"unknown augmentation parameter(s) {sorted(unknown)}; "
-                         f"valid: {', '.join(ORDER)}")
-    return tuple(k for k in ORDER if k in set(keys) | {"crop"})
-
-
-def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: str = "cpu"):
+def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: str = "cpu",
+                 contrast: bool = True):
     """Augment one FHWC uint8 clip (a DataNode) with row ``k`` of the per-sample parameters.
 
     clip: uint8 (T, H0, W0, 3) per sample, on ``device`` ('cpu' or 'gpu').
-    params: key -> external-source DataNode holding the (K, ...) array of each sample (CPU).
-    Returns uint8 (T, out_h, out_w, 3).
+    params: input name (``graph_inputs``) -> external-source DataNode holding the (K, ...) array
+    of each sample (CPU). contrast: whether the plans jitter contrast (the colour offset then
+    needs the clip's mean luma). Returns uint8 (T, out_h, out_w, 3).
     """
     from nvidia.dali import fn, types
 
@@ -91,24 +151,8 @@ def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: 
     if "angle" in params:
         # keep_size: the output stays out_size; multiples of 90° on a square are exact
         clip = fn.rotate(clip, angle=row("angle"), keep_size=True, fill_value=0, device=device)
-    if "brightness" in params or "contrast" in params:
-        # contrast around the clip mean (torchvision adjust_contrast uses the image mean); one
-        # mean per clip keeps it clip-consistent. y = b * (m + c * (x - m)).
-        xf = fn.cast(clip, dtype=types.FLOAT, device=device)
-        y = xf
-        if "contrast" in params:
-            m = fn.reductions.mean(xf, device=device)
-            y = m + on_dev(row("contrast")) * (xf - m)
-        if "brightness" in params:
-            y = y * on_dev(row("brightness"))
-        clip = fn.cast(y, dtype=types.UINT8, device=device)  # saturating, rounding
-    if "saturation" in params or "hue" in params or "gray" in params:
-        sat = row("saturation") if "saturation" in params else 1.0
-        if "gray" in params:
-            # saturation 0 = grayscale (R, G, B equal within one grey level), replicated channels
-            sat = sat * (1 - fn.cast(row("gray"), dtype=types.FLOAT))
-        hue = row("hue") if "hue" in params else 0.0
-        clip = fn.hsv(clip, hue=hue, saturation=sat, device=device)
+    if "colour_m" in params:
+        clip = _colour(clip, row("colour_m"), row("colour_t") if contrast else None, device)
     if "blur_sigma" in params:
         clip = fn.gaussian_blur(clip, sigma=row("blur_sigma"), device=device)
     if "solarize" in params:
@@ -117,3 +161,17 @@ def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: 
         clip = fn.cast(xf + s * (xf >= 128.0) * (255.0 - 2.0 * xf), dtype=types.UINT8,
                        device=device)
     return clip
+
+
+def _colour(clip, M, t, device: str):
+    """y = M·x + t·m in one pass (fn.coord_transform over the channel axis), m = mean luma."""
+    from nvidia.dali import fn, types
+
+    if t is None:
+        return fn.coord_transform(clip, M=M, dtype=types.UINT8, device=device)
+    means = fn.reductions.mean(clip, axes=[0, 1, 2], dtype=types.FLOAT, device=device)  # (3,)
+    m = means[0] * LUMA[0] + means[1] * LUMA[1] + means[2] * LUMA[2]
+    if device == "cpu":  # T must be a CPU argument
+        return fn.coord_transform(clip, M=M, T=t * m, dtype=types.UINT8)
+    y = fn.coord_transform(clip, M=M, dtype=types.FLOAT, device=device)
+    return fn.cast(y + t.gpu() * m, dtype=types.UINT8, device=device)  # saturating, rounding

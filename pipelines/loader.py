@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 
@@ -144,6 +143,12 @@ class PretextLoader:
         self._pipe = None
         self._cfg = None
         self._device_id = None
+        if device == "gpu":
+            # resolved here, in the caller's thread: torch's current device is thread-local and
+            # the pipeline is built in the prefetch thread (DDP: torch.cuda.set_device(rank))
+            import torch
+
+            self._device_id = torch.cuda.current_device()
         n = len(self.records)
         self.per_rank = n // world if drop_last else -(-n // world)
         if self.per_rank == 0:
@@ -189,7 +194,8 @@ class PretextLoader:
             self._logged.add(reason)
             path = self.records[index].path
             log.warning("skipping %s: %s%s (further videos skipped for this reason are only "
-                        "counted in loader.skipped)", path, reason, f" ({detail})" if detail else "")
+                        "counted in loader.skipped)", path, reason,
+                        f" ({detail})" if detail else "")
 
     # ------------------------------------------------------------------ order
     def shard_order(self, epoch: int) -> np.ndarray:
@@ -221,6 +227,13 @@ class PretextLoader:
                     self._skip(idx, "too short for the task", str(exc))
                     continue
                 raise
+            frames = plan.all_frames()
+            if frames.size == 0 or frames.min() < 0 or frames.max() >= int(rec.num_frames):
+                # fn.decoders.video silently pads frames past the end with black (measured), so
+                # a bad index must be caught here
+                raise LoaderError(f"{rec.path}: the {self.task} plan names frames "
+                                  f"{int(frames.min(initial=0))}..{int(frames.max(initial=0))} "
+                                  f"but the record has {rec.num_frames} frames")
             try:
                 data = np.fromfile(self.manifest.abspath(rec), dtype=np.uint8)
             except OSError as exc:
@@ -273,10 +286,6 @@ class PretextLoader:
             cfg = type(cfg)(**{**cfg.__dict__, "keys": keys})
             if cfg == self._cfg:
                 return self._pipe
-        if self.device == "gpu" and self._device_id is None:
-            import torch
-
-            self._device_id = torch.cuda.current_device()
         self._pipe = build_pipeline(cfg, self.batch_size, self.num_threads, self._device_id,
                                     seed=self.seed + 7919 * self.rank)
         self._cfg = cfg
@@ -408,6 +417,10 @@ class PretextLoader:
 
         def work():
             try:
+                if self.device == "gpu":
+                    import torch
+
+                    torch.cuda.set_device(self._device_id)
                 for b in range(start, self._num_batches):
                     if stop.is_set() or not put((b, self.batch_at(epoch, b), None)):
                         return

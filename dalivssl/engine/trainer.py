@@ -99,8 +99,9 @@ def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_step
         "warmup_steps": int(warm),
         "milestones": tuple(cfg.milestones if cfg.milestones is not None
                             else s.get("milestones", ())),
-        "gamma": cfg.gamma if cfg.milestones is not None or "gamma" not in s else float(s["gamma"]),
-        "min_lr_ratio": cfg.min_lr_ratio if cfg.min_lr_ratio else float(s.get("min_lr_ratio", 0)),
+        "gamma": cfg.gamma if cfg.gamma is not None else float(s.get("gamma", 0.1)),
+        "min_lr_ratio": (cfg.min_lr_ratio if cfg.min_lr_ratio is not None
+                         else float(s.get("min_lr_ratio", 0.0))),
         "grad_clip": cfg.grad_clip if cfg.grad_clip is not None else spec.get("grad_clip"),
     }
     if out["optimizer"] not in OPTIMIZERS:
@@ -270,7 +271,8 @@ def _summary_table(summary: dict):
 
     t = Table(title=f"pretrain {summary['task']} / {summary['arch']}", show_header=False)
     rows = [("steps", summary["steps"]), ("epochs", f"{summary['epochs']:.2f}"),
-            ("loss first → last", f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}"),
+            ("loss first → last (means)",
+             f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}"),
             ("wall time", f"{summary['wall_s']:.1f} s"),
             ("clips / s", f"{summary['clips_per_s']:.1f}"),
             ("waiting for data", f"{100 * summary['data_wait']:.0f} %"),
@@ -323,18 +325,19 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
 
     dist = distributed.setup(cfg.device)
     try:
-        return _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt)
+        return _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resume)
     finally:
         distributed.cleanup()
 
 
-def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt):
+def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resume):
     if dist.is_main:
         _check_out_dir(run_dir)
     torch.set_num_threads(max(1, cfg.threads))
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
+        # on GPU some kernels (e.g. 3D pooling backward) have no deterministic version: warn there
+        torch.use_deterministic_algorithms(True, warn_only=cfg.device == "gpu")
         torch.backends.cudnn.benchmark = False
     elif cfg.device == "gpu":
         torch.backends.cudnn.benchmark = True
@@ -387,10 +390,20 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt):
         scheduler.load_state_dict(ckpt["scheduler"])
         loader.load_state_dict(ckpt["loader"])
         rng = ckpt["rng"]
-        ck.set_rng_state(rng[dist.rank] if isinstance(rng, list) else rng)
+        if isinstance(rng, list):  # one state per rank (DDP); a new world size reuses rank 0's
+            rng = rng[dist.rank] if dist.rank < len(rng) else rng[0]
+        ck.set_rng_state(rng)
         step = int(ckpt["step"])
     if dist.is_main:
         save_yaml(resolved, run_dir / "config.yaml")
+        if cfg.progress:
+            from rich.console import Console
+
+            note = (f"resuming {ckpt_path} at step {step}" if ckpt is not None else
+                    f"no checkpoint in {run_dir}: starting from step 0" if resume else
+                    f"run dir {run_dir}")
+            Console(stderr=True).print(f"[dim]{note}; {total_steps} steps, "
+                                       f"{len(loader)} batches/epoch, lr {opt['lr']:.3g}[/dim]")
 
     net = model
     if dist.enabled:
@@ -480,11 +493,13 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt):
                 t0 = time.perf_counter()
     save(final=True)
     wall = time.perf_counter() - t_start
+    n_avg = max(1, min(10, len(losses) // 5))
     summary = {
         "task": cfg.task, "arch": cfg.arch, "steps": step,
-        "epochs": step / max(1, len(loader)), "first_loss": losses[0] if losses else float("nan"),
-        "final_loss": float(np.mean(losses[-max(1, min(10, len(losses) // 10 or 1)):]))
-        if losses else float("nan"),
+        "epochs": step / max(1, len(loader)),
+        # means over the first / last fifth of this run's steps (at most 10): single steps are noisy
+        "first_loss": float(np.mean(losses[:n_avg])) if losses else float("nan"),
+        "final_loss": float(np.mean(losses[-n_avg:])) if losses else float("nan"),
         "wall_s": wall, "clips_per_s": clips_per_batch * len(losses) / max(wall, 1e-9),
         "data_wait": wait_total / max(wait_total + compute_total, 1e-9),
         "metrics": last_metrics, "checkpoint": str(ckpt_path), "world_size": dist.world,

@@ -304,3 +304,16 @@ def test_bad_arguments_raise_one_line_errors(videos):
         PretextLoader(TwoClipSampler(), videos, batch_size=2, shard=(2, 2))
     with pytest.raises(LoaderError, match="cannot fill one batch"):
         PretextLoader(TwoClipSampler(), videos, batch_size=7)
+
+
+def test_plan_past_the_last_frame_is_an_error_not_black_frames(videos):
+    """The decoder pads frames past the end with black silently: the loader refuses such plans."""
+    from pipelines.loader import LoaderError
+
+    class PastEnd(TwoClipSampler):
+        def plan(self, record, rng):
+            p = super().plan(record, rng)
+            return ClipPlan(p.frames + record.num_frames, params=p.params)
+
+    with pytest.raises(LoaderError, match="record has"):
+        next(iter(PretextLoader(PastEnd(), videos, batch_size=2)))

@@ -1,0 +1,82 @@
+"""`dalivssl pretrain`: bad input gives one line and exit code 2; a tiny run works end to end."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dalivssl.cli import main
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    return exc.value.code, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--task", "jigsaw"], "unknown task 'jigsaw'; valid: cvrl, prp, rotnet, rspnet, tdl, vcop"),
+    (["--arch", "resnet9000"], "unknown architecture 'resnet9000'; valid: c3d, mc3_18"),
+    (["--data", "/nonexistent/train.jsonl"], "/nonexistent/train.jsonl: manifest not found"),
+    (["--set", "lr=fast"], "config key 'lr': expected float"),
+    (["--set", "colour=red"], "unknown config key 'colour'"),
+    (["--batch-size", "0"], "batch_size must be >= 1"),
+])
+def test_bad_input_one_line_exit_2(argv, msg, capsys, tmp_path):
+    code, err = _run(["pretrain", "--out", str(tmp_path / "o"), *argv], capsys)
+    assert code == 2 and msg in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_resume_with_checkpoint_of_other_arch(tmp_path, capsys):
+    import torch
+
+    from dalivssl.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "checkpoint.pt", kind="pretrain", arch="r21d", task="vcop",
+                    backbone={"w": torch.zeros(1)}, head={}, config={}, versions={}, step=1,
+                    epoch=0)
+    code, err = _run(["pretrain", "--out", str(tmp_path), "--resume"], capsys)
+    assert code == 2 and "checkpoint is for arch 'r21d', not 'shufflenet'" in err
+    code, err = _run(["pretrain", "--out", str(tmp_path), "--arch", "r21d"], capsys)
+    assert code == 2 and "already holds a checkpoint; pass --resume" in err
+
+
+def test_unwritable_out_dir(tmp_path, tiny_synth, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, err = _run(["pretrain", "--data", str(tiny_synth["train"]), "--out",
+                      str(blocker / "run")], capsys)
+    assert code == 2 and "output directory is not writable" in err and str(blocker) in err
+
+
+def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
+    data = ["--data", str(tiny_synth["train"]), "--out", str(tmp_path / "o")]
+    code, err = _run(["pretrain", *data, "--set", "head.queue=5", "--task", "tdl",
+                      "--arch", "r21d"], capsys)
+    assert code == 2 and "unknown tdl head option 'queue'; valid: queue_size" in err
+    code, err = _run(["pretrain", *data, "--size", "16"], capsys)
+    assert code == 2 and "arch 'shufflenet' cannot take 16-frame clips at 16 px" in err
+
+
+def test_tiny_run_via_main(tmp_path, tiny_synth, capsys):
+    out = tmp_path / "run"
+    code, err = _run(["pretrain", "--task", "rotnet", "--arch", "shufflenet", "--size", "48",
+                      "--batch-size", "2", "--max-steps", "2", "--threads", "1", "--data",
+                      str(tiny_synth["train"]), "--out", str(out), "--set", "tensorboard=false"],
+                     capsys)
+    assert code == 0, err
+    assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
+
+
+def test_help_is_fast_and_lazy():
+    code = ("import sys; from dalivssl.cli import main\n"
+            "try: main(['pretrain', '--help'])\nexcept SystemExit: pass\n"
+            "assert 'torch' not in sys.modules and 'nvidia.dali' not in sys.modules")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert p.returncode == 0, p.stderr
+    assert "--task" in p.stdout and "--resume" in p.stdout

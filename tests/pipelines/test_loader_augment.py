@@ -1,0 +1,100 @@
+"""Augmentation graph (pipelines.augment): the fused colour map and each op against numpy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.augment import LUMA, colour_affine, graph_inputs, param_arrays
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("nvidia.dali")
+
+
+def test_colour_affine_identity_gray_and_contrast_offset():
+    one, zero = np.ones(2), np.zeros(2)
+    M, t = colour_affine(one, one, one, zero, zero)
+    np.testing.assert_allclose(M, np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-6)
+    np.testing.assert_allclose(t, 0, atol=1e-7)
+    M, t = colour_affine(one, one, one, zero, one)  # grayscale: every row is the luma
+    np.testing.assert_allclose(M, np.broadcast_to(np.array(LUMA), (2, 3, 3)), atol=2e-3)
+    M, t = colour_affine(np.array([2.0]), np.array([0.5]), np.ones(1), np.zeros(1), np.zeros(1))
+    np.testing.assert_allclose(M[0], np.eye(3), atol=1e-6)  # c·b = 1
+    np.testing.assert_allclose(t[0], [1.0, 1.0, 1.0], atol=1e-6)  # (1 − c)·b
+    # hue and saturation keep grey pixels grey (the offset then needs no chroma correction)
+    M, _ = colour_affine(one, one, np.array([1.7, 0.3]), np.array([40.0, -100.0]), zero)
+    np.testing.assert_allclose(M.sum(axis=2), 1.0, atol=2e-3)
+
+
+def test_param_arrays_fill_identity_and_build_colour_inputs():
+    arrs = param_arrays({"flip": [1, 0], "brightness": [1.5, 1.0]}, ("flip", "brightness"), 2)
+    assert set(arrs) == set(graph_inputs(("flip", "brightness"))) == {
+        "crop", "flip", "colour_m"}
+    assert "colour_t" in graph_inputs(("contrast",))
+    np.testing.assert_array_equal(arrs["crop"], [[0, 0, 1, 1]] * 2)
+    np.testing.assert_allclose(arrs["colour_m"][0], 1.5 * np.eye(3), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        graph_inputs(("zoom",))
+
+
+def _run_one(frame: np.ndarray, params: dict, size) -> np.ndarray:
+    """Decode-free check: run augment_clip on a single-frame 'clip' through a tiny pipeline."""
+    import nvidia.dali as dali
+    from nvidia.dali import fn, types
+
+    from pipelines.augment import augment_clip
+
+    keys = tuple(params)
+    inputs = graph_inputs(keys)
+    arrays = param_arrays(params, keys, 1)
+    pipe = dali.Pipeline(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    with pipe:
+        x = fn.external_source(name="x", dtype=types.UINT8, ndim=4, layout="FHWC")
+        nodes = {n: fn.external_source(name=n, dtype=types.FLOAT if k == "float" else types.INT32,
+                                       ndim=nd) for n, (k, nd) in inputs.items()}
+        pipe.set_outputs(augment_clip(x, nodes, 0, size, "cpu", "contrast" in keys))
+    pipe.build()
+    pipe.feed_input("x", [frame[None]])
+    for n in inputs:
+        pipe.feed_input(n, [arrays[n]])
+    (out,) = pipe.run()
+    return np.array(out[0])[0].astype(np.float64)
+
+
+def test_colour_ops_match_numpy_formulas():
+    rng = np.random.default_rng(0)
+    img = np.kron(rng.integers(60, 200, (4, 4, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    x = img.astype(np.float64)
+    luma = x @ np.array(LUMA)
+    # brightness 1.2 and contrast 0.7 around the mean luma: b·(m + c·(x − m))
+    got = _run_one(img, {"brightness": [1.2], "contrast": [0.7]}, (32, 32))
+    want = np.clip(1.2 * (luma.mean() + 0.7 * (x - luma.mean())), 0, 255)
+    assert np.abs(got - want).max() <= 1.0
+    # saturation 0.4 = blend with the luma image
+    got = _run_one(img, {"saturation": [0.4]}, (32, 32))
+    want = np.clip(0.4 * x + 0.6 * luma[..., None], 0, 255)
+    assert np.abs(got - want).max() <= 1.0
+    # grayscale: three equal channels = the luma
+    got = _run_one(img, {"gray": [1]}, (32, 32))
+    assert np.abs(got - luma[..., None]).max() <= 1.0
+    # solarise: v -> 255 - v above 128
+    got = _run_one(img, {"solarize": [1]}, (32, 32))
+    np.testing.assert_array_equal(got, np.where(x >= 128, 255 - x, x))
+    # blur: a flat region stays flat, an edge gets smoothed
+    big = np.kron(img[::8, ::8], np.ones((16, 16, 1), np.uint8))  # 16-px blocks, 64×64
+    got = _run_one(big, {"blur_sigma": [1.5]}, (64, 64))
+    xb = big.astype(np.float64)
+    assert np.abs(got[6:10, 6:10] - xb[6:10, 6:10]).max() <= 1
+    assert np.abs(got - xb).max() > 5
+    # hue: rotates the chroma plane (keeps luma), 360° is the identity
+    got = _run_one(img, {"hue": [90.0]}, (32, 32))
+    assert np.abs(got @ np.array(LUMA) - luma).mean() < 2.5 and np.abs(got - x).mean() > 5
+    assert np.abs(_run_one(img, {"hue": [360.0]}, (32, 32)) - x).max() <= 1.0
+
+
+def test_crop_box_is_y0_x0_h_w():
+    img = np.zeros((32, 48, 3), np.uint8)
+    img[:16, 24:] = 255  # top-right quadrant white
+    got = _run_one(img, {"crop": [[0.0, 0.5, 0.5, 0.5]]}, (16, 24))
+    assert got.min() == 255
+    got = _run_one(img, {"crop": [[0.5, 0.0, 0.5, 0.5]]}, (16, 24))
+    assert got.max() == 0

@@ -69,6 +69,13 @@ def main(argv=None):
     except DalivsslError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except ValueError as exc:
+        # pipelines/ cannot import dalivssl, so its input errors (LoaderError, TooShort, bad noise
+        # names) are ValueError subclasses defined there: report them the same way.
+        if not type(exc).__module__.startswith("pipelines"):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     # commands return None or an int exit code (e.g. `data check` reports problems with 1)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import itertools
-import math
 
 import pytest
 import torch

@@ -9,6 +9,12 @@ set is closed under time reversal and reversal maps every class to a *different*
 ...), so a model that ignores frame order cannot separate the pairs. This is the stand-in for
 UCF101/HMDB51 used by tests, CI and the README quick start (no downloads).
 
+Arrow of time: every motion speeds up over the video (rates ramp linearly from 0.4x to 1.6x of the
+video's mean rate; zoom is monotonic anyway). Positions wrap and spins/orbits/sawtooths are
+periodic, so without the ramp *where* an object is would not tell *when* a clip was taken; with it,
+each clip's own speed does. That keeps the temporal pretext tasks (clip order, playback rate,
+relative speed) learnable on this dataset, as they are on real videos.
+
 Frame geometry: image coordinates, x to the right, y down; angles grow clockwise on screen.
 Trajectories are stored unwrapped; objects that leave one edge re-enter at the opposite one.
 """
@@ -83,7 +89,9 @@ def trajectory(cls: str, frames: int, size: int, rng: np.random.Generator) -> di
     """Motion of one object of class ``cls``: arrays (frames,) x, y (pixels, unwrapped), angle
     (degrees, clockwise on screen) and scale (relative size)."""
     kind, p = CLASSES[cls]
-    t = np.arange(frames, dtype=np.float64)
+    # motion time: the rate ramps 0.4x -> 1.6x over the video (mean 1x), an arrow of time
+    n = np.arange(frames, dtype=np.float64)
+    t = 0.4 * n + 0.6 * n * n / max(1, frames - 1)
     x0, y0 = rng.uniform(0.2, 0.8, size=2) * size
     a0 = rng.uniform(0, 360)
     x = np.full(frames, x0)
@@ -301,7 +309,7 @@ def cache_dir() -> Path:
 
 
 # bump when rendering or encoding changes, so caches of the old generator are not reused
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _default_name(cfg: SynthConfig) -> str:

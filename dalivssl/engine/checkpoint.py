@@ -133,15 +133,23 @@ def load_backbone(path, arch: str | None = None, device="cpu"):
 
 
 class Classifier(torch.nn.Module):
-    """backbone.forward_features (B×D) → Linear(D, num_classes): logits B×num_classes."""
+    """backbone.forward_features (B×D) → [L2 normalise] → Linear(D, num_classes): B×num_classes.
 
-    def __init__(self, backbone, head):
+    ``l2_norm``: linear probes trained on L2-normalised features (CVRL's linear eval,
+    ``dalivssl finetune --l2-norm``) must see normalised features at test time too.
+    """
+
+    def __init__(self, backbone, head, l2_norm: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.l2_norm = bool(l2_norm)
 
     def forward(self, x):  # x: B×C×T×H×W
-        return self.head(self.backbone.forward_features(x))
+        f = self.backbone.forward_features(x)
+        if self.l2_norm:
+            f = torch.nn.functional.normalize(f, dim=1)
+        return self.head(f)
 
 
 def load_classifier(path, device="cpu"):
@@ -157,4 +165,5 @@ def load_classifier(path, device="cpu"):
     except RuntimeError as exc:
         raise DalivsslError(f"{path}: classifier head does not fit "
                             f"({str(exc).splitlines()[0][:120]})") from None
-    return Classifier(backbone, head).to(device).eval(), ckpt
+    model = Classifier(backbone, head, l2_norm=ckpt.get("feature_l2_norm", False))
+    return model.to(device).eval(), ckpt

@@ -75,3 +75,26 @@ def test_load_classifier(tmp_path):
     ck.save_checkpoint(tmp_path / "p.pt", **pre)
     with pytest.raises(DalivsslError, match="'pretrain' checkpoint has no classifier"):
         ck.load_classifier(tmp_path / "p.pt")
+
+
+def test_load_classifier_l2_normalises_features_when_the_probe_did(tmp_path):
+    """A probe trained on L2-normalised features (finetune --l2-norm) is evaluated the same way."""
+    import torch
+
+    from dalivssl.engine.checkpoint import load_classifier, save_checkpoint
+    from models import create_backbone
+
+    torch.manual_seed(0)
+    net = create_backbone("c3d")
+    head = torch.nn.Linear(net.feature_dim, 3)
+    x = torch.randn(2, 3, 8, 32, 32)
+    for flag in (False, True):
+        path = save_checkpoint(tmp_path / f"ft_{flag}.pt", kind="finetune", arch="c3d",
+                               backbone=net.state_dict(), head=head.state_dict(), config={},
+                               versions={}, step=0, epoch=0, num_classes=3, classes=list("abc"),
+                               clip_len=8, size=32, normalize="unit", feature_l2_norm=flag)
+        model, _ = load_classifier(path)
+        with torch.no_grad():
+            f = net.eval().forward_features(x)
+            want = head(torch.nn.functional.normalize(f, dim=1) if flag else f)
+            assert torch.allclose(model(x), want, atol=1e-5)

@@ -1,7 +1,7 @@
 """The embedded synthetic dataset: classes defined by *motion*, not appearance (contract C2).
 
 Every video shows 1–3 random objects (random shape, two random colours, an asymmetric pattern so
-rotation is visible) over a random low-frequency texture that pans in a random direction. All
+rotation is visible) over a random low-frequency texture that pans in a random direction, accelerating from rest. All
 objects of a video move by the motion of its class; speed, start position, size, radius, period and
 phase are random. Appearance therefore does not tell the class, and temporal order does: the class
 set is closed under time reversal and reversal maps every class to a *different* class
@@ -10,7 +10,8 @@ set is closed under time reversal and reversal maps every class to a *different*
 UCF101/HMDB51 used by tests, CI and the README quick start (no downloads).
 
 Arrow of time: every motion speeds up over the video (rates ramp linearly from 0.4x to 1.6x of the
-video's mean rate; zoom is monotonic anyway). Positions wrap and spins/orbits/sawtooths are
+video's mean rate; zoom is monotonic anyway) and the background pans like a camera that
+accelerates from rest. Positions wrap and spins/orbits/sawtooths are
 periodic, so without the ramp *where* an object is would not tell *when* a clip was taken; with it,
 each clip's own speed does. That keeps the temporal pretext tasks (clip order, playback rate,
 relative speed) learnable on this dataset, as they are on real videos.
@@ -212,7 +213,10 @@ def render(cls: str, frames: int, size: int, rng: np.random.Generator) -> tuple[
     tex = _texture(rng, size)
     tiled = np.concatenate([np.concatenate([tex, tex], 1)] * 2, 0)
     bg_dir = rng.uniform(0, 2 * np.pi)
-    bg_speed = rng.uniform(0.0, 0.006) * size  # at most ~1/3 of the slowest object speed
+    # the background pans like an accelerating camera: from rest to ``bg_speed`` px/frame at the
+    # last frame (offset = v·i²/(2F)). Whole-frame motion that grows with time is the strongest
+    # arrow of time a clip can carry, and it says nothing about the class.
+    bg_speed = rng.uniform(0.008, 0.02) * size
     n_obj = int(rng.integers(1, 4))
     objects = []
     for _ in range(n_obj):
@@ -223,8 +227,9 @@ def render(cls: str, frames: int, size: int, rng: np.random.Generator) -> tuple[
                         "traj": trajectory(cls, frames, size, rng)})
     out = np.empty((frames, size, size, 3), np.uint8)
     for i in range(frames):
-        ox = int(round(i * bg_speed * math.cos(bg_dir))) % size
-        oy = int(round(i * bg_speed * math.sin(bg_dir))) % size
+        shift = bg_speed * i * i / (2 * max(1, frames - 1))
+        ox = int(round(shift * math.cos(bg_dir))) % size
+        oy = int(round(shift * math.sin(bg_dir))) % size
         frame = tiled[oy:oy + size, ox:ox + size].copy()
         for obj in objects:
             _draw(frame, obj, i, size)
@@ -309,7 +314,7 @@ def cache_dir() -> Path:
 
 
 # bump when rendering or encoding changes, so caches of the old generator are not reused
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def _default_name(cfg: SynthConfig) -> str:

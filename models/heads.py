@@ -65,14 +65,20 @@ class PairwiseOrderHead(nn.Module):
     C(K,2) pair vectors → Dropout → Linear(hidden·C(K,2), K!) → B×K! logits.
     """
 
-    def __init__(self, in_dim: int, num_clips: int, hidden: int = 512, dropout: float = 0.5):
+    def __init__(self, in_dim: int, num_clips: int, hidden: int = 512, dropout: float = 0.5,
+                 feature_norm: bool = False):
         super().__init__()
+        # optional LayerNorm of each clip feature (not in the original): tames the large pooled
+        # features of untrained efficient 3D CNNs (|f| ~ 70 for ShuffleNet) that make the first
+        # SGD steps overshoot
+        self.norm = nn.LayerNorm(in_dim) if feature_norm else nn.Identity()
         self.pairs = list(itertools.combinations(range(num_clips), 2))
         self.fc7 = nn.Linear(2 * in_dim, hidden)
         self.dropout = nn.Dropout(dropout)
         self.fc8 = nn.Linear(hidden * len(self.pairs), math.factorial(num_clips))
 
     def forward(self, feats):  # feats: B×K×D
+        feats = self.norm(feats)
         i, j = zip(*self.pairs)
         pair = torch.cat([feats[:, list(i)], feats[:, list(j)]], dim=2)  # B×P×2D
         h = F.relu(self.fc7(pair)).flatten(1)  # B×(P·hidden)

@@ -25,9 +25,11 @@ SPEC = {
 }
 
 
-def build_head(backbone, num_clips: int = 3, hidden: int = 512, dropout: float = 0.5):
-    """``num_clips`` = the sampler's K (number of classes K!)."""
-    return PairwiseOrderHead(backbone.feature_dim, num_clips, hidden, dropout)
+def build_head(backbone, num_clips: int = 3, hidden: int = 512, dropout: float = 0.5,
+               feature_norm: bool = False):
+    """``num_clips`` = the sampler's K (number of classes K!); ``feature_norm`` adds a LayerNorm
+    on each clip feature before the pairs (not in the original)."""
+    return PairwiseOrderHead(backbone.feature_dim, num_clips, hidden, dropout, feature_norm)
 
 
 def step(backbone, head, batch) -> dict:

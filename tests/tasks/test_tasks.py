@@ -242,3 +242,17 @@ def test_loss_falls_real_backbone(name, arch, t, s, request):
     if initial_queue is not None:
         head.queue.keys.copy_(initial_queue)
     assert _eval_loss(name, bb, head, probe) < 0.9 * before
+
+
+def test_vcop_feature_norm_makes_the_order_head_scale_invariant():
+    """head.feature_norm=true LayerNorms each clip feature: scaling features (ShuffleNet's
+    untrained |f| ~ 70) does not change the logits; without it, it does."""
+    from models.heads import PairwiseOrderHead
+
+    torch.manual_seed(0)
+    f = torch.randn(4, 3, 16)
+    normed = PairwiseOrderHead(16, 3, hidden=8, dropout=0.0, feature_norm=True).eval()
+    plain = PairwiseOrderHead(16, 3, hidden=8, dropout=0.0).eval()
+    assert normed(f).shape == (4, 6)
+    assert torch.allclose(normed(f), normed(70 * f), atol=1e-4)
+    assert not torch.allclose(plain(f), plain(70 * f), atol=1e-2)

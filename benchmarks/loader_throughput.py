@@ -185,8 +185,10 @@ def torch_augment(frames, params: dict, k: int, out_size, normalize: str):
         x = F.solarize(x, 128)
     x = x.permute(1, 0, 2, 3).float().div_(255.0)  # C T H W
     if normalize == "imagenet":
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1, 1)
+        from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
+
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
         x = (x - mean) / std
     return x
 

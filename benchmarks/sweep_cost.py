@@ -40,17 +40,14 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from rich.table import Table
 
     from dalivssl.analysis import robustness as rb
-    from dalivssl.data.manifest import load_manifest
     from dalivssl.errors import DalivsslError
     from models import create_backbone
 
     if device == "gpu" and not torch.cuda.is_available():
         raise DalivsslError("--device gpu: no CUDA GPU is visible")
-    if data is None:
-        from dalivssl.data.synth import ensure_default_dataset
+    from dalivssl.data.synth import resolve_manifest
 
-        data = ensure_default_dataset()["test"]
-    manifest = load_manifest(data)
+    data, manifest = resolve_manifest(data, "test")
     manifest = manifest.select(manifest.records[:videos])
     n_classes = max(1, max((r.label for r in manifest.records), default=0) + 1)
     tdev = torch.device("cuda" if device == "gpu" else "cpu")

@@ -20,12 +20,10 @@ import os
 import numpy as np
 
 from pipelines.augment import graph_keys, param_arrays
-from pipelines.types import Batch, ClipPlan, sample_rng
+from pipelines.types import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipPlan, sample_rng
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZE_MODES = ("imagenet", "unit")
 # codecs fn.decoders.video can only decode with the mixed (GPU) backend (spec/dali.md §1)
 GPU_ONLY_CODECS = {"h264", "avc", "avc1", "hevc", "h265", "mpeg4", "av1", "msmpeg4v3", "xvid"}

@@ -11,6 +11,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# ImageNet per-channel RGB statistics on the [0,1] scale ('imagenet' normalisation of the tasks)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # Augmentation parameter keys a plan may carry in ``ClipPlan.params``. Every array has leading
 # dimension K (one value set per clip: clip-consistent augmentation). A missing key = identity.
 PARAM_KEYS = {

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.augment import augment_clip, graph_inputs, graph_keys
+from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODED, FRAMES, ORDER, PARAM_PREFIX = "encoded", "frames", "order", "p_"
 # (mean, std) per RGB channel on the 0..255 scale
-NORM_STATS = {"imagenet": ([0.485 * 255, 0.456 * 255, 0.406 * 255],
-                           [0.229 * 255, 0.224 * 255, 0.225 * 255]),
+NORM_STATS = {"imagenet": ([m * 255 for m in IMAGENET_MEAN], [s * 255 for s in IMAGENET_STD]),
               "unit": ([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])}
 
 

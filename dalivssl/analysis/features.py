@@ -127,15 +127,16 @@ def check_input_size(backbone, clip_len: int, size: int, arch: str = "") -> None
 
 def eval_loader(manifest, num_clips: int, batch_size: int, clip_len: int, size: int,
                 device: str = "cpu", seed: int = 0, normalize: str | None = None,
-                num_threads: int = 2, where: str = ""):
+                num_threads: int = 2, where: str = "", raw: bool = False):
     """The evaluation loader (contracts C3/C4): N evenly spaced centre-cropped clips per video,
-    no augmentation, every video once (no drop_last)."""
+    no augmentation, every video once (no drop_last). ``raw``: uint8 clips before normalisation
+    (noise sweeps; models that each normalise their own way)."""
     opts = {"num_clips": int(num_clips)}
     if normalize is not None:
         opts["normalize"] = normalize
     return make_loader("eval", manifest, where, batch_size=batch_size, device=device,
                        clip_len=clip_len, size=size, seed=seed, augment=False,
-                       drop_last=False, num_threads=num_threads, **opts)
+                       drop_last=False, num_threads=num_threads, raw=raw, **opts)
 
 
 def _as_numpy(t) -> np.ndarray:

@@ -118,21 +118,14 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[SweepM
     return out
 
 
-def _normalize(raw, mode: str):
-    from pipelines.loader import normalize_clips
-
-    return normalize_clips(raw, mode)
-
-
 # ----------------------------------------------------------------------------------- sources
 def dali_source(manifest, clips_per_video: int, clip_len: int, size: int, batch_size: int,
                 device: str = "cpu", seed: int = 0, num_threads: int = 2):
     """The DALI evaluation loader in raw mode: Batch.clips uint8 B×K×T×H×W×C (contract C4)."""
-    from pipelines.loader import PretextLoader
+    from dalivssl.analysis.features import eval_loader
 
-    return PretextLoader("eval", manifest, batch_size=batch_size, device=device,
-                         clip_len=clip_len, size=size, seed=seed, augment=False, raw=True,
-                         drop_last=False, num_threads=num_threads, num_clips=int(clips_per_video))
+    return eval_loader(manifest, clips_per_video, batch_size, clip_len, size, device=device,
+                       seed=seed, num_threads=num_threads, raw=True)
 
 
 class PyAVSource:
@@ -234,6 +227,7 @@ def evaluate_cells(models: Sequence[SweepModel], batches: Iterable, cells_per_mo
     of a video's K clips are averaged (VCOP / Kumar et al. protocol). Videos repeated by a padded
     loader count once. ``forward_clips``: clips per forward call (cells are stacked to fill it).
     """
+    from pipelines.loader import normalize_clips
     from pipelines.noise import NoiseRunner
 
     timing = timing if timing is not None else CellTiming()
@@ -280,7 +274,7 @@ def evaluate_cells(models: Sequence[SweepModel], batches: Iterable, cells_per_mo
             for j in range(0, len(cells), per):
                 chunk = cells[j:j + per]
                 x = torch.cat([views[c].to(tdev, non_blocking=True) for c in chunk])
-                x = _normalize(x, m.normalize).flatten(0, 1)  # (n·B·K, C, T, H, W)
+                x = normalize_clips(x, m.normalize).flatten(0, 1)  # (n·B·K, C, T, H, W)
                 with torch.inference_mode():
                     y = m.model(x).float().reshape(len(chunk), B, K, -1).mean(2).cpu().numpy()
                 for c, yc in zip(chunk, y):

@@ -13,17 +13,6 @@ import click
 from dalivssl.errors import DalivsslError
 
 
-def resolve_manifest(data: str | None, split: str = "test"):
-    """Load ``data`` (a manifest path) or the embedded synthetic dataset's ``split`` manifest."""
-    from dalivssl.data.manifest import load_manifest
-
-    if data is None:
-        from dalivssl.data.synth import ensure_default_dataset
-
-        data = ensure_default_dataset()[split]
-    return Path(data), load_manifest(data)
-
-
 def normalized_batches(loader, mode: str, device):
     """Batches of a raw (uint8) loader, normalised with ``mode`` and moved to ``device``."""
     from pipelines.loader import normalize_clips
@@ -74,9 +63,10 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
     from rich.progress import Progress
 
     from dalivssl.analysis.cka import cka_map, plot_cka_map
+    from dalivssl.analysis.features import eval_loader
+    from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine.checkpoint import load_backbone
     from dalivssl.results import ResultsFile
-    from pipelines.loader import PretextLoader
 
     tdev = torch.device("cuda" if device == "gpu" else "cpu")
     loaded = [load_backbone(p, device=tdev) for p in checkpoints]
@@ -86,9 +76,8 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
     size = size or int(ck_a.get("size") or 112)
     normalize = normalize or ck_a.get("normalize") or "imagenet"
     manifest_path, manifest = resolve_manifest(data)
-    loader = PretextLoader("eval", manifest, batch_size, device=device, clip_len=clip_len,
-                           size=size, seed=seed, augment=False, drop_last=False, raw=True,
-                           num_clips=1)
+    loader = eval_loader(manifest, 1, batch_size, clip_len, size, device=device, seed=seed,
+                         raw=True, where=str(manifest_path))
     total = len(loader) if batches is None else min(batches, len(loader))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

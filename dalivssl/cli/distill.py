@@ -62,12 +62,12 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
     from rich.progress import Progress
 
     from dalivssl.analysis import distill as D
-    from dalivssl.cli.cka import resolve_manifest
+    from dalivssl.data.synth import resolve_manifest
     from dalivssl.data.manifest import load_manifest
     from dalivssl.engine.checkpoint import save_checkpoint
     from dalivssl.results import ResultsFile
+    from dalivssl.analysis.features import eval_loader, make_loader
     from models import create_backbone
-    from pipelines.loader import PretextLoader
 
     torch.manual_seed(seed)
     tdev = _device(device)
@@ -88,9 +88,9 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
 
     student = create_backbone(arch, num_classes=len(classes)).to(tdev)
     opt = torch.optim.Adam(student.parameters(), lr=lr)
-    loader = PretextLoader("eval", manifest, batch_size, device=device, clip_len=clip_len,
-                           size=size, seed=seed, augment=True, drop_last=True, raw=True,
-                           num_clips=1, random=True)
+    loader = make_loader("eval", manifest, str(data_path), batch_size=batch_size, device=device,
+                         clip_len=clip_len, size=size, seed=seed, augment=True, drop_last=True,
+                         raw=True, num_clips=1, random=True)
     total = len(loader) * epochs if max_steps is None else min(max_steps, len(loader) * epochs)
     with Progress(transient=True) as prog:
         bar = prog.add_task("distill", total=total)
@@ -101,10 +101,9 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
                                                   description=f"distill ce={parts['ce']:.3f}"))
     if not hist.step:
         raise DalivsslError(f"{data_path}: no training step ran (no batch of {batch_size})")
-    eval_loader = PretextLoader("eval", eval_manifest, batch_size, device=device,
-                                clip_len=clip_len, size=size, seed=seed, augment=False,
-                                drop_last=False, raw=True, num_clips=eval_clips)
-    acc, n_eval = D.accuracy(student, eval_loader, normalize, tdev)
+    test_loader = eval_loader(eval_manifest, eval_clips, batch_size, clip_len, size,
+                              device=device, seed=seed, raw=True, where=str(eval_path))
+    acc, n_eval = D.accuracy(student, test_loader, normalize, tdev)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,17 +156,17 @@ def export_logits(checkpoint, data, output, clips, batch_size, device):
     import numpy as np
 
     from dalivssl.analysis import distill as D
-    from dalivssl.cli.cka import resolve_manifest
+    from dalivssl.data.synth import resolve_manifest
+    from dalivssl.analysis.features import eval_loader
     from dalivssl.engine.checkpoint import load_classifier
-    from pipelines.loader import PretextLoader
 
     tdev = _device(device)
     data_path, manifest = resolve_manifest(data, "train")
     model, ck = load_classifier(checkpoint, device=tdev)
     clip_len, size = int(ck.get("clip_len") or 16), int(ck.get("size") or 112)
     normalize = ck.get("normalize") or "imagenet"
-    loader = PretextLoader("eval", manifest, batch_size, device=device, clip_len=clip_len,
-                           size=size, augment=False, drop_last=False, raw=True, num_clips=clips)
+    loader = eval_loader(manifest, clips, batch_size, clip_len, size, device=device, raw=True,
+                         where=str(data_path))
     logits, idx = D.video_logits(model, loader, normalize, tdev)
     # manifest order, one row per video (a loader may substitute a repeat for a bad video)
     idx, first = np.unique(idx, return_index=True)

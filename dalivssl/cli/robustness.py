@@ -59,16 +59,13 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dalivssl.analysis import robustness as rb
-    from dalivssl.data.manifest import load_manifest
     from dalivssl.results import ResultsFile
 
     if device == "gpu" and not torch.cuda.is_available():
         raise DalivsslError("--device gpu: no CUDA GPU is visible")
-    if data is None:
-        from dalivssl.data.synth import ensure_default_dataset
+    from dalivssl.data.synth import resolve_manifest
 
-        data = ensure_default_dataset()["test"]
-    manifest = load_manifest(data)
+    data, manifest = resolve_manifest(data, "test")
     models = rb.load_models(checkpoints, device="cuda" if device == "gpu" else "cpu")
     labels = [r.label for r in manifest.records]
     if any(lb < 0 for lb in labels):

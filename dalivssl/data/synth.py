@@ -322,6 +322,16 @@ def _default_name(cfg: SynthConfig) -> str:
             f"{cfg.size}px-s{cfg.seed}")
 
 
+def resolve_manifest(data, split: str = "test"):
+    """-> (path, Manifest) of ``data`` (a manifest path), or of the embedded synthetic dataset's
+    ``split`` manifest when ``data`` is None (what every command does without --data)."""
+    from dalivssl.data.manifest import load_manifest
+
+    if data is None:
+        data = ensure_default_dataset()[split]
+    return Path(data), load_manifest(data)
+
+
 def ensure_default_dataset(progress: bool = False) -> dict[str, Path]:
     """Generate the default synthetic dataset once into the cache and reuse it afterwards.
 

@@ -138,14 +138,10 @@ def build_scheduler(optimizer, opt: dict, total_steps: int):
 
 # ---------------------------------------------------------------------------------- building
 def _manifest(cfg: PretrainConfig):
-    from dalivssl.data.manifest import load_manifest
 
-    if cfg.data:
-        manifest = load_manifest(cfg.data)
-    else:
-        from dalivssl.data.synth import ensure_default_dataset
+    from dalivssl.data.synth import resolve_manifest
 
-        manifest = load_manifest(ensure_default_dataset()["train"])
+    _, manifest = resolve_manifest(cfg.data or None, "train")
     if cfg.subset:
         from dalivssl.data.subsets import nested_subsets
 

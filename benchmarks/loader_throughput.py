@@ -30,10 +30,6 @@ UCF_VERSION = "ucf_like_v1"
 # ------------------------------------------------------------------------------------------------
 # data
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("DALIVSSL_CACHE", Path.home() / ".cache" / "dalivssl"))
-
-
 def _ucf_frames(n: int, seed: int, size=(240, 320)):
     """A UCF101-like clip: a textured background panning with camera shake, moving blobs and
     sensor noise (so the VP9 bitrate resembles real footage rather than flat synthetic frames)."""
@@ -70,9 +66,10 @@ def ucf_like_dataset(videos: int = 24, progress=None) -> Path:
     import numpy as np
 
     from dalivssl.data.manifest import Manifest, VideoRecord, save_manifest
+    from dalivssl.data.synth import cache_dir
     from dalivssl.data.videoio import write_video
 
-    final = _cache_dir() / "bench" / f"{UCF_VERSION}_{videos}"
+    final = cache_dir() / "bench" / f"{UCF_VERSION}_{videos}"
     if (final / "COMPLETE").is_file():
         return final / "manifest.jsonl"
     final.parent.mkdir(parents=True, exist_ok=True)

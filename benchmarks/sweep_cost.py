@@ -40,17 +40,15 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from rich.table import Table
 
     from dalivssl.analysis import robustness as rb
-    from dalivssl.errors import DalivsslError
+    from dalivssl.analysis.features import torch_device
+    from dalivssl.data.synth import resolve_manifest
     from models import create_backbone
 
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DalivsslError("--device gpu: no CUDA GPU is visible")
-    from dalivssl.data.synth import resolve_manifest
+    tdev = torch.device(torch_device(device))
 
     data, manifest = resolve_manifest(data, "test")
     manifest = manifest.select(manifest.records[:videos])
     n_classes = max(1, max((r.label for r in manifest.records), default=0) + 1)
-    tdev = torch.device("cuda" if device == "gpu" else "cpu")
     torch.manual_seed(0)
     net = create_backbone(arch, num_classes=n_classes).to(tdev).eval()
     if device == "gpu":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Backbone
+from .base import Backbone, block_names
 
 
 class TorchvisionVideoResNet(Backbone):
@@ -27,8 +27,7 @@ class TorchvisionVideoResNet(Backbone):
         self.stem = net.stem
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.feature_dim = net.fc.in_features
-        blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(self, f"layer{i}")))]
-        self.cka_layers = ["stem"] + blocks
+        self.cka_layers = ["stem", *block_names(self, [f"layer{i}" for i in range(1, 5)])]
         self.reset_classifier(num_classes, dropout)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:

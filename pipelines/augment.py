@@ -112,8 +112,8 @@ def param_arrays(params: dict, keys, num_clips: int) -> dict[str, np.ndarray]:
         if key == "blur_sigma":
             arr = np.maximum(arr, _NO_BLUR_SIGMA).astype(dtype)
         vals[key] = np.ascontiguousarray(arr)
-    out = {k: vals[k] for k in graph_inputs(keys) if k in vals}
     inputs = graph_inputs(keys)
+    out = {k: vals[k] for k in inputs if k in vals}
     if "colour_m" in inputs:
         m, t = colour_affine(*(vals[k] for k in COLOUR_KEYS))
         out["colour_m"] = m

@@ -60,19 +60,9 @@ def normalize_clips(raw, mode: str = "imagenet"):
     return x.permute(*perm).contiguous()
 
 
-def _too_short_type():
-    try:
-        from pipelines.samplers.base import TooShort
-
-        return TooShort
-    except Exception:  # samplers not written yet: match by name (it subclasses ValueError)
-        return None
-
-
 def _is_too_short(exc: BaseException) -> bool:
-    cls = _too_short_type()
-    if cls is not None and isinstance(exc, cls):
-        return True
+    """A sampler's TooShort (pipelines.samplers.base.TooShort, or any custom sampler's ValueError
+    subclass of that name): matched by name, which covers both."""
     return isinstance(exc, ValueError) and any(c.__name__ == "TooShort" for c in type(exc).__mro__)
 
 

@@ -34,13 +34,6 @@ def flatten(X):
     return X.reshape(X.shape[0], -1)
 
 
-def center_features(X):
-    """float64 (n, p) with column means removed."""
-    xp = array_module(X)
-    X = flatten(X).astype(xp.float64)
-    return X - X.mean(axis=0, keepdims=True)
-
-
 def gram_linear(X, chunk_elems: int = _CHUNK_ELEMS):
     """Linear Gram K = X_c X_c^T (n x n, float64) of column-centred features.
 

@@ -196,23 +196,12 @@ def load_logits_teacher(path, manifest, data_classes, device) -> LogitsTeacher:
 # ------------------------------------------------------------------------------- running
 def video_logits(model, loader, normalize: str, device) -> tuple[np.ndarray, np.ndarray]:
     """Video-level logits: the mean over each video's K eval clips. ``loader`` yields raw uint8
-    batches (B, K, T, H, W, C). -> (logits (N, C) float32, manifest indices (N,))."""
-    import torch
+    batches (B, K, T, H, W, C). -> (logits (N, C) float32, manifest indices (N,) ascending;
+    a video the loader repeats is kept once)."""
+    from dalivssl.analysis.features import model_logits, normalized_batches
 
-    from pipelines.loader import normalize_clips
-
-    outs, idx = [], []
-    model.eval()
-    with torch.no_grad():
-        for batch in loader:
-            x = normalize_clips(batch.clips, normalize).to(device)  # B x K x C x T x H x W
-            B, K = x.shape[:2]
-            logits = model(x.reshape(B * K, *x.shape[2:])).reshape(B, K, -1).mean(1)
-            outs.append(logits.float().cpu().numpy())
-            idx.append(batch.indices.cpu().numpy())
-    if not outs:
-        raise DalivsslError("no video could be loaded")
-    return np.concatenate(outs), np.concatenate(idx).astype(np.int64)
+    out = model_logits(model, normalized_batches(loader, normalize, device), device)
+    return out.video, out.indices
 
 
 def accuracy(model, loader, normalize: str, device) -> tuple[float, int]:

@@ -100,6 +100,25 @@ def model_logits(model, batches: Iterable, device="cpu", on_batch=None) -> Video
         model.train(was_training)
 
 
+def torch_device(device: str) -> str:
+    """dalivssl device name ('cpu' | 'gpu') -> torch device ('cpu' | 'cuda'); fails in one line
+    when 'gpu' is asked for and torch sees no CUDA GPU."""
+    if device != "gpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise DalivsslError("--device gpu: no CUDA GPU available")
+    return "cuda"
+
+
+def normalized_batches(loader, mode: str, device):
+    """Batches of a raw (uint8) loader, normalised with ``mode`` and moved to ``device``."""
+    from pipelines.loader import normalize_clips
+
+    for batch in loader:
+        batch.clips = normalize_clips(batch.clips, mode).to(device)
+        yield batch
+
+
 def loader_device(device) -> str:
     """torch device ('cpu', 'cuda', 'cuda:0') -> DALI loader device ('cpu' | 'gpu')."""
     return "gpu" if str(device).startswith("cuda") or str(device) == "gpu" else "cpu"

@@ -13,15 +13,6 @@ import click
 from dalivssl.errors import DalivsslError
 
 
-def normalized_batches(loader, mode: str, device):
-    """Batches of a raw (uint8) loader, normalised with ``mode`` and moved to ``device``."""
-    from pipelines.loader import normalize_clips
-
-    for batch in loader:
-        batch.clips = normalize_clips(batch.clips, mode).to(device)
-        yield batch
-
-
 def _split_layers(text: str | None):
     return [s.strip() for s in text.split(",") if s.strip()] if text else None
 
@@ -63,12 +54,12 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
     from rich.progress import Progress
 
     from dalivssl.analysis.cka import cka_map, plot_cka_map
-    from dalivssl.analysis.features import eval_loader
+    from dalivssl.analysis.features import eval_loader, normalized_batches, torch_device
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine.checkpoint import load_backbone
     from dalivssl.results import ResultsFile
 
-    tdev = torch.device("cuda" if device == "gpu" else "cpu")
+    tdev = torch.device(torch_device(device))
     loaded = [load_backbone(p, device=tdev) for p in checkpoints]
     (model_a, ck_a) = loaded[0]
     model_b, ck_b = loaded[1] if len(loaded) == 2 else (None, ck_a)

@@ -14,14 +14,6 @@ import click
 from dalivssl.errors import DalivsslError
 
 
-def _device(device: str):
-    import torch
-
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DalivsslError("--device gpu: no CUDA GPU is available; use --device cpu")
-    return torch.device("cuda" if device == "gpu" else "cpu")
-
-
 @click.command("distill")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(dir_okay=False),
               help="Finetuned teacher checkpoint (repeatable).")
@@ -66,11 +58,11 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
     from dalivssl.data.manifest import load_manifest
     from dalivssl.engine.checkpoint import save_checkpoint
     from dalivssl.results import ResultsFile
-    from dalivssl.analysis.features import eval_loader, make_loader
+    from dalivssl.analysis.features import eval_loader, make_loader, torch_device
     from models import create_backbone
 
     torch.manual_seed(seed)
-    tdev = _device(device)
+    tdev = torch.device(torch_device(device))
     data_path, manifest = resolve_manifest(data, "train")
     if eval_data is not None:
         eval_path, eval_manifest = Path(eval_data), load_manifest(eval_data)
@@ -153,24 +145,20 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
 def export_logits(checkpoint, data, output, clips, batch_size, device):
     """Write a checkpoint's video-level logits (mean over --clips eval clips) for every video of
     a manifest, keyed by video path, for `dalivssl distill --teacher-logits`."""
-    import numpy as np
-
     from dalivssl.analysis import distill as D
     from dalivssl.data.synth import resolve_manifest
-    from dalivssl.analysis.features import eval_loader
+    from dalivssl.analysis.features import eval_loader, torch_device
     from dalivssl.engine.checkpoint import load_classifier
 
-    tdev = _device(device)
+    tdev = torch_device(device)
     data_path, manifest = resolve_manifest(data, "train")
     model, ck = load_classifier(checkpoint, device=tdev)
     clip_len, size = int(ck.get("clip_len") or 16), int(ck.get("size") or 112)
     normalize = ck.get("normalize") or "imagenet"
     loader = eval_loader(manifest, clips, batch_size, clip_len, size, device=device, raw=True,
                          where=str(data_path))
-    logits, idx = D.video_logits(model, loader, normalize, tdev)
     # manifest order, one row per video (a loader may substitute a repeat for a bad video)
-    idx, first = np.unique(idx, return_index=True)
-    logits = logits[first]
+    logits, idx = D.video_logits(model, loader, normalize, tdev)
     D.write_logits_file(output, logits, [manifest.records[i].path for i in idx], idx,
                         classes=list(ck.get("classes") or []), num_clips=clips,
                         clip_len=clip_len, size=size, normalize=normalize, arch=ck["arch"],

@@ -81,9 +81,9 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
 
     if threads:
         torch.set_num_threads(threads)
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DalivsslError("--device gpu: no CUDA GPU available")
-    tdev = "cuda" if device == "gpu" else "cpu"
+    from dalivssl.analysis.features import torch_device
+
+    tdev = torch_device(device)
     console = Console(stderr=True)
 
     fdata = resolve_data(data, test_data)

@@ -75,12 +75,11 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
 
     import torch
 
+    from dalivssl.analysis.features import torch_device
     from dalivssl.analysis.finetune import pretrain_normalize
     from dalivssl.analysis.retrieval import run_retrieval
 
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DalivsslError("--device gpu: no CUDA GPU available")
-    tdev = "cuda" if device == "gpu" else "cpu"
+    tdev = torch_device(device)
     ckpt = {}
     if checkpoint:
         from dalivssl.engine.checkpoint import load_backbone

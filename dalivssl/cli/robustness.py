@@ -54,19 +54,17 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
         if not p.is_file():
             raise DalivsslError(f"{p}: checkpoint not found")
 
-    import torch
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dalivssl.analysis import robustness as rb
+    from dalivssl.analysis.features import torch_device
+    from dalivssl.data.synth import resolve_manifest
     from dalivssl.results import ResultsFile
 
-    if device == "gpu" and not torch.cuda.is_available():
-        raise DalivsslError("--device gpu: no CUDA GPU is visible")
-    from dalivssl.data.synth import resolve_manifest
-
+    tdev = torch_device(device)
     data, manifest = resolve_manifest(data, "test")
-    models = rb.load_models(checkpoints, device="cuda" if device == "gpu" else "cpu")
+    models = rb.load_models(checkpoints, device=tdev)
     labels = [r.label for r in manifest.records]
     if any(lb < 0 for lb in labels):
         raise DalivsslError(f"{data}: robustness needs labelled test videos")

@@ -76,13 +76,3 @@ def all_gather_object(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-
-def broadcast_object(obj, src: int = 0):
-    """``obj`` of rank ``src`` on every rank."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -197,10 +197,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 # ---------------------------------------------------------------------------------- logging
 class RunLog:
     """CSV + TensorBoard scalars (rank 0). On resume, rows past the resumed step are dropped."""

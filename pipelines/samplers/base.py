@@ -26,19 +26,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipelines.augment import IDENTITY as _PARAM_IDENTITY
 from pipelines.types import ClipPlan
 
 # 4:3, the frame shape of UCF101/HMDB51 (320×240), when a record does not say.
 DEFAULT_ASPECT = 4.0 / 3.0
 
-# dtype of every parameter key (PARAM_KEYS): float32 boxes/values, int32 flags.
-PARAM_DTYPES = {
-    "crop": np.float32, "flip": np.int32, "angle": np.float32, "brightness": np.float32,
-    "contrast": np.float32, "saturation": np.float32, "hue": np.float32, "gray": np.int32,
-    "blur_sigma": np.float32, "solarize": np.int32,
-}
-IDENTITY = {"flip": 0, "angle": 0.0, "brightness": 1.0, "contrast": 1.0, "saturation": 1.0,
-            "hue": 0.0, "gray": 0, "blur_sigma": 0.0, "solarize": 0}
+# dtype of every parameter key (PARAM_KEYS): float32 boxes/values, int32 flags, and the identity
+# value of every key but crop; both read from the one table the DALI graph fills plans with.
+PARAM_DTYPES = {k: dtype for k, (dtype, _) in _PARAM_IDENTITY.items()}
+IDENTITY = {k: value for k, (_, value) in _PARAM_IDENTITY.items() if k != "crop"}
 COLOUR_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 

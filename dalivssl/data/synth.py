@@ -16,6 +16,12 @@ periodic, so without the ramp *where* an object is would not tell *when* a clip 
 each clip's own speed does. That keeps the temporal pretext tasks (clip order, playback rate,
 relative speed) learnable on this dataset, as they are on real videos.
 
+Exposure: every video fades in, like a scene at dawn: the whole frame is scaled by a gain that
+rises linearly from ``EXPOSURE[0]`` to ``EXPOSURE[1]`` over the video. It is the low-level arrow of
+time that a short CPU run can pick up (the speed ramp needs a GPU-length run to be learned), so
+the README's few-minute VCOP pretraining shows its loss fall: it can only fall if the clip-order
+labels really follow the decoded frames. Like the pan, it says nothing about the class.
+
 Frame geometry: image coordinates, x to the right, y down; angles grow clockwise on screen.
 Trajectories are stored unwrapped; objects that leave one edge re-enter at the opposite one.
 """
@@ -60,6 +66,9 @@ CLASS_NAMES = list(CLASSES)
 REVERSE: dict[str, str] = {
     CLASS_NAMES[i]: CLASS_NAMES[i ^ 1] for i in range(len(CLASS_NAMES))
 }
+
+# frame gain at the first and at the last frame (linear in between): see "Exposure" above
+EXPOSURE = (0.55, 1.0)
 
 SHAPES = ("square", "triangle", "cross", "star", "ellipse", "disc", "diamond")
 
@@ -233,7 +242,8 @@ def render(cls: str, frames: int, size: int, rng: np.random.Generator) -> tuple[
         frame = tiled[oy:oy + size, ox:ox + size].copy()
         for obj in objects:
             _draw(frame, obj, i, size)
-        out[i] = np.clip(frame, 0, 255)
+        gain = EXPOSURE[0] + (EXPOSURE[1] - EXPOSURE[0]) * i / max(1, frames - 1)
+        out[i] = np.clip(frame * gain, 0, 255)
     info = {"motion": CLASSES[cls][0], "objects": n_obj,
             "shapes": [o["shape"] for o in objects]}
     return out, info
@@ -314,7 +324,7 @@ def cache_dir() -> Path:
 
 
 # bump when rendering or encoding changes, so caches of the old generator are not reused
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 def _default_name(cfg: SynthConfig) -> str:

@@ -252,7 +252,10 @@ def _progress(enabled: bool):
                                TimeElapsedColumn, TimeRemainingColumn)
 
     console = Console(stderr=True)
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    if not console.is_terminal:  # logs and pipes: rich would squeeze the columns into 80 chars
+        console = Console(stderr=True, width=160)
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+                    MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                     console=console, disable=not enabled, transient=False)
 

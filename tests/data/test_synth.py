@@ -174,3 +174,18 @@ def test_cli_synth(tmp_path):
     test = load_manifest(tmp_path / "s" / "test.jsonl")
     assert train.classes == synth.CLASS_NAMES[:4]
     assert sorted(r.label for r in train) == sorted(r.label for r in test) == [0, 1, 2, 3]
+
+
+def test_exposure_fades_in_linearly(monkeypatch):
+    """Every frame is the unlit frame times a gain rising linearly from EXPOSURE[0] to
+    EXPOSURE[1] (the low-level arrow of time the CPU demo learns); uint8 truncation aside."""
+    lo, hi = synth.EXPOSURE
+    assert (lo, hi) == (0.55, 1.0)
+    lit, _ = synth.render("spin_cw", 12, 32, np.random.default_rng(3))
+    monkeypatch.setattr(synth, "EXPOSURE", (1.0, 1.0))
+    plain, _ = synth.render("spin_cw", 12, 32, np.random.default_rng(3))
+    for i in range(12):
+        gain = lo + (hi - lo) * i / 11
+        diff = lit[i].astype(float) - gain * plain[i].astype(float)
+        assert np.abs(diff).max() <= 1.0 + 1e-9, (i, np.abs(diff).max())
+    assert lit[-1].mean() > 1.7 * lit[0].mean()

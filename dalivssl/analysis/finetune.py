@@ -42,9 +42,10 @@ LOG_COLUMNS = ("epoch", "step", "train_loss", "train_acc", "lr", "seconds")
 class FinetuneConfig:
     """Everything that defines a finetuning run (stored in the checkpoint and results file).
 
-    lr: base learning rate (VCOP's finetuning lr, 1e-3). Un-normalised pooled features of
-    randomly initialised 3D CNNs have norms of ~50–100 (ShuffleNet 2.0x: ~70), so the head's
-    effective step scales with ‖f‖²: 3e-3 already diverges there for batch 8. With ``l2_norm``
+    lr: base learning rate (VCOP's finetuning lr, 1e-3). The head's effective step scales with
+    ‖f‖² of the un-normalised pooled features: ~9–18 for the randomly initialised backbones at
+    16×64² (ShuffleNet 2.0x: 18 with its zero-γ init, 66 with the reference init, where 3e-3
+    already diverged for batch 8). With ``l2_norm``
     the features have unit norm and a probe wants a much larger lr (CLI default 0.1).
     The head gets ``lr × head_lr_mult``.
     """

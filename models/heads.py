@@ -79,9 +79,8 @@ class PairwiseOrderHead(nn.Module):
         if feature_norm not in self.NORMS:
             raise ValueError(f"feature_norm must be one of {', '.join(self.NORMS)}, "
                              f"got {feature_norm!r}")
-        self.norm = {"none": nn.Identity, "layer": nn.LayerNorm,
-                     "batch": nn.BatchNorm1d}[feature_norm](*([] if feature_norm == "none"
-                                                             else [in_dim]))
+        self.norm = (nn.Identity() if feature_norm == "none" else
+                     nn.LayerNorm(in_dim) if feature_norm == "layer" else nn.BatchNorm1d(in_dim))
         self.pairs = list(itertools.combinations(range(num_clips), 2))
         self.fc7 = nn.Linear(2 * in_dim, hidden)
         self.dropout = nn.Dropout(dropout)

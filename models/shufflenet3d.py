@@ -16,7 +16,7 @@ channels. Head: Dropout(0.2) → Linear(1920, n).
 Init (not in the reference): the last BN γ of every residual (stride-1) block starts at zero
 ("zero-γ", Goyal et al. 2017; torchvision's ``zero_init_residual``). With γ = 1 each of the 13
 residual adds, followed by a ReLU, grows the residual stream: untrained pooled features have
-|f| ≈ 66 at 16×64² (vs 13–18 for the other backbones), and SGD at VCOP's lr 1e-3 then overshoots
+|f| ≈ 66 at 16×64² (vs 9–18 for the other backbones), and SGD at VCOP's lr 1e-3 then overshoots
 on any linear head (its effective step scales with |f|²; the loss rises instead of falling).
 Zero-γ starts every block as the identity and gives |f| ≈ 18. ``zero_init_residual=False``
 restores the reference init.

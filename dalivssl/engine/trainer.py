@@ -364,7 +364,10 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
     ctx = head_context(task.build_head, cfg, sampler, sampler_opts, dist.world)
     check_options(f"{cfg.task} head", task.build_head, cfg.head)
     head_opts = {**ctx, **spec.get("head_opts", {}), **cfg.head}
-    head = task.build_head(backbone, **head_opts)
+    try:
+        head = task.build_head(backbone, **head_opts)
+    except ValueError as exc:  # a head option of the right name but a bad value
+        raise DalivsslError(f"{cfg.task} head: {exc}") from None
     model = TaskModel(task, backbone, head).to(device)
     opt = resolve_optim(cfg, spec, global_batch, total_steps)
     optimizer = build_optimizer(model, opt, spec.get("lr_mult"))

@@ -58,6 +58,9 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", *data, "--set", "head.queue=5", "--task", "tdl",
                       "--arch", "r21d"], capsys)
     assert code == 2 and "unknown tdl head option 'queue'; valid: queue_size" in err
+    code, err = _run(["pretrain", *data, "--set", "head.feature_norm=true"], capsys)
+    assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
     code, err = _run(["pretrain", *data, "--size", "16"], capsys)
     assert code == 2 and "arch 'shufflenet' cannot take 16-frame clips at 16 px" in err
 

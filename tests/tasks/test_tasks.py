@@ -270,6 +270,5 @@ def test_vcop_default_head_standardises_features_and_rejects_unknown_norms():
     assert isinstance(head.norm, torch.nn.BatchNorm1d)
     with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch"):
         PairwiseOrderHead(16, 3, feature_norm="group")
-    with pytest.raises(DalivsslError, match="vcop head: feature_norm must be one of none, layer, "
-                                            "batch, got True"):
+    with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch, got True"):
         TASKS["vcop"].build_head(TinyBackbone(), feature_norm=True)

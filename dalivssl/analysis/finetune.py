@@ -1,7 +1,8 @@
 """Downstream action recognition: full finetuning or a linear probe on a (pretrained) backbone.
 
 Protocol of the benchmark (Kumar et al., arXiv 2306.06010, §4; VCOP ``ft_classify.py``):
-train on one uniformly random clip per video (random crop + flip), test on N evenly spaced
+train on one uniformly random clip per video (random crop + flip; no flip where a flip changes
+the class, ``Manifest.flip_safe``), test on N evenly spaced
 centre-cropped clips per video and report
 
 * clip-level top-1: every test clip classified on its own;
@@ -61,6 +62,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dropout: float = 0.0
+    flip: bool = True  # random horizontal flip of training clips (off: Manifest.flip_safe False)
     clip_len: int = 16
     size: int = 112
     eval_clips: int = 10
@@ -295,14 +297,15 @@ def pretrain_normalize(ckpt: dict) -> str | None:
 
 
 def train_loader(manifest, cfg: FinetuneConfig, num_threads: int = 2, where: str = ""):
-    """One random clip per video with random crop + flip (eval sampler, ``random=True``)."""
+    """One random clip per video with random crop + flip (eval sampler, ``random=True``); no
+    flip with ``cfg.flip`` False."""
     from dalivssl.analysis.features import make_loader
 
     drop_last = len(manifest) >= 2 * cfg.batch_size
     return make_loader("eval", manifest, where, batch_size=cfg.batch_size, device=cfg.device,
                        clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed, augment=True,
                        drop_last=drop_last, num_threads=num_threads, random=True,
-                       num_clips=1, normalize=cfg.normalize)
+                       num_clips=1, normalize=cfg.normalize, flip=cfg.flip)
 
 
 def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, out_dir,

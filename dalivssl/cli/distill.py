@@ -82,7 +82,7 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     loader = make_loader("eval", manifest, str(data_path), batch_size=batch_size, device=device,
                          clip_len=clip_len, size=size, seed=seed, augment=True, drop_last=True,
-                         raw=True, num_clips=1, random=True)
+                         raw=True, num_clips=1, random=True, flip=manifest.flip_safe)
     total = len(loader) * epochs if max_steps is None else min(max_steps, len(loader) * epochs)
     with Progress(transient=True) as prog:
         bar = prog.add_task("distill", total=total)

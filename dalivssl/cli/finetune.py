@@ -33,6 +33,9 @@ DEFAULT_SIZE = 64
               help="Default 5e-4 finetune, 0 probe.")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
               help="Dropout before the linear head (training only).")
+@click.option("--flip/--no-flip", default=None,
+              help="Random horizontal flip of training clips. Default: on, except for datasets "
+                   "whose classes name a left/right direction (synthetic, SSv2).")
 @click.option("--clip-len", type=int, default=None,
               help=f"Frames per clip (default: the checkpoint's, else {DEFAULT_CLIP_LEN}).")
 @click.option("--size", type=int, default=None,
@@ -49,11 +52,11 @@ DEFAULT_SIZE = 64
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint in --out (without it, a new run overwrites it).")
 def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_norm, epochs,
-             max_steps, batch_size, lr, weight_decay, dropout, clip_len, size, normalize,
+             max_steps, batch_size, lr, weight_decay, dropout, flip, clip_len, size, normalize,
              eval_clips, out, device, seed, threads, resume):
     """Finetune (or linear-probe) a backbone on labelled videos and report top-1 accuracy.
 
-    Training: one random clip per video (random crop + flip). Test: --eval-clips evenly spaced
+    Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips evenly spaced
     centre clips per video; clip-level top-1 and video-level top-1 (averaged logits). Writes
     OUT/checkpoint.pt (kind 'finetune'), OUT/finetune.h5 and OUT/finetune_log.csv.
     """
@@ -113,7 +116,9 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         weight_decay = 0.0 if linear_probe else 5e-4
     cfg = FinetuneConfig(arch=arch, linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, dropout=dropout, clip_len=int(clip_len),
+                         weight_decay=weight_decay, dropout=dropout,
+                         flip=fdata.train.flip_safe if flip is None else flip,
+                         clip_len=int(clip_len),
                          size=int(size), eval_clips=eval_clips, normalize=normalize, seed=seed,
                          device=tdev, pretrained=str(checkpoint) if checkpoint else None)
     out = Path(out or f"runs/finetune/{arch}{'_probe' if linear_probe else ''}")

@@ -13,7 +13,7 @@ TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="Train manifest (JSONL). Default: the embedded synthetic dataset.")
 @click.option("--subset", type=int, default=None, help="Use N videos (nested, class-balanced).")
-@click.option("--epochs", type=int, default=None, help="Epochs (default 1).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default 2).")
 @click.option("--max-steps", type=int, default=None, help="Stop after S optimiser steps.")
 @click.option("--batch-size", type=int, default=None, help="Per-process batch (default 8).")
 @click.option("--clip-len", type=int, default=None, help="Frames per clip (default 16, as the paper).")

@@ -95,6 +95,18 @@ class Manifest:
         """A manifest over the same root and classes holding ``records``."""
         return Manifest(self.root, list(records), list(self.classes), {**self.meta, **meta})
 
+    @property
+    def flip_safe(self) -> bool:
+        """Whether a horizontal flip keeps every label, so finetuning may flip clips.
+
+        False for datasets whose classes name a left/right direction: the synthetic dataset
+        (move_right, spin_cw, …) and Something-Something-V2 ("pushing something from left to
+        right"), where a flipped clip shows another class. ``meta['flip_safe']`` overrides.
+        """
+        if "flip_safe" in self.meta:
+            return bool(self.meta["flip_safe"])
+        return not ("synth" in self.meta or self.meta.get("format") == "ssv2")
+
     def split(self, name: str) -> "Manifest":
         """Only the records of one split ('train', 'test', 'val', …)."""
         return self.select(r for r in self.records if r.split == name)

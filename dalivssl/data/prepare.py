@@ -177,7 +177,7 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
             failures.append((path, res))
         else:
             records += [VideoRecord.from_json(d) for d in res]
-    meta = {"prepared": {"codec": codec, "short_side": short_side, "gop": gop,
+    meta = {**manifest.meta, "prepared": {"codec": codec, "short_side": short_side, "gop": gop,
                          "segment_frames": segment_frames, "source_root": str(manifest.root)}}
     new = Manifest(out, records, list(manifest.classes), meta)
     path = save_manifest(new, out / "manifest.jsonl")

@@ -26,7 +26,9 @@ class EvalSampler(Sampler):
 
     ``random=True`` (finetuning): one clip with a uniform start in [0, L − span], a random
     size×size crop of the short-side-resized frame and a horizontal flip with p 0.5 (with
-    augment=False: centre crop, no flip; ``crop='full'``: whole frame, flip only).
+    augment=False: centre crop, no flip; ``crop='full'``: whole frame, flip only). ``flip=False``
+    keeps the random crop and drops the flip: for classes that name a left/right direction
+    (``Manifest.flip_safe``), where a flipped clip would carry the wrong label.
 
     Plan: frames (N, T); label = record.label (−1 if unlabelled); params crop (and flip when
     random). ``normalize`` option: 'imagenet' (default) or 'unit', to match the pretext task of
@@ -40,7 +42,7 @@ class EvalSampler(Sampler):
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
                  num_clips: int = 1, stride: int = 1, random: bool = False, crop: str = "center",
-                 normalize: str = "imagenet", **unknown):
+                 normalize: str = "imagenet", flip: bool = True, **unknown):
         super().__init__(clip_len, size, augment)
         self._reject(unknown)
         if int(num_clips) < 1 or int(stride) < 1:
@@ -60,7 +62,9 @@ class EvalSampler(Sampler):
         self.crop = crop
         self.normalize = normalize
         self.span = (self.clip_len - 1) * self.stride + 1
-        self.param_keys = ("crop", "flip") if (self.random and self.augment) else ("crop",)
+        self.flip = bool(flip)
+        self.param_keys = (("crop", "flip") if (self.random and self.augment and self.flip)
+                           else ("crop",))
 
     def starts(self, length: int, rng: np.random.Generator) -> np.ndarray:
         """int64 (N,) clip starts relative to the usable range."""
@@ -82,7 +86,7 @@ class EvalSampler(Sampler):
                 p = {"crop": full_box()}
             else:
                 p = {"crop": short_side_crop_box(rng if jitter else None, aspect, self.size)}
-            if jitter:
+            if jitter and self.flip:
                 p["flip"] = coin(rng, 0.5)
             clips.append(p)
         return ClipPlan(frames, int(getattr(record, "label", -1)), stack_params(clips))

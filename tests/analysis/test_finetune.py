@@ -248,6 +248,8 @@ def test_cli_finetune_end_to_end(tmp_path, tiny_synth):
     # clip settings and normalisation come from the pretrained checkpoint
     assert (ck["clip_len"], ck["size"], ck["normalize"]) == (8, 32, "unit")
     assert ck["step"] == 2 and ck["head"]["weight"].shape == (3, 512)
+    # synthetic classes name directions (move_right, spin_cw): no flip unless asked for
+    assert ck["config"]["flip"] is False
     # training started from the pretrained weights (and moved them)
     w = "stem.0.weight" if "stem.0.weight" in pre_state else next(
         k for k in pre_state if k.endswith("weight") and pre_state[k].dim() == 5)

@@ -31,6 +31,16 @@ def test_round_trip_keeps_records_and_extra(tmp_path):
     assert len(m.split("test")) == 1
 
 
+@pytest.mark.parametrize("meta, safe", [
+    ({}, True), ({"format": "ucf101", "split": 1}, True), ({"format": "diving48"}, True),
+    ({"format": "ssv2"}, False), ({"synth": {"classes": 12}}, False),
+    ({"synth": {}, "flip_safe": True}, True), ({"format": "folders", "flip_safe": False}, False)])
+def test_flip_safe_follows_dataset_and_survives_round_trip(tmp_path, meta, safe):
+    m = Manifest(tmp_path / "data", [VideoRecord("v.webm", 10, 0, "a")], ["a"], meta)
+    assert m.flip_safe is safe and m.split("train").flip_safe is safe
+    assert load_manifest(save_manifest(m, tmp_path / "m.jsonl")).flip_safe is safe
+
+
 def test_path_outside_root(tmp_path):
     p = _write(tmp_path, [{"path": "../escape.webm", "num_frames": 5, "label": 0}])
     with pytest.raises(DalivsslError, match=r"m\.jsonl:2: \.\./escape\.webm: path lies outside"):

@@ -40,7 +40,7 @@ def src(tmp_path, make_video):
         shutil.copyfile(make_video(n, size=(64, 80), seed=seed), root / rel)
         recs.append(VideoRecord(rel, n, label, "ab"[label], split, 25.0, 80, 64, "vp9",
                                 video_id=rel[2]))
-    return Manifest(root, recs, ["a", "b"])
+    return Manifest(root, recs, ["a", "b"], {"format": "ssv2"})
 
 
 def test_prepare_resizes_and_keeps_labels(src, tmp_path):
@@ -128,6 +128,8 @@ def test_cli_prepare(src, tmp_path):
     m = load_manifest(tmp_path / "out" / "manifest.jsonl")
     assert [r.num_frames for r in m] == [20, 20, 20, 20, 20]
     assert m.meta["prepared"]["segment_frames"] == 20
+    # the source's dataset meta is kept: a prepared SSv2 is still not flip-safe
+    assert m.meta["format"] == "ssv2" and m.flip_safe is False
 
 
 @pytest.mark.gpu

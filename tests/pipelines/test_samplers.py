@@ -632,6 +632,11 @@ def test_eval_random_mode_and_options():
         centred += is_centred(p.params["crop"])
     assert starts <= set(range(85)) and len(starts) > 60
     assert 0.4 < np.mean(flips) < 0.6 and centred < 10
+    # flip=False (direction-labelled classes): the crop stays random, the flip is gone
+    nf = SAMPLERS["eval"](random=True, flip=False)
+    plans = [nf.plan(rec, rng) for rng in rngs(50)]
+    assert all(set(p.params) == {"crop"} for p in plans)
+    assert sum(is_centred(p.params["crop"]) for p in plans) < 5
     full = SAMPLERS["eval"](crop="full", normalize="unit")
     assert full.normalize == "unit"
     np.testing.assert_array_equal(full.plan(rec, sample_rng(0, 0, 0)).params["crop"],

@@ -56,6 +56,8 @@ def _scores(run_dir: Path) -> dict:
 @click.option("--finetune-epochs", type=int, default=8, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Finetuning lr.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd",
+              show_default=True, help="Finetuning optimiser.")
 @click.option("--clip-len", type=int, default=16, show_default=True)
 @click.option("--size", type=int, default=64, show_default=True)
 @click.option("--eval-clips", type=int, default=10, show_default=True)
@@ -67,8 +69,8 @@ def _scores(run_dir: Path) -> dict:
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench/pretrain_vs_scratch",
               show_default=True)
 @click.option("--fresh", is_flag=True, help="Redo steps whose outputs exist.")
-def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size, lr, clip_len,
-        size, eval_clips, normalize, seed, device, threads, out, fresh):
+def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size, lr, optimizer,
+        clip_len, size, eval_clips, normalize, seed, device, threads, out, fresh):
     """Pretrained-then-finetuned vs random-init-then-finetuned top-1 on the synthetic dataset."""
     from rich.console import Console
     from rich.table import Table
@@ -96,7 +98,8 @@ def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size
                                       str(pre_dir)], out / "pretrain.log")
 
     ft = ["--data", str(data["train"]), "--test-data", str(data["test"]), "--epochs",
-          str(finetune_epochs), "--lr", str(lr), "--eval-clips", str(eval_clips),
+          str(finetune_epochs), "--lr", str(lr), "--optimizer", optimizer,
+          "--eval-clips", str(eval_clips),
           "--normalize", normalize, *common]
     runs = {"pretrained": ["--checkpoint", str(pre_ckpt)],
             "scratch": ["--random-init", "--arch", arch]}
@@ -119,7 +122,8 @@ def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size
     console.print(table)
     report = {"arch": arch, "task": task, "pretrain_epochs": pretrain_epochs,
               "pretrain_steps": pretrain_steps, "finetune_epochs": finetune_epochs,
-              "batch_size": batch_size, "lr": lr, "clip_len": clip_len, "size": size,
+              "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "clip_len": clip_len,
+              "size": size,
               "eval_clips": eval_clips, "normalize": normalize, "seed": seed, "device": device,
               "dataset": {k: str(v) for k, v in data.items()}, "scores": scores,
               "timings": timings}

@@ -12,7 +12,7 @@ Linear probe: the backbone is frozen *and kept in eval mode* (BN running statist
 only ``Linear(feature_dim, C)`` is trained. As in CVRL's linear evaluation (Qian et al. 2021) the
 features may be L2-normalised first (``l2_norm``; off by default, recorded in the checkpoint).
 
-Optimiser: SGD momentum 0.9, cosine decay per step from ``lr`` to 0; the probe's head uses
+Optimiser: SGD momentum 0.9 (or AdamW), cosine decay per step from ``lr`` to 0; the probe's head uses
 ``lr × head_lr_mult``. The core functions take any iterable of :class:`pipelines.types.Batch`
 (clips B×K×C×T×H×W); :func:`run_finetune` wires them to the DALI loaders, checkpoints (C7) and
 the results file (C8).
@@ -58,6 +58,7 @@ class FinetuneConfig:
     max_steps: int | None = None
     batch_size: int = 8
     lr: float = 1e-3
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
     head_lr_mult: float = 1.0
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -169,13 +170,22 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device="cpu"
 # training
 
 
-def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.SGD:
-    """SGD momentum; the probe optimises the head only. Each group remembers its base lr."""
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD momentum (VCOP's finetuning) or AdamW; the probe optimises the head only. Each group
+    remembers its base lr."""
+    if cfg.optimizer not in OPTIMIZERS:
+        raise DalivsslError(f"finetune: optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                            f"got {cfg.optimizer!r}")
     head_lr = cfg.lr * cfg.head_lr_mult
     groups = [{"params": list(model.head.parameters()), "lr": head_lr, "base_lr": head_lr}]
     if not model.frozen:
         groups.insert(0, {"params": [p for p in model.backbone.parameters() if p.requires_grad],
                           "lr": cfg.lr, "base_lr": cfg.lr})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
 

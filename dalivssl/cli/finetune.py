@@ -29,6 +29,8 @@ DEFAULT_SIZE = 64
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=None,
               help="Base lr, cosine decay (default 1e-3; 0.1 with --l2-norm).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd",
+              show_default=True, help="SGD momentum 0.9 (VCOP's finetuning) or AdamW.")
 @click.option("--weight-decay", type=float, default=None,
               help="Default 5e-4 finetune, 0 probe.")
 @click.option("--dropout", type=float, default=0.0, show_default=True,
@@ -52,8 +54,8 @@ DEFAULT_SIZE = 64
 @click.option("--resume", is_flag=True,
               help="Continue from the checkpoint in --out (without it, a new run overwrites it).")
 def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_norm, epochs,
-             max_steps, batch_size, lr, weight_decay, dropout, flip, clip_len, size, normalize,
-             eval_clips, out, device, seed, threads, resume):
+             max_steps, batch_size, lr, optimizer, weight_decay, dropout, flip, clip_len, size,
+             normalize, eval_clips, out, device, seed, threads, resume):
     """Finetune (or linear-probe) a backbone on labelled videos and report top-1 accuracy.
 
     Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips evenly spaced
@@ -115,7 +117,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     if weight_decay is None:
         weight_decay = 0.0 if linear_probe else 5e-4
     cfg = FinetuneConfig(arch=arch, linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs,
-                         max_steps=max_steps, batch_size=batch_size, lr=lr,
+                         max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          weight_decay=weight_decay, dropout=dropout,
                          flip=fdata.train.flip_safe if flip is None else flip,
                          clip_len=int(clip_len),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dalivssl.errors import DalivsslError
 from tests.analysis.test_features import TinyBackbone, make_batches
 
 # 6 videos, 3 classes; the class is the dominant colour channel (learnable by the tiny net)
@@ -43,16 +44,25 @@ def test_video_accuracy_uses_averaged_logits_not_votes():
     assert cm.tolist() == [[1, 1], [0, 1]]
 
 
-def test_training_loss_falls_on_fixed_tiny_set():
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("adamw", 0.01)])
+def test_training_loss_falls_on_fixed_tiny_set(optimizer, lr):
     from dalivssl.analysis.finetune import (FinetuneConfig, FinetuneModel, build_optimizer,
                                             train_epoch)
 
     torch.manual_seed(0)
     batches = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
     model = FinetuneModel(TinyBackbone(), 3)
-    opt = build_optimizer(model, FinetuneConfig(lr=0.1, weight_decay=0.0))
+    opt = build_optimizer(model, FinetuneConfig(lr=lr, weight_decay=0.0, optimizer=optimizer))
+    assert type(opt).__name__.lower() == optimizer
     losses = [train_epoch(model, batches, opt)["loss"] for _ in range(10)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_unknown_optimizer_is_a_one_line_error():
+    from dalivssl.analysis.finetune import FinetuneConfig, FinetuneModel, build_optimizer
+
+    with pytest.raises(DalivsslError, match="optimizer must be one of sgd, adamw, got 'lamb'"):
+        build_optimizer(FinetuneModel(TinyBackbone(), 3), FinetuneConfig(optimizer="lamb"))
 
 
 def test_linear_probe_freezes_backbone_weights_and_bn_stats():

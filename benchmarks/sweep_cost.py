@@ -23,7 +23,9 @@ import click
 @click.option("--size", default=112, show_default=True, type=click.IntRange(8))
 @click.option("--clips-per-video", default=5, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--forward-clips", default=64, show_default=True, type=click.IntRange(1))
+@click.option("--forward-clips", default=None, type=click.IntRange(1),
+              help="Clips per model forward call (noise cells are stacked to fill it). "
+                   "Default: 64 on a GPU, one cell per call on a CPU.")
 @click.option("--videos", default=24, show_default=True, type=click.IntRange(1),
               help="Use the first N test videos.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
@@ -100,15 +102,17 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     ms_clean = 1000 * tm_clean.forward / max(1, tm_clean.clips)
     ms_sweep = 1000 * tm_sweep.forward / max(1, tm_sweep.clips * len(all_cells))
     verdict = "meets" if ratio <= 3 else "misses"
+    per_call = rb.cells_per_call(forward_clips, batch_size * clips_per_video, device)
     Console().print(f"sweep/clean = {ratio:.2f} ({verdict} the ≤ 3× goal); naive/sweep = "
                     f"{naive / t_sweep:.1f}×. Forward is {tm_clean.forward / t_clean:.0%} of the "
                     f"clean run; forward per clip {ms_clean:.1f} ms clean vs {ms_sweep:.1f} ms "
-                    f"with {len(all_cells)} cells stacked per batch")
+                    f"in the sweep ({per_call} cell(s) per forward call)")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "benchmark": "sweep_cost", "arch": arch, "videos": len(manifest),
         "clips_per_video": clips_per_video, "clip_len": clip_len, "size": size,
-        "batch_size": batch_size, "forward_clips": forward_clips, "device": device,
+        "batch_size": batch_size, "forward_clips": forward_clips, "cells_per_call": per_call,
+        "device": device,
         "decoder": decoder, "cells": len(all_cells),
         "clean": {"total": t_clean, "decode": tm_clean.decode, "noise": tm_clean.noise,
                   "forward": tm_clean.forward},

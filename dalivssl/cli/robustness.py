@@ -30,8 +30,9 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
               help="Evenly spaced clips per video; their logits are averaged.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="Videos per decoded batch.")
-@click.option("--forward-clips", default=64, show_default=True, type=click.IntRange(1),
-              help="Clips per model forward call (noise cells are stacked to fill it).")
+@click.option("--forward-clips", default=None, type=click.IntRange(1),
+              help="Clips per model forward call (noise cells are stacked to fill it). "
+                   "Default: 64 on a GPU, one cell per call on a CPU.")
 @click.option("--out", "out_dir", default=Path("runs/robustness"), show_default=True,
               type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))

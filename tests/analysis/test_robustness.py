@@ -170,6 +170,34 @@ def test_video_level_logits_are_averaged_and_repeats_count_once():
     assert pred.tolist() == [1, 0, 2]
 
 
+def test_cells_per_forward_call_default_and_stacking_give_the_same_predictions():
+    assert rb.cells_per_call(None, 20, "cpu") == 1 and rb.cells_per_call(None, 20, "gpu") == 3
+    assert rb.cells_per_call(64, 20, "cpu") == 3 and rb.cells_per_call(8, 20, "gpu") == 1
+
+    class Counting(torch.nn.Module):  # logits from the mean pixel; records each call's batch
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def forward(self, x):
+            self.calls.append(x.shape[0])
+            m = x.float().mean(dim=(1, 2, 3, 4))
+            return torch.stack([m, 1 - m, 0.5 + 0 * m], 1)
+
+    rng = np.random.default_rng(0)
+    batch = Batch(torch.from_numpy(rng.integers(0, 256, (2, 3, 2, 4, 4, 3), dtype=np.uint8)),
+                  torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    cells = [rb.CLEAN, ("gaussian", 1), ("impulse", 5)]
+    preds = {}
+    for fc, calls in ((None, [6, 6, 6]), (18, [18])):
+        m = rb.SweepModel("c", Counting(), "unit", 2, 4, 3)
+        out = rb.evaluate_cells([m], [batch], {"c": cells}, rb.SweepSettings(),
+                                forward_clips=fc)
+        assert m.model.calls == calls
+        preds[fc] = {c: out["c"][c][2].tolist() for c in cells}
+    assert preds[None] == preds[18]
+
+
 def test_rejects_normalised_input():
     b = Batch(torch.zeros(1, 1, 2, 4, 4, 3), torch.tensor([0]), torch.tensor([0]),
               torch.tensor([0]))

@@ -12,10 +12,10 @@ Linear probe: the backbone is frozen *and kept in eval mode* (BN running statist
 only ``Linear(feature_dim, C)`` is trained. As in CVRL's linear evaluation (Qian et al. 2021) the
 features may be L2-normalised first (``l2_norm``; off by default, recorded in the checkpoint).
 
-Optimiser: SGD momentum 0.9 (or AdamW), cosine decay per step from ``lr`` to 0; the probe's head uses
-``lr × head_lr_mult``. The core functions take any iterable of :class:`pipelines.types.Batch`
-(clips B×K×C×T×H×W); :func:`run_finetune` wires them to the DALI loaders, checkpoints (C7) and
-the results file (C8).
+Optimiser: SGD momentum 0.9 (or AdamW), cosine decay per step from ``lr`` to 0; the probe's
+head uses ``lr × head_lr_mult``. The core functions take any iterable of
+:class:`pipelines.types.Batch` (clips B×K×C×T×H×W); :func:`run_finetune` wires them to the DALI
+loaders, checkpoints (C7) and the results file (C8).
 """
 from __future__ import annotations
 

@@ -58,8 +58,9 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
              normalize, eval_clips, out, device, seed, threads, resume):
     """Finetune (or linear-probe) a backbone on labelled videos and report top-1 accuracy.
 
-    Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips evenly spaced
-    centre clips per video; clip-level top-1 and video-level top-1 (averaged logits). Writes
+    Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips
+    evenly spaced centre clips per video; clip-level top-1 and video-level top-1 (averaged
+    logits). Writes
     OUT/checkpoint.pt (kind 'finetune'), OUT/finetune.h5 and OUT/finetune_log.csv.
     """
     from pathlib import Path

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 
+OPTIMIZERS = ("sgd", "adamw")  # names for pretraining and finetuning (engine.trainer.make_optimizer)
 SUB_CONFIGS = ("sampler", "head")  # dict-valued fields: task options, keys checked at build time
 
 

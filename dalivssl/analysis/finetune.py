@@ -23,7 +23,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -63,7 +63,7 @@ class FinetuneConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dropout: float = 0.0
-    flip: bool = True  # random horizontal flip of training clips (off: Manifest.flip_safe False)
+    flip: bool | None = None  # random horizontal flip of training clips; None: Manifest.flip_safe
     clip_len: int = 16
     size: int = 112
     eval_clips: int = 10
@@ -170,24 +170,17 @@ def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device="cpu"
 # training
 
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
 def build_optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """SGD momentum (VCOP's finetuning) or AdamW; the probe optimises the head only. Each group
     remembers its base lr."""
-    if cfg.optimizer not in OPTIMIZERS:
-        raise DalivsslError(f"finetune: optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                            f"got {cfg.optimizer!r}")
+    from dalivssl.engine.trainer import make_optimizer
+
     head_lr = cfg.lr * cfg.head_lr_mult
     groups = [{"params": list(model.head.parameters()), "lr": head_lr, "base_lr": head_lr}]
     if not model.frozen:
         groups.insert(0, {"params": [p for p in model.backbone.parameters() if p.requires_grad],
                           "lr": cfg.lr, "base_lr": cfg.lr})
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+    return make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
 def cosine_factor(step: int, total: int) -> float:
@@ -308,7 +301,7 @@ def pretrain_normalize(ckpt: dict) -> str | None:
 
 def train_loader(manifest, cfg: FinetuneConfig, num_threads: int = 2, where: str = ""):
     """One random clip per video with random crop + flip (eval sampler, ``random=True``); no
-    flip with ``cfg.flip`` False."""
+    flip when ``cfg.flip`` is False (:func:`run_finetune` resolves None)."""
     from dalivssl.analysis.features import make_loader
 
     drop_last = len(manifest) >= 2 * cfg.batch_size
@@ -332,6 +325,8 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
     from dalivssl.engine.checkpoint import (CKPT_NAME, load_checkpoint, rng_state,
                                             save_checkpoint, set_rng_state, versions)
 
+    if cfg.flip is None:  # stored resolved: the run's config says what the loader did
+        cfg = replace(cfg, flip=data.train.flip_safe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CKPT_NAME

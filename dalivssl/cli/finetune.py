@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from dalivssl.config import OPTIMIZERS
+
 # fallbacks when neither the flag nor the checkpoint says (paper: 16×112; 64 px keeps CPU runs short)
 DEFAULT_CLIP_LEN = 16
 DEFAULT_SIZE = 64
@@ -29,7 +31,7 @@ DEFAULT_SIZE = 64
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=None,
               help="Base lr, cosine decay (default 1e-3; 0.1 with --l2-norm).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd",
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="sgd",
               show_default=True, help="SGD momentum 0.9 (VCOP's finetuning) or AdamW.")
 @click.option("--weight-decay", type=float, default=None,
               help="Default 5e-4 finetune, 0 probe.")
@@ -60,8 +62,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
 
     Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips
     evenly spaced centre clips per video; clip-level top-1 and video-level top-1 (averaged
-    logits). Writes
-    OUT/checkpoint.pt (kind 'finetune'), OUT/finetune.h5 and OUT/finetune_log.csv.
+    logits). Writes OUT/checkpoint.pt (kind 'finetune'), OUT/finetune.h5 and OUT/finetune_log.csv.
     """
     from pathlib import Path
 
@@ -119,10 +120,8 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         weight_decay = 0.0 if linear_probe else 5e-4
     cfg = FinetuneConfig(arch=arch, linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs,
                          max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                         weight_decay=weight_decay, dropout=dropout,
-                         flip=fdata.train.flip_safe if flip is None else flip,
-                         clip_len=int(clip_len),
-                         size=int(size), eval_clips=eval_clips, normalize=normalize, seed=seed,
+                         weight_decay=weight_decay, dropout=dropout, flip=flip,
+                         clip_len=int(clip_len), size=int(size), eval_clips=eval_clips, normalize=normalize, seed=seed,
                          device=tdev, pretrained=str(checkpoint) if checkpoint else None)
     out = Path(out or f"runs/finetune/{arch}{'_probe' if linear_probe else ''}")
     res = run_finetune(cfg, fdata, backbone, out, resume=resume, console=console,

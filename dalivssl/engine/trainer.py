@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dalivssl.config import PretrainConfig, check_options, save_yaml, to_dict
+from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, save_yaml, to_dict
 from dalivssl.engine import checkpoint as ck
 from dalivssl.engine import distributed
 from dalivssl.errors import DalivsslError
 
 SCHEDULES = ("constant", "step", "cosine")
-OPTIMIZERS = ("sgd", "adamw")
 KILL_ENV = "DALIVSSL_KILL_AT_STEP"  # test hook: SIGKILL ourselves after this step (resume tests)
 
 
@@ -123,10 +122,17 @@ def build_optimizer(model: TaskModel, opt: dict, lr_mult: dict | None = None):
                 mult = float(m)
         groups.setdefault(mult, []).append(p)
     params = [{"params": ps, "lr": opt["lr"] * m} for m, ps in sorted(groups.items())]
-    if opt["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=opt["lr"], weight_decay=opt["weight_decay"])
-    return torch.optim.SGD(params, lr=opt["lr"], momentum=opt["momentum"],
-                           weight_decay=opt["weight_decay"])
+    return make_optimizer(params, opt["optimizer"], opt["lr"], opt["momentum"],
+                          opt["weight_decay"])
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
+    """``name`` in OPTIMIZERS over ``params`` (tensors or param groups); SGD uses ``momentum``."""
+    if name not in OPTIMIZERS:
+        raise DalivsslError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def build_scheduler(optimizer, opt: dict, total_steps: int):

@@ -61,7 +61,7 @@ def test_training_loss_falls_on_fixed_tiny_set(optimizer, lr):
 def test_unknown_optimizer_is_a_one_line_error():
     from dalivssl.analysis.finetune import FinetuneConfig, FinetuneModel, build_optimizer
 
-    with pytest.raises(DalivsslError, match="optimizer must be one of sgd, adamw, got 'lamb'"):
+    with pytest.raises(DalivsslError, match="unknown optimizer 'lamb'; valid: sgd, adamw"):
         build_optimizer(FinetuneModel(TinyBackbone(), 3), FinetuneConfig(optimizer="lamb"))
 
 
@@ -114,6 +114,7 @@ def test_run_finetune_writes_checkpoint_results_and_resumes(tmp_path):
     assert ck["kind"] == "finetune" and ck["arch"] == "tiny" and ck["num_classes"] == 3
     assert ck["classes"] == ["red", "green", "blue"]
     assert set(ck["head"]) == {"weight", "bias"} and ck["head"]["weight"].shape == (3, 8)
+    assert ck["config"]["flip"] is True  # flip=None resolved from a manifest without direction
     with ResultsFile(res["results"], "r") as rf:
         clip_acc, video_acc = rf.read("finetune", "clip_acc"), rf.read("finetune", "video_acc")
         assert 0.0 <= clip_acc <= 1.0 and 0.0 <= video_acc <= 1.0

@@ -62,6 +62,9 @@ def _scores(run_dir: Path) -> dict:
 @click.option("--task", default="vcop", show_default=True)
 @click.option("--pretrain-epochs", type=int, default=4, show_default=True)
 @click.option("--pretrain-steps", type=int, default=None, help="Wins over --pretrain-epochs.")
+@click.option("--pretrain-set", "pretrain_set", multiple=True, metavar="KEY=VALUE",
+              help="Passed to the pretraining as --set (repeatable): "
+                   "sampler.brightness=0.5, optimizer=adamw, lr=3e-4.")
 @click.option("--finetune-epochs", type=int, default=24, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Finetuning lr.")
@@ -78,8 +81,8 @@ def _scores(run_dir: Path) -> dict:
 @click.option("--out", type=click.Path(file_okay=False), default="runs/bench/pretrain_vs_scratch",
               show_default=True)
 @click.option("--fresh", is_flag=True, help="Redo steps whose outputs exist.")
-def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size, lr, optimizer,
-        clip_len, size, eval_clips, normalize, seed, device, threads, out, fresh):
+def cli(arch, task, pretrain_epochs, pretrain_steps, pretrain_set, finetune_epochs, batch_size,
+        lr, optimizer, clip_len, size, eval_clips, normalize, seed, device, threads, out, fresh):
     """Pretrained-then-finetuned vs random-init-then-finetuned top-1 on the synthetic dataset."""
     from rich.console import Console
     from rich.table import Table
@@ -101,6 +104,7 @@ def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size
     if fresh or not pre_ckpt.is_file():
         budget = (["--max-steps", str(pretrain_steps)] if pretrain_steps
                   else ["--epochs", str(pretrain_epochs)])
+        budget += [a for kv in pretrain_set for a in ("--set", kv)]
         console.print(f"pretraining {task} {arch} …")
         timings["pretrain_s"] = _run(["pretrain", "--task", task, "--arch", arch, "--data",
                                       str(data["train"]), *budget, *common, "--out",
@@ -130,7 +134,8 @@ def cli(arch, task, pretrain_epochs, pretrain_steps, finetune_epochs, batch_size
                       f"{s['final_train_loss']:.4f}" if s["final_train_loss"] is not None else "-")
     console.print(table)
     report = {"arch": arch, "task": task, "pretrain_epochs": pretrain_epochs,
-              "pretrain_steps": pretrain_steps, "finetune_epochs": finetune_epochs,
+              "pretrain_steps": pretrain_steps, "pretrain_set": list(pretrain_set),
+              "finetune_epochs": finetune_epochs,
               "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "clip_len": clip_len,
               "size": size, "eval_clips": eval_clips, "normalize": normalize, "seed": seed, "device": device,
               "dataset": {k: str(v) for k, v in data.items()}, "scores": scores,

@@ -52,12 +52,11 @@ def corrupt(in_path, out_path, noise, severity, constants, rounding, seed, codec
     if out_path.resolve() == in_path.resolve():
         raise DalivsslError(f"{out_path}: output would overwrite the input")
 
-    from rich.console import Console
-
+    from dalivssl.console import stderr_console
     from dalivssl.data.videoio import decode_frames, write_video
     from pipelines.noise import corrupt as corrupt_frames
 
-    console = Console(stderr=True)
+    console = stderr_console()
     with console.status(f"decoding {in_path.name}"):
         try:
             frames = decode_frames(in_path)

@@ -68,6 +68,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
 
     from rich.console import Console
 
+    from dalivssl.console import stderr_console
     from dalivssl.errors import DalivsslError
 
     if bool(checkpoint) == bool(random_init):
@@ -91,7 +92,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     from dalivssl.analysis.features import torch_device
 
     tdev = torch_device(device)
-    console = Console(stderr=True)
+    console = stderr_console()
 
     fdata = resolve_data(data, test_data)
     ckpt = {}

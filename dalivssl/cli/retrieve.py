@@ -52,6 +52,7 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     from rich.console import Console
     from rich.table import Table
 
+    from dalivssl.console import stderr_console
     from dalivssl.errors import DalivsslError
 
     ks = _parse_topk(topk)
@@ -104,7 +105,7 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     check_input_size(backbone, settings["clip_len"], settings["size"], arch)
     if random_init:
         settings["seed"] = seed  # random weights differ per seed: part of the cache key
-    console = Console(stderr=True)
+    console = stderr_console()
     res = run_retrieval(backbone, arch, checkpoint, train, test, settings, ks,
                         out_dir=Path(out or f"runs/retrieve/{arch}"), device=tdev,
                         batch_size=batch_size, cache_dir=cache_dir, console=console)

@@ -60,6 +60,7 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
 
     from dalivssl.analysis import robustness as rb
     from dalivssl.analysis.features import torch_device
+    from dalivssl.console import stderr_console
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.results import ResultsFile
 
@@ -82,7 +83,7 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
         return rb.dali_source(manifest, clips_per_video, clip_len, size, batch_size,
                               device=device, seed=seed, num_threads=num_threads)
 
-    console = Console(stderr=True)
+    console = stderr_console()
     out_dir.mkdir(parents=True, exist_ok=True)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:

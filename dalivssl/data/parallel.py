@@ -15,12 +15,11 @@ def progress_bar(what: str, total: int, enabled: bool = True):
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    from rich.console import Console
+    from dalivssl.console import stderr_console
 
     # stderr: stdout stays clean for results (one line per bad video, manifest paths)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as bar:
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console()) as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 
@@ -41,9 +40,17 @@ def imap(fn: Callable, jobs: Sequence, workers: int | None = None) -> Iterator:
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-        yield from ex.map(fn, jobs, chunksize=max(1, len(jobs) // (16 * workers)))
+    from dalivssl.errors import DalivsslError
+
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)),
+                                 mp_context=mp.get_context("spawn")) as ex:
+            yield from ex.map(fn, jobs, chunksize=max(1, len(jobs) // (16 * workers)))
+    except BrokenProcessPool:
+        raise DalivsslError("a worker process died before finishing its jobs (its own error, if "
+                            "any, is printed above)") from None
 
 
 def run(fn: Callable, jobs: Sequence, workers: int | None = None, progress: bool = False,

@@ -253,17 +253,15 @@ class RunLog:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    console = Console(stderr=True)
-    if not console.is_terminal:  # logs and pipes: rich would squeeze the columns into 80 chars
-        console = Console(stderr=True, width=160)
+    from dalivssl.console import stderr_console
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
                     MofNCompleteColumn(),
                     TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=console, disable=not enabled, transient=False)
+                    console=stderr_console(), disable=not enabled, transient=False)
 
 
 def _summary_table(summary: dict):

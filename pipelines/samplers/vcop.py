@@ -5,7 +5,8 @@ import itertools
 
 import numpy as np
 
-from pipelines.samplers.base import Sampler, scale_crop_box, stack_params, strided
+from pipelines.samplers.base import (Sampler, jitter_factor, scale_crop_box, stack_params,
+                                     strided)
 from pipelines.types import ClipPlan
 
 RESIZE_HW = (128.0, 171.0)  # VCOP resizes every frame to 128×171 before cropping 112
@@ -26,7 +27,9 @@ class VCOPSampler(Sampler):
     normalize 'unit'.
 
     Complexity knob: ``num_clips`` (tl) 3 / 4 / 5 → 6 / 24 / 120 classes. Options:
-    ``interval`` (it, default 8).
+    ``interval`` (it, default 8); ``brightness`` (b, default 0 = the original): a brightness factor
+    U(1−b, 1+b) drawn per clip, so that a global exposure drift (a fade, an auto-exposure ramp)
+    cannot order the clips on its own (not in the original).
 
     Short video: the original trains only on pre-filtered lists of long-enough videos
     (split/vcop_train_{cl}_{it}_{tl}.txt), so a video with fewer than ``window`` usable frames
@@ -38,15 +41,20 @@ class VCOPSampler(Sampler):
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
-                 num_clips: int = 3, interval: int = 8, **unknown):
+                 num_clips: int = 3, interval: int = 8, brightness: float = 0.0, **unknown):
         super().__init__(clip_len, size, augment)
         self._reject(unknown)
         if not 2 <= int(num_clips) <= 6:
             raise ValueError(f"vcop sampler: num_clips must be in 2..6, got {num_clips}")
         if int(interval) < 0:
             raise ValueError(f"vcop sampler: interval must be >= 0, got {interval}")
+        if not 0.0 <= float(brightness) < 1.0:
+            raise ValueError(f"vcop sampler: brightness must be in [0, 1), got {brightness}")
         self.num_clips = int(num_clips)
         self.interval = int(interval)
+        self.brightness = float(brightness)
+        if self.augment and self.brightness > 0:
+            self.param_keys = ("crop", "brightness")
         self.permutations = list(itertools.permutations(range(self.num_clips)))
         self._perm_index = {p: i for i, p in enumerate(self.permutations)}
         self.num_classes = len(self.permutations)
@@ -64,6 +72,9 @@ class VCOPSampler(Sampler):
         order = rng.permutation(tl)
         k = self.size / 112.0
         hw = (RESIZE_HW[0] * k, RESIZE_HW[1] * k)
-        crops = [{"crop": scale_crop_box(rng if self.augment else None, hw,
-                                         (self.size, self.size))} for _ in range(tl)]
-        return ClipPlan(clips[order], self.label_of(order), stack_params(crops))
+        params = [{"crop": scale_crop_box(rng if self.augment else None, hw,
+                                          (self.size, self.size))} for _ in range(tl)]
+        if "brightness" in self.param_keys:
+            for p in params:
+                p["brightness"] = jitter_factor(rng, self.brightness)
+        return ClipPlan(clips[order], self.label_of(order), stack_params(params))

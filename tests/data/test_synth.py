@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 
 import numpy as np
@@ -147,6 +148,36 @@ def test_ensure_default_dataset_generates_once(tmp_path, monkeypatch):
     assert again == paths and calls == [1]
     leftovers = [p.name for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
     assert leftovers == []
+
+
+UNGUARDED = """
+from dalivssl.data import parallel, synth
+parallel.default_workers = lambda n: 2  # a pool even on a 1-core machine
+synth.DEFAULT = synth.SynthConfig(videos=4, classes=2, frames=48, size=128)  # big enough for a pool
+print(synth.ensure_default_dataset())  # at module level: spawn workers re-import this
+"""
+
+
+def test_unguarded_script_fails_with_the_fix_instead_of_deadlocking(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    env = {**os.environ, "DALIVSSL_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode != 0
+    assert "under `if __name__ == '__main__':`" in proc.stderr
+    assert "DalivsslError: a worker process died" in proc.stderr
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        synth._default_name(synth.SynthConfig(videos=4, classes=2, frames=48, size=128)) + ".lock"]
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text(UNGUARDED.replace("print(", "if __name__ == '__main__':\n    print("))
+    proc = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "train.jsonl" in proc.stdout
 
 
 def test_pool_gives_the_same_dataset_as_one_process(tmp_path):

@@ -98,3 +98,24 @@ def test_every_task_batch_holds_exactly_its_planned_frames(task, make_video):
             np.testing.assert_array_equal(d.argmin(axis=1), want.reshape(-1),
                                           err_msg=f"{task}: decoded frames differ from the plan")
             assert d.min(axis=1).max() < 10
+
+
+def test_vcop_brightness_jitter_scales_each_clip_of_the_same_plan(tiny_synth):
+    """sampler.brightness: same frames, crops and labels as without it; clip k is the plain clip
+    times the plan's factor b_k (to uint8 rounding, clipped at 1)."""
+    from dalivssl.data.manifest import load_manifest
+
+    man = load_manifest(tiny_synth["train"])
+    kw = dict(batch_size=2, clip_len=8, size=32, seed=3, return_indices=True, num_clips=3,
+              interval=2)
+    plain = next(iter(PretextLoader("vcop", man, **kw)))
+    loader = PretextLoader("vcop", man, brightness=0.5, **kw)
+    jit = next(iter(loader))
+    assert jit.labels.tolist() == plain.labels.tolist()
+    np.testing.assert_array_equal(jit.frames.numpy(), plain.frames.numpy())
+    for pos in range(2):
+        b = loader.sampler.plan(man.records[int(jit.indices[pos])],
+                                sample_rng(3, 0, pos)).params["brightness"]
+        assert np.ptp(b) > 0
+        want = np.clip(plain.clips[pos].numpy() * b[:, None, None, None, None], 0, 1)
+        np.testing.assert_allclose(jit.clips[pos].numpy(), want, atol=2.5 / 255)

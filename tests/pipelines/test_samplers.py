@@ -302,6 +302,25 @@ def test_vcop_independent_crops_per_clip():
     assert s.normalize == "unit" and set(p.params) == {"crop"}
 
 
+def test_vcop_brightness_jitter_per_clip():
+    plain = SAMPLERS["vcop"]()
+    s = SAMPLERS["vcop"](brightness=0.5)
+    assert s.param_keys == ("crop", "brightness") and plain.param_keys == ("crop",)
+    b = np.stack([s.plan(LONG, r).params["brightness"] for r in rngs(200)])
+    assert b.shape == (200, 3) and b.dtype == np.float32
+    assert b.min() >= 0.5 and b.max() <= 1.5 and b.min() < 0.55 and b.max() > 1.45
+    assert np.mean(b[:, 0] != b[:, 1]) == 1.0  # independent per clip
+    # frames and label do not depend on the jitter (same rng stream up to the crops)
+    for r1, r2 in zip(rngs(20), rngs(20)):
+        p, q = s.plan(LONG, r1), plain.plan(LONG, r2)
+        np.testing.assert_array_equal(p.frames, q.frames)
+        assert p.label == q.label
+    assert set(SAMPLERS["vcop"](brightness=0.5, augment=False).param_keys) == {"crop"}
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="brightness must be in"):
+            SAMPLERS["vcop"](brightness=bad)
+
+
 # ------------------------------------------------------------------------------------------------
 # PRP
 

@@ -29,6 +29,7 @@ class PretrainConfig:
 
     task: str = "vcop"
     arch: str = "shufflenet"
+    name: str | None = None           # human name for tables and plots; None = <task>_<arch>
     data: str | None = None           # train manifest; None = embedded synthetic dataset
     subset: int | None = None         # number of training videos (nested, class-balanced)
     epochs: int = 2                   # 2 epochs of the embedded dataset: 56 steps, ~2 min on 2 cores

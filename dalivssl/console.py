@@ -10,3 +10,12 @@ def stderr_console():
 
     console = Console(stderr=True)
     return console if console.is_terminal else Console(stderr=True, width=160)
+
+
+def stdout_console():
+    """A rich ``Console`` on stdout for results (tables); 160 columns off a terminal, so a table
+    in a log file is not wrapped at 80."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)

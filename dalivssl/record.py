@@ -366,7 +366,8 @@ def open_run_dir(run_dir, artifact: str, resume: bool = False, overwrite: bool =
     held = RunLock(run_dir).acquire() if lock else None
     try:
         if (run_dir / artifact).exists() and not (resume or overwrite):
-            raise DalivsslError(f"{run_dir}: already holds {artifact}; pass --resume to continue "
+            what = "a checkpoint" if artifact.endswith(".pt") else artifact
+            raise DalivsslError(f"{run_dir}: already holds {what}; pass --resume to continue "
                                 "it, --overwrite to start again, or another --out")
         for tmp in run_dir.glob(".*.tmp"):  # orphans of atomic writes interrupted by a kill
             tmp.unlink(missing_ok=True)

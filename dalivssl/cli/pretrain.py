@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import click
 
-TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
-
 
 @click.command("pretrain")
-@click.option("--task", default=None, help=f"Pretext task: {TASK_NAMES} (default vcop).")
+@click.option("--task", default=None, help="Pretext task, a key of dalivssl.tasks.TASKS "
+              "(rotnet, vcop, prp, cvrl, tdl, rspnet, …; default vcop).")
 @click.option("--arch", default=None, help="Backbone, e.g. shufflenet, r21d, r3d, c3d "
               "(default shufflenet).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
@@ -29,11 +28,13 @@ TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
 @click.option("--overwrite", is_flag=True, help="Start again even if --out holds a checkpoint.")
 @click.option("--seed", type=int, default=None, help="Seed (default 0).")
+@click.option("--name", default=None, help="Human name of the run for tables and plots "
+              "(default <task>_<arch>).")
 @click.option("--threads", "--workers", "threads", type=int, default=None,
               help="CPU threads for torch and DALI (default 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
 def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
-             config_path, sets, device, out, resume, overwrite, seed, threads, no_progress):
+             config_path, sets, device, out, resume, overwrite, seed, name, threads, no_progress):
     """Pretrain a backbone on a pretext task (Kumar et al., arXiv 2306.06010).
 
     Writes checkpoint.pt, config.yaml, log.csv, tb/ and summary.json into the run dir. Under
@@ -43,7 +44,7 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
 
     flags = dict(task=task, arch=arch, data=data, subset=subset, epochs=epochs,
                  max_steps=max_steps, batch_size=batch_size, clip_len=clip_len, size=size,
-                 device=device, out=out, seed=seed, threads=threads,
+                 device=device, out=out, seed=seed, name=name, threads=threads,
                  progress=False if no_progress else None)
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
@@ -59,9 +60,10 @@ def _validate_names(cfg) -> None:
 
     from dalivssl.errors import DalivsslError, unknown_name
 
-    tasks = [t.strip() for t in TASK_NAMES.split(",")]
-    if cfg.task not in tasks:
-        raise unknown_name("task", cfg.task, tasks)
+    from dalivssl.tasks import TASKS
+
+    if cfg.task not in TASKS:
+        raise unknown_name("task", cfg.task, TASKS)
     if cfg.data and not Path(cfg.data).is_file():
         raise DalivsslError(f"{cfg.data}: manifest not found")
     for key in ("epochs", "batch_size", "clip_len", "size", "threads", "ckpt_every", "log_every"):

@@ -1,41 +1,39 @@
-"""Pretraining loop: task step → backward → optimiser → schedule, with logging and checkpoints.
+"""Pretraining: build a pretext run from a :class:`dalivssl.config.PretrainConfig` and train it
+with the one loop, :func:`dalivssl.engine.fit.fit`.
 
-``pretrain(cfg)`` builds everything from a :class:`dalivssl.config.PretrainConfig`:
-loader (``pipelines.loader.PretextLoader``, sharded per rank), backbone (``models``), head and
-step (``dalivssl.tasks``), optimiser (SGD / AdamW) and per-step schedule (constant, step,
-cosine with linear warmup) from the task's SPEC unless the config overrides them.
+``pretrain(cfg)`` builds the loader (``pipelines.loader.PretextLoader``, sharded per rank), the
+backbone (``models``), head and step (``dalivssl.tasks``), the optimiser from the task's SPEC
+unless the config overrides it, and the per-step schedule; ``fit`` does the rest.
 
-Outputs in the run dir: ``checkpoint.pt`` (contract C7; rewritten atomically every
-``ckpt_every`` steps and at the end), ``config.yaml`` (resolved), ``log.csv``, ``tb/``
-(TensorBoard scalars) and ``summary.json``.
-
-Resume: the checkpoint holds model, optimiser, scheduler, RNG states (python, numpy, torch) and
-the loader position; the loader regenerates any batch from (seed, epoch, index), so a run killed
-at any moment and resumed reaches the same weights as an uninterrupted one (bitwise on CPU with
-``deterministic=true``).
+Outputs in the run dir: ``checkpoint.pt`` (contract C7 + the run record; rewritten atomically
+every ``ckpt_every`` steps and at the end), ``config.yaml`` (resolved; replayable with
+``--config``), ``record.json``, ``log.csv``, ``tb/`` and ``summary.json``. The dir is locked while
+the run is alive; ``--resume`` refuses settings it cannot honour.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
-import random
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, save_yaml, to_dict
 from dalivssl.engine import checkpoint as ck
 from dalivssl.engine import distributed
+from dalivssl.engine.fit import (KILL_ENV, SCHEDULES, FitConfig, LRFactor, fit, loss_summary,
+                                 make_scheduler, restore, seed_all)
 from dalivssl.errors import DalivsslError
 
-SCHEDULES = ("constant", "step", "cosine")
-KILL_ENV = "DALIVSSL_KILL_AT_STEP"  # test hook: SIGKILL ourselves after this step (resume tests)
+__all__ = ["pretrain", "TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
+           "KILL_ENV", "LRFactor", "RESUME_KEYS"]
+
+# settings a resumed pretraining must share with the stored run (anything else, e.g. more
+# steps, is honoured and stated)
+RESUME_KEYS = ("task", "arch", "data_hash", "clip", "seed", "batch_size", "subset", "optimizer",
+               "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "milestones",
+               "gamma", "min_lr_ratio", "grad_clip", "sampler", "head", "amp")
 
 
 class TaskModel(nn.Module):
@@ -50,29 +48,12 @@ class TaskModel(nn.Module):
     def forward(self, batch) -> dict:
         return self._step(self.backbone, self.head, batch)
 
-
-# ---------------------------------------------------------------------------------- schedule
-class LRFactor:
-    """lr multiplier per optimiser step (picklable; LambdaLR saves its __dict__)."""
-
-    def __init__(self, name: str, total: int, warmup: int = 0, milestones=(), gamma: float = 0.1,
-                 min_ratio: float = 0.0):
-        self.name, self.total, self.warmup = name, max(1, int(total)), int(warmup)
-        self.milestones = [int(m) for m in milestones]
-        self.gamma, self.min_ratio = float(gamma), float(min_ratio)
-
-    def __call__(self, step: int) -> float:
-        if self.warmup and step < self.warmup:
-            return (step + 1) / self.warmup
-        if self.name == "step":
-            return self.gamma ** sum(step >= m for m in self.milestones)
-        if self.name == "cosine":
-            span = max(1, self.total - self.warmup)
-            progress = min(1.0, (step - self.warmup) / span)
-            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+    def load_run_state(self, ckpt: dict) -> None:
+        self.backbone.load_state_dict(ckpt["backbone"])
+        self.head.load_state_dict(ckpt["head"])
 
 
+# ---------------------------------------------------------------------------------- optimiser
 def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_steps: int) -> dict:
     """Optimiser/schedule settings: config value if set, else SPEC (lr scaled from the SPEC's
     reference batch when it says so)."""
@@ -136,10 +117,8 @@ def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: 
 
 
 def build_scheduler(optimizer, opt: dict, total_steps: int):
-    fn = LRFactor(opt["schedule"], total_steps, opt["warmup_steps"],
-                  [round(f * total_steps) for f in opt["milestones"]], opt["gamma"],
-                  opt["min_lr_ratio"])
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [fn] * len(optimizer.param_groups))
+    return make_scheduler(optimizer, opt["schedule"], total_steps, opt["warmup_steps"],
+                          opt["milestones"], opt["gamma"], opt["min_lr_ratio"])
 
 
 # ---------------------------------------------------------------------------------- building
@@ -172,17 +151,6 @@ def head_context(build_head, cfg: PretrainConfig, sampler, sampler_opts: dict, w
     return ctx
 
 
-def _check_out_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise DalivsslError(f"{run_dir}: output directory is not writable "
-                            f"({exc.strerror or exc})") from None
-
-
 def _check_input_size(backbone, cfg) -> None:
     """One tiny forward: a clip smaller than the arch's total stride fails here, in one line."""
     backbone.eval()
@@ -197,78 +165,14 @@ def _check_input_size(backbone, cfg) -> None:
         backbone.train()
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------------- logging
-class RunLog:
-    """CSV + TensorBoard scalars (rank 0). On resume, rows past the resumed step are dropped."""
-
-    def __init__(self, run_dir: Path, start_step: int, tensorboard: bool):
-        self.path = run_dir / "log.csv"
-        self.rows: list[dict] = []
-        if start_step > 0 and self.path.is_file():
-            with open(self.path, newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        else:
-            self.path.unlink(missing_ok=True)
-        self.fields = list(self.rows[0].keys()) if self.rows else None
-        self._rewrite()
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
-            except Exception:  # tensorboard missing or broken: CSV still has everything
-                self.tb = None
-
-    def _rewrite(self):
-        if not self.fields:
-            return
-        with open(self.path, "w", newline="") as f:
-            w = csv.DictWriter(f, self.fields, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(self.rows)
-
-    def write(self, row: dict) -> None:
-        if self.fields is None:
-            self.fields = list(row.keys())
-            self._rewrite()
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, self.fields).writeheader()
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch") and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, row["step"])
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    from dalivssl.console import stderr_console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                    console=stderr_console(), disable=not enabled, transient=False)
-
-
 def _summary_table(summary: dict):
-    from rich.console import Console
+    """The end-of-run table on stdout (printed with --no-progress too: it is the run's result)."""
     from rich.table import Table
 
-    t = Table(title=f"pretrain {summary['task']} / {summary['arch']}", show_header=False)
+    from dalivssl.console import stdout_console
+
+    t = Table(title=f"pretrain {summary['name']} ({summary['task']} / {summary['arch']})",
+              show_header=False)
     rows = [("steps", summary["steps"]), ("epochs", f"{summary['epochs']:.2f}"),
             ("loss first → last (means)",
              f"{summary['first_loss']:.4f} → {summary['final_loss']:.4f}"),
@@ -282,18 +186,17 @@ def _summary_table(summary: dict):
         rows.append(("skipped videos", ", ".join(f"{k}: {v}" for k, v in summary["skipped"].items())))
     for k, v in rows:
         t.add_row(k, str(v))
-    Console().print(t)
+    stdout_console().print(t)
 
 
-# ---------------------------------------------------------------------------------- main loop
+# ---------------------------------------------------------------------------------- main
 def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run (or resume) a pretraining job; returns the summary dict (also in summary.json)."""
+    from dalivssl import record as rec
     from dalivssl.tasks import get_task
+    from models import BACKBONES
 
     task = get_task(cfg.task)
-    spec = task.SPEC
-    from models import BACKBONES, create_backbone
-
     if cfg.arch not in BACKBONES:
         from dalivssl.errors import unknown_name
 
@@ -305,47 +208,42 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
                             f"{cfg.batch_size}")
     if cfg.amp and cfg.device != "gpu":
         raise DalivsslError("amp needs --device gpu")
+    for key in ("lr", "weight_decay", "momentum", "grad_clip", "warmup_steps"):
+        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
+            raise DalivsslError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.lr == 0:
+        raise DalivsslError("lr must be > 0")
     run_dir = cfg.run_dir
-    ckpt_path = run_dir / ck.CKPT_NAME
-    ckpt = None
-    if resume and ckpt_path.is_file():
-        ckpt = ck.load_checkpoint(ckpt_path)
-        if ckpt.get("kind") != "pretrain":
-            raise DalivsslError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint cannot be resumed")
-        if ckpt["arch"] != cfg.arch:
-            raise DalivsslError(f"{ckpt_path}: checkpoint is for arch {ckpt['arch']!r}, not "
-                                f"{cfg.arch!r}")
-        if ckpt.get("task") != cfg.task:
-            raise DalivsslError(f"{ckpt_path}: checkpoint is for task {ckpt.get('task')!r}, not "
-                                f"{cfg.task!r}")
-    elif ckpt_path.is_file() and not overwrite and not resume:
-        raise DalivsslError(f"{run_dir}: already holds a checkpoint; pass --resume to continue "
-                            "it, --overwrite to start again, or another --out")
-
     dist = distributed.setup(cfg.device)
+    lock = None
     try:
-        return _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resume)
+        if dist.is_main:  # writable, locked, no silent overwrite: before any work
+            lock = rec.open_run_dir(run_dir, ck.CKPT_NAME, resume, overwrite)
+        ckpt = None
+        ckpt_path = run_dir / ck.CKPT_NAME
+        if resume and ckpt_path.is_file():
+            ckpt = ck.load_checkpoint(ckpt_path)
+            if ckpt.get("kind") != "pretrain":
+                raise DalivsslError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint cannot be "
+                                    "resumed by pretrain")
+            for key in ("arch", "task"):  # the cheap, common mistakes: before building anything
+                if ckpt.get(key) != getattr(cfg, key):
+                    raise DalivsslError(f"{ckpt_path}: checkpoint is for {key} "
+                                        f"{ckpt.get(key)!r}, not {getattr(cfg, key)!r}")
+        return _run(cfg, task, dist, run_dir, ckpt, resume)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.cleanup()
 
 
-def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resume):
-    if dist.is_main:
-        _check_out_dir(run_dir)
-    torch.set_num_threads(max(1, cfg.threads))
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # on GPU some kernels (e.g. 3D pooling backward) have no deterministic version: warn there
-        torch.use_deterministic_algorithms(True, warn_only=cfg.device == "gpu")
-        torch.backends.cudnn.benchmark = False
-    elif cfg.device == "gpu":
-        torch.backends.cudnn.benchmark = True
-    device = torch.device(dist.device)
-
-    # data -------------------------------------------------------------------------------
+def _build(cfg: PretrainConfig, task, dist):
+    """-> (loader, model, optimizer, scheduler, resolved cfg, opt, total_steps)."""
+    from models import create_backbone
     from pipelines.loader import LoaderError, PretextLoader
     from pipelines.samplers import SAMPLERS
 
+    spec = task.SPEC
     sampler_opts = {**spec.get("sampler_opts", {}), **cfg.sampler}
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
@@ -357,55 +255,84 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
                                **sampler_opts)
     except LoaderError as exc:
         raise DalivsslError(f"{cfg.data or 'synthetic dataset'}: {exc}") from None
-    sampler = loader.sampler
     total_steps = cfg.max_steps if cfg.max_steps else cfg.epochs * len(loader)
-    global_batch = cfg.batch_size * dist.world
 
-    # model: identical init on every rank (seed, not seed + rank) ------------------------
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)  # identical init on every rank (seed, not seed + rank)
     backbone = create_backbone(cfg.arch)
     _check_input_size(backbone, cfg)
-    ctx = head_context(task.build_head, cfg, sampler, sampler_opts, dist.world)
+    ctx = head_context(task.build_head, cfg, loader.sampler, sampler_opts, dist.world)
     check_options(f"{cfg.task} head", task.build_head, cfg.head)
     head_opts = {**ctx, **spec.get("head_opts", {}), **cfg.head}
     try:
         head = task.build_head(backbone, **head_opts)
     except ValueError as exc:  # a head option of the right name but a bad value
         raise DalivsslError(f"{cfg.task} head: {exc}") from None
-    model = TaskModel(task, backbone, head).to(device)
-    opt = resolve_optim(cfg, spec, global_batch, total_steps)
-    optimizer = build_optimizer(model, opt, spec.get("lr_mult"))
+    model = TaskModel(task, backbone, head).to(torch.device(dist.device))
+    opt = resolve_optim(cfg, spec, cfg.batch_size * dist.world, total_steps)
+    try:
+        optimizer = build_optimizer(model, opt, spec.get("lr_mult"))
+    except ValueError as exc:  # torch's own range checks (e.g. betas)
+        raise DalivsslError(f"{cfg.task} optimiser: {exc}") from None
     scheduler = build_scheduler(optimizer, opt, total_steps)
     resolved = dataclasses.replace(
-        cfg, out=str(run_dir), optimizer=opt["optimizer"], lr=opt["lr"], momentum=opt["momentum"],
+        cfg, out=str(cfg.run_dir), name=cfg.name or f"{cfg.task}_{cfg.arch}",
+        optimizer=opt["optimizer"], lr=opt["lr"], momentum=opt["momentum"],
         weight_decay=opt["weight_decay"], schedule=opt["schedule"],
         warmup_steps=opt["warmup_steps"], milestones=opt["milestones"], gamma=opt["gamma"],
         min_lr_ratio=opt["min_lr_ratio"], grad_clip=opt["grad_clip"], sampler=sampler_opts,
         head=dict(head_opts))
-    _seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
+    return loader, model, optimizer, scheduler, resolved, opt, total_steps
 
-    step = 0
+
+def run_record(resolved: PretrainConfig, loader, status: str = "running"):
+    """The run record of a pretraining (clip settings are what the loader feeds the model)."""
+    from dalivssl import record as rec
+
+    data, data_hash = rec.data_identity(resolved.data, loader.manifest)
+    return rec.RunRecord(
+        kind="pretrain", name=resolved.name, arch=resolved.arch, task=resolved.task,
+        clip=rec.ClipSettings(resolved.clip_len, resolved.size, loader.normalize),
+        data=data, data_hash=data_hash, device=resolved.device,
+        decoder=rec.decoder_name(resolved.device), seed=resolved.seed,
+        versions=rec.versions(), settings=to_dict(resolved), status=status)
+
+
+def _run(cfg, task, dist, run_dir, ckpt, resume):
+    from dalivssl import record as rec
+
+    torch.set_num_threads(max(1, cfg.threads))
+    if cfg.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        # on GPU some kernels (e.g. 3D pooling backward) have no deterministic version: warn there
+        torch.use_deterministic_algorithms(True, warn_only=cfg.device == "gpu")
+        torch.backends.cudnn.benchmark = False
+    elif cfg.device == "gpu":
+        torch.backends.cudnn.benchmark = True
+    loader, model, optimizer, scheduler, resolved, opt, total_steps = _build(cfg, task, dist)
+    record = run_record(resolved, loader)
+    seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
+    step, notes = 0, []
     if ckpt is not None:
-        model.backbone.load_state_dict(ckpt["backbone"])
-        model.head.load_state_dict(ckpt["head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        loader.load_state_dict(ckpt["loader"])
-        rng = ckpt["rng"]
-        if isinstance(rng, list):  # one state per rank (DDP); a new world size reuses rank 0's
-            rng = rng[dist.rank] if dist.rank < len(rng) else rng[0]
-        ck.set_rng_state(rng)
-        step = int(ckpt["step"])
+        notes = rec.check_resumable(rec.record_of(ckpt), record, RESUME_KEYS,
+                                    run_dir / ck.CKPT_NAME)
+        step = restore(ckpt, model, optimizer, scheduler, loader, dist.rank)
+        for fn in scheduler.lr_lambdas:  # more steps: the schedule spans the new total
+            fn.total = max(1, int(total_steps))
     if dist.is_main:
         save_yaml(resolved, run_dir / "config.yaml")
-        if cfg.progress:
-            from rich.console import Console
+        rec.write_run_record(run_dir, record)
+        from dalivssl.console import stderr_console
 
-            note = (f"resuming {ckpt_path} at step {step}" if ckpt is not None else
-                    f"no checkpoint in {run_dir}: starting from step 0" if resume else
-                    f"run dir {run_dir}")
-            Console(stderr=True).print(f"[dim]{note}; {total_steps} steps, "
-                                       f"{len(loader)} batches/epoch, lr {opt['lr']:.3g}[/dim]")
+        con = stderr_console()
+        note = (f"resuming {run_dir / ck.CKPT_NAME} at step {step}" if ckpt is not None else
+                f"no checkpoint in {run_dir}: starting from step 0" if resume else
+                f"run dir {run_dir}")
+        con.print(f"{note}; {record.describe()}; {total_steps} steps, {len(loader)} "
+                  f"batches/epoch, lr {opt['lr']:.3g}", highlight=False)
+        for n in notes:
+            con.print(f"resume: {n}", highlight=False)
 
     net = model
     if dist.enabled:
@@ -413,106 +340,32 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
 
         net = DDP(model, device_ids=[dist.local_rank] if cfg.device == "gpu" else None)
 
-    def save(final: bool):
-        rng = distributed.all_gather_object(ck.rng_state()) if dist.enabled else ck.rng_state()
-        if not dist.is_main:
-            return
-        ck.save_checkpoint(
-            ckpt_path, kind="pretrain", arch=cfg.arch, task=cfg.task,
-            backbone=model.backbone.state_dict(), head=model.head.state_dict(),
-            config=to_dict(resolved), versions=ck.versions(), step=step,
-            epoch=loader.epoch, optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(), final=final)
+    def fields() -> dict:
+        return dict(kind="pretrain", arch=cfg.arch, task=cfg.task, record=record.to_dict(),
+                    backbone=model.backbone.state_dict(), head=model.head.state_dict(),
+                    config=to_dict(resolved), clip_len=resolved.clip_len, size=resolved.size,
+                    normalize=record.clip.normalize)
 
-    log = RunLog(run_dir, step, cfg.tensorboard) if dist.is_main else None
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
-    clips_per_batch = cfg.batch_size * sampler.num_clips * dist.world
-    losses: list[float] = []
-    last_metrics: dict = {}
-    wait_total = compute_total = 0.0
-    window_wait = window_time = 0.0
-    window_steps = 0
-    start_step = step
-    t_start = time.perf_counter()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else None
-    model.train()
-    progress = _progress(cfg.progress and dist.is_main)
-    with progress:
-        bar = progress.add_task(f"{cfg.task}/{cfg.arch}", total=total_steps, completed=step,
-                                info="")
-        while step < total_steps:
-            it = iter(loader)
-            t0 = time.perf_counter()
-            for batch in it:
-                t1 = time.perf_counter()
-                batch = batch.to(device)
-                if amp is not None:
-                    with amp:
-                        out = net(batch)
-                else:
-                    out = net(batch)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
-                    raise DalivsslError(f"{cfg.task}/{cfg.arch}: loss is {loss.item()} at step "
-                                        f"{step + 1}; lower the learning rate (--set lr=…)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if opt["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), opt["grad_clip"])
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                t2 = time.perf_counter()
-                wait, busy = t1 - t0, t2 - t1
-                wait_total += wait
-                compute_total += busy
-                window_wait += wait
-                window_time += wait + busy
-                window_steps += 1
-                loss_v = float(loss.detach())
-                losses.append(loss_v)
-                last_metrics = {k: float(v) for k, v in out.items() if k != "loss"}
-                if dist.is_main and (step % cfg.log_every == 0 or step == total_steps
-                                     or step == start_step + 1):
-                    cps = clips_per_batch * window_steps / max(window_time, 1e-9)
-                    row = {"step": step, "epoch": loader.epoch, "loss": loss_v,
-                           "lr": optimizer.param_groups[0]["lr"], "clips_per_s": cps,
-                           "data_wait": window_wait / max(window_time, 1e-9), **last_metrics}
-                    log.write(row)
-                    progress.update(bar, info=f"loss {loss_v:.4f}  lr {row['lr']:.2e}  "
-                                              f"{cps:.1f} clips/s  data {100 * row['data_wait']:.0f}%")
-                    window_wait = window_time = 0.0
-                    window_steps = 0
-                progress.update(bar, completed=step)
-                if step % cfg.ckpt_every == 0 and step < total_steps:
-                    save(final=False)
-                if kill_at and step == kill_at:
-                    import signal
-
-                    os.kill(os.getpid(), signal.SIGKILL)
-                if step >= total_steps:
-                    break
-                t0 = time.perf_counter()
-    save(final=True)
-    wall = time.perf_counter() - t_start
-    n_avg = max(1, min(10, len(losses) // 5))
+    clips_per_step = cfg.batch_size * loader.sampler.num_clips * dist.world
+    fcfg = FitConfig(total_steps=total_steps, label=f"{cfg.task}/{cfg.arch}", amp=cfg.amp,
+                     grad_clip=opt["grad_clip"], log_every=cfg.log_every,
+                     ckpt_every=cfg.ckpt_every, tensorboard=cfg.tensorboard,
+                     progress=cfg.progress, items_per_step=clips_per_step)
+    res = fit(model, loader, optimizer, scheduler, fcfg, run_dir, fields, net=net, dist=dist,
+              device=torch.device(dist.device), start_step=step)
+    first, last = loss_summary(res.losses)
     summary = {
-        "task": cfg.task, "arch": cfg.arch, "steps": step,
-        "epochs": step / max(1, len(loader)),
-        # means over the first / last fifth of this run's steps (at most 10): single steps are noisy
-        "first_loss": float(np.mean(losses[:n_avg])) if losses else float("nan"),
-        "final_loss": float(np.mean(losses[-n_avg:])) if losses else float("nan"),
-        "wall_s": wall, "clips_per_s": clips_per_batch * len(losses) / max(wall, 1e-9),
-        "data_wait": wait_total / max(wait_total + compute_total, 1e-9),
-        "metrics": last_metrics, "checkpoint": str(ckpt_path), "world_size": dist.world,
-        "skipped": loader.skipped,
+        "name": record.name, "task": cfg.task, "arch": cfg.arch, "steps": res.step,
+        "epochs": res.step / max(1, len(loader)), "first_loss": first, "final_loss": last,
+        "wall_s": res.wall_s, "clips_per_s": res.items_per_s, "data_wait": res.data_wait,
+        "metrics": res.metrics, "checkpoint": str(run_dir / ck.CKPT_NAME),
+        "world_size": dist.world, "skipped": loader.skipped,
     }
     # every rank's weights must agree after DDP; record a checksum per rank
     checksum = float(sum(p.detach().double().sum() for p in model.backbone.parameters()))
     summary["rank_checksums"] = distributed.all_gather_object(checksum)
     if dist.is_main:
-        log.close()
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        if cfg.progress:
-            _summary_table(summary)
+        rec.write_run_record(run_dir, record.replace(status="complete"))
+        _summary_table(summary)
     return summary

@@ -65,6 +65,66 @@ class PretrainConfig:
         return Path(self.out) if self.out else Path("runs/pretrain") / f"{self.task}_{self.arch}"
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Everything that defines a finetuning run (stored in its record, checkpoint and results).
+
+    lr: base learning rate (VCOP's finetuning lr, 1e-3). The head's effective step scales with
+    ‖f‖² of the un-normalised pooled features (~9–18 for random backbones at 16×64²); with
+    ``l2_norm`` the features have unit norm and a probe wants a much larger lr (CLI: 0.1).
+    """
+
+    arch: str = "shufflenet"
+    name: str | None = None
+    linear_probe: bool = False
+    l2_norm: bool = False
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-3
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dropout: float = 0.0
+    flip: bool | None = None  # random horizontal flip of training clips; None: Manifest.flip_safe
+    clip_len: int = 16
+    size: int = 64
+    eval_clips: int = 10
+    normalize: str = "imagenet"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    pretrained: str | None = None  # checkpoint path, None = random init
+    pretrained_hash: str | None = None
+    ckpt_every: int = 50
+    log_every: int = 5
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def check(self) -> "FinetuneConfig":
+        """One-line errors for values no run can use (before any work)."""
+        for key in ("epochs", "batch_size", "eval_clips", "clip_len", "size", "threads",
+                    "ckpt_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise DalivsslError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise DalivsslError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.lr > 0:
+            raise DalivsslError(f"lr must be > 0, got {self.lr}")
+        for key in ("weight_decay", "momentum", "dropout", "head_lr_mult"):
+            if getattr(self, key) < 0:
+                raise DalivsslError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.dropout >= 1:
+            raise DalivsslError(f"dropout must be < 1, got {self.dropout}")
+        if self.optimizer not in OPTIMIZERS:
+            raise DalivsslError(f"unknown optimizer {self.optimizer!r}; valid: "
+                                f"{', '.join(OPTIMIZERS)}")
+        return self
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 

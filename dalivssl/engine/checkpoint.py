@@ -27,20 +27,10 @@ REQUIRED = ("kind", "arch", "backbone", "head", "config", "versions", "step", "e
 
 
 def versions() -> dict:
-    """Library versions worth recording next to weights."""
-    import dalivssl
+    """Library versions worth recording next to weights (dalivssl.record.versions)."""
+    from dalivssl.record import versions as v
 
-    out = {"dalivssl": dalivssl.__version__, "torch": str(torch.__version__),
-           "numpy": str(np.__version__)}
-    from importlib import metadata
-
-    for dist in ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali"):
-        try:  # metadata, not import: recording versions must not pull DALI in
-            out["dali"] = metadata.version(dist)
-            break
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+    return v()
 
 
 def rng_state() -> dict:
@@ -132,38 +122,8 @@ def load_backbone(path, arch: str | None = None, device="cpu"):
     return backbone.eval(), ckpt
 
 
-class Classifier(torch.nn.Module):
-    """backbone.forward_features (B×D) → [L2 normalise] → Linear(D, num_classes): B×num_classes.
-
-    ``l2_norm``: linear probes trained on L2-normalised features (CVRL's linear eval,
-    ``dalivssl finetune --l2-norm``) must see normalised features at test time too.
-    """
-
-    def __init__(self, backbone, head, l2_norm: bool = False):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.l2_norm = bool(l2_norm)
-
-    def forward(self, x):  # x: B×C×T×H×W
-        f = self.backbone.forward_features(x)
-        if self.l2_norm:
-            f = torch.nn.functional.normalize(f, dim=1)
-        return self.head(f)
-
-
 def load_classifier(path, device="cpu"):
-    """-> (Classifier in eval mode, ckpt) from a finetune checkpoint."""
-    ckpt = load_checkpoint(path)
-    if ckpt["kind"] != "finetune":
-        raise DalivsslError(f"{path}: a {ckpt['kind']!r} checkpoint has no classifier; "
-                            "finetune it first (dalivssl finetune)")
-    backbone = build_backbone_from(ckpt, "cpu")
-    head = torch.nn.Linear(backbone.feature_dim, int(ckpt["num_classes"]))
-    try:
-        head.load_state_dict(ckpt["head"])
-    except RuntimeError as exc:
-        raise DalivsslError(f"{path}: classifier head does not fit "
-                            f"({str(exc).splitlines()[0][:120]})") from None
-    model = Classifier(backbone, head, l2_norm=ckpt.get("feature_l2_norm", False))
-    return model.to(device).eval(), ckpt
+    """-> (Classifier in eval mode, ckpt) from a finetune checkpoint (see engine.finetune)."""
+    from dalivssl.engine.finetune import load_classifier as load
+
+    return load(path, device)

@@ -269,6 +269,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                 loss.backward()
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                lr_used = optimizer.param_groups[0]["lr"]  # the lr of this step, for the log
                 optimizer.step()
                 scheduler.step()
                 step += 1
@@ -285,7 +286,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                                 or step == start_step + 1):
                     rate = cfg.items_per_step * window_steps / max(window_time, 1e-9)
                     row = {"step": step, "epoch": loader.epoch, "loss": loss_v,
-                           "lr": optimizer.param_groups[0]["lr"], "clips_per_s": rate,
+                           "lr": lr_used, "clips_per_s": rate,
                            "data_wait": window_wait / max(window_time, 1e-9), **res.metrics}
                     log.write(row)
                     rep.update(step, f"loss {loss_v:.4f}  lr {row['lr']:.2e}  {rate:.1f} clips/s"

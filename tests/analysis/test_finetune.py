@@ -17,7 +17,7 @@ LABELS = [0, 1, 2, 0, 1, 2]
 
 def _fake_data(tmp_path):
     """FinetuneData over manifests whose records need not exist (batches are hand-made)."""
-    from dalivssl.analysis.finetune import FinetuneData
+    from dalivssl.engine.finetune import FinetuneData
     from dalivssl.data.manifest import Manifest, VideoRecord
 
     classes = ["red", "green", "blue"]
@@ -44,41 +44,56 @@ def test_video_accuracy_uses_averaged_logits_not_votes():
     assert cm.tolist() == [[1, 1], [0, 1]]
 
 
+def _fit(model, batches, cfg, epochs, run_dir):
+    """Train a Classifier with the engine's one loop over a fixed list of batches."""
+    from dalivssl.engine.finetune import BatchList, ClassifierTask, build_optimizer
+    from dalivssl.engine.fit import FitConfig, fit, make_scheduler
+
+    loader = BatchList(batches)
+    opt = build_optimizer(model, cfg)
+    sched = make_scheduler(opt, "constant", epochs * len(loader))
+    res = fit(ClassifierTask(model), loader, opt, sched,
+              FitConfig(epochs * len(loader), log_every=1, progress=False, tensorboard=False),
+              run_dir, lambda: {"kind": "test"})
+    return opt, res
+
+
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.1), ("adamw", 0.01)])
-def test_training_loss_falls_on_fixed_tiny_set(optimizer, lr):
-    from dalivssl.analysis.finetune import (FinetuneConfig, FinetuneModel, build_optimizer,
-                                            train_epoch)
+def test_training_loss_falls_on_fixed_tiny_set(optimizer, lr, tmp_path):
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.finetune import Classifier
 
     torch.manual_seed(0)
     batches = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
-    model = FinetuneModel(TinyBackbone(), 3)
-    opt = build_optimizer(model, FinetuneConfig(lr=lr, weight_decay=0.0, optimizer=optimizer))
+    model = Classifier(TinyBackbone(), 3)
+    opt, res = _fit(model, batches, FinetuneConfig(lr=lr, weight_decay=0.0, optimizer=optimizer),
+                    10, tmp_path)
     assert type(opt).__name__.lower() == optimizer
-    losses = [train_epoch(model, batches, opt)["loss"] for _ in range(10)]
-    assert losses[-1] < 0.5 * losses[0], losses
+    first, last = np.mean(res.losses[:2]), np.mean(res.losses[-2:])
+    assert last < 0.5 * first, res.losses
 
 
 def test_unknown_optimizer_is_a_one_line_error():
-    from dalivssl.analysis.finetune import FinetuneConfig, FinetuneModel, build_optimizer
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.finetune import Classifier, build_optimizer
 
     with pytest.raises(DalivsslError, match="unknown optimizer 'lamb'; valid: sgd, adamw"):
-        build_optimizer(FinetuneModel(TinyBackbone(), 3), FinetuneConfig(optimizer="lamb"))
+        build_optimizer(Classifier(TinyBackbone(), 3), FinetuneConfig(optimizer="lamb"))
 
 
-def test_linear_probe_freezes_backbone_weights_and_bn_stats():
-    from dalivssl.analysis.finetune import (FinetuneConfig, FinetuneModel, build_optimizer,
-                                            train_epoch)
+def test_linear_probe_freezes_backbone_weights_and_bn_stats(tmp_path):
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.finetune import Classifier
 
     torch.manual_seed(0)
-    model = FinetuneModel(TinyBackbone(), 3, frozen=True)
+    model = Classifier(TinyBackbone(), 3, frozen=True)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     head_before = model.head.weight.clone()
-    opt = build_optimizer(model, FinetuneConfig(lr=0.5, weight_decay=1e-3))
-    assert sum(len(g["params"]) for g in opt.param_groups) == 2  # head weight + bias only
     model.train()
     assert not model.backbone.training and not model.backbone.bn.training
-    for _ in range(3):
-        train_epoch(model, make_batches(COLOURS, LABELS, batch_size=3, noise=0.1), opt)
+    opt, _ = _fit(model, make_batches(COLOURS, LABELS, batch_size=3, noise=0.1),
+                  FinetuneConfig(lr=0.5, weight_decay=1e-3), 3, tmp_path)
+    assert sum(len(g["params"]) for g in opt.param_groups) == 2  # head weight + bias only
     after = model.backbone.state_dict()
     for k, v in before.items():  # includes bn.running_mean / running_var / num_batches_tracked
         assert torch.equal(v, after[k]), k
@@ -87,34 +102,41 @@ def test_linear_probe_freezes_backbone_weights_and_bn_stats():
 
 
 def test_l2_norm_probe_features_have_unit_norm():
-    from dalivssl.analysis.finetune import FinetuneModel
+    from dalivssl.engine.finetune import Classifier
 
-    model = FinetuneModel(TinyBackbone(), 3, frozen=True, l2_norm=True).eval()
+    model = Classifier(TinyBackbone(), 3, frozen=True, l2_norm=True).eval()
     f = model.features(make_batches(COLOURS[:2], LABELS[:2])[0].clips.flatten(0, 1))
     np.testing.assert_allclose(f.norm(dim=1).numpy(), 1.0, rtol=1e-5)
 
 
-def test_run_finetune_writes_checkpoint_results_and_resumes(tmp_path):
-    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+def test_run_finetune_writes_checkpoint_record_results_and_plot(tmp_path):
+    from dalivssl.config import FinetuneConfig
     from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.engine.finetune import run_finetune
+    from dalivssl.record import read_run_record
     from dalivssl.results import ResultsFile
 
     data = _fake_data(tmp_path)
     train = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
     test = make_batches(COLOURS, LABELS, batch_size=4, clips=3, noise=0.05, seed=1)
-    cfg = FinetuneConfig(arch="tiny", epochs=1, lr=0.1, eval_clips=3, clip_len=4, size=8)
+    cfg = FinetuneConfig(arch="tiny", epochs=1, lr=0.1, eval_clips=3, clip_len=4, size=8,
+                         progress=False)
     torch.manual_seed(0)
     res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "run", train_batches=train,
                        test_batches=test)
-    assert res["epochs"] == 1 and res["step"] == 2
+    assert res["epochs"] == 1 and res["step"] == 2 and res["name"] == "ft_scratch_tiny"
     ck = load_checkpoint(res["checkpoint"])
     for key in ("kind", "arch", "backbone", "head", "num_classes", "classes", "clip_len", "size",
-                "normalize", "config", "versions", "step", "epoch"):
+                "normalize", "config", "versions", "step", "epoch", "record"):
         assert key in ck, key
     assert ck["kind"] == "finetune" and ck["arch"] == "tiny" and ck["num_classes"] == 3
     assert ck["classes"] == ["red", "green", "blue"]
     assert set(ck["head"]) == {"weight", "bias"} and ck["head"]["weight"].shape == (3, 8)
     assert ck["config"]["flip"] is True  # flip=None resolved from a manifest without direction
+    assert ck["record"]["clip"] == {"clip_len": 4, "size": 8, "normalize": "imagenet"}
+    assert ck["record"]["data_hash"] and ck["record"]["kind"] == "finetune"
+    assert read_run_record(tmp_path / "run").status == "complete"
+    assert (tmp_path / "run" / "finetune.png").stat().st_size > 10_000
     with ResultsFile(res["results"], "r") as rf:
         clip_acc, video_acc = rf.read("finetune", "clip_acc"), rf.read("finetune", "video_acc")
         assert 0.0 <= clip_acc <= 1.0 and 0.0 <= video_acc <= 1.0
@@ -125,63 +147,92 @@ def test_run_finetune_writes_checkpoint_results_and_resumes(tmp_path):
         assert rf.read("predictions", "video_target").tolist() == LABELS
         assert rf.read("predictions", "clip_pred").shape == (6, 3)
         assert rf.read("predictions", "video_path")[0] == "v0.webm"
-        assert len(rf.read("log", "train_loss")) == 1
-        assert rf.meta()["kind"] == "finetune"
+        assert rf.read("log", "step").tolist() == [1.0, 2.0]
+        assert rf.meta()["kind"] == "finetune" and rf.meta()["record"]["name"] == res["name"]
+    # a second run into the same dir is refused, not silently overwritten
+    with pytest.raises(DalivsslError, match="already holds a checkpoint; pass --resume"):
+        run_finetune(cfg, data, TinyBackbone(), tmp_path / "run", train_batches=train,
+                     test_batches=test)
 
 
 class _CrashAt:
-    """Batches that die when epoch ``n`` starts (a killed run)."""
+    """A loader that dies before batch ``n`` of the run (a killed process)."""
 
     def __init__(self, batches, n):
-        self.batches, self.n = batches, n
+        from dalivssl.engine.finetune import BatchList
 
-    def set_epoch(self, e):
-        if e >= self.n:
-            raise KeyboardInterrupt
+        self.inner, self.n, self.count = BatchList(batches), n, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def __len__(self):
-        return len(self.batches)
+        return len(self.inner)
 
     def __iter__(self):
-        return iter(self.batches)
+        for b in self.inner:
+            self.count += 1
+            if self.count > self.n:
+                raise KeyboardInterrupt
+            yield b
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+@pytest.mark.parametrize("probe", [False, True])
+def test_resume_after_kill_is_bitwise_identical(tmp_path, probe):
+    from dalivssl.config import FinetuneConfig
     from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.engine.finetune import run_finetune
 
     data = _fake_data(tmp_path)
     train = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
     test = make_batches(COLOURS, LABELS, batch_size=4, clips=2, noise=0.05, seed=1)
-    cfg = FinetuneConfig(arch="tiny", epochs=4, lr=0.1, eval_clips=2, dropout=0.3)
+    cfg = FinetuneConfig(arch="tiny", epochs=4, lr=0.1, eval_clips=2, dropout=0.3,
+                         linear_probe=probe, ckpt_every=2, log_every=1, progress=False)
     torch.manual_seed(0)
     full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full", train_batches=train,
                         test_batches=test)
     torch.manual_seed(0)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt):  # dies after step 5, mid-epoch; last save at step 4
         run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut",
-                     train_batches=_CrashAt(train, 2), test_batches=test)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
+                     train_batches=_CrashAt(train, 5), test_batches=test)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 4
     torch.manual_seed(123)  # resume must not depend on the caller's RNG: restored from the file
     res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut", resume=True,
                        train_batches=train, test_batches=test)
     assert res["epochs"] == 4 and res["step"] == 8
     rows = list(csv.DictReader(open(tmp_path / "cut" / "finetune_log.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
     # cosine per step: the last of 8 steps (index 7) ran at lr * 0.5 * (1 + cos(7π/8))
     assert float(rows[-1]["lr"]) == pytest.approx(0.1 * 0.5 * (1 + np.cos(7 * np.pi / 8)))
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(res["checkpoint"])
     for part in ("head", "backbone"):
         for k in a[part]:
-            torch.testing.assert_close(a[part][k], b[part][k], msg=f"{part}.{k}")
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
     assert res["clip_acc"] == full["clip_acc"]
 
 
-def test_max_steps_stops_mid_epoch(tmp_path):
-    from dalivssl.analysis.finetune import FinetuneConfig, run_finetune
+def test_resume_with_other_settings_is_refused(tmp_path):
+    from dataclasses import replace
 
-    cfg = FinetuneConfig(arch="tiny", max_steps=3, eval_clips=1)
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.finetune import run_finetune
+
+    data = _fake_data(tmp_path)
+    train = make_batches(COLOURS, LABELS, batch_size=3)
+    cfg = FinetuneConfig(arch="tiny", max_steps=2, eval_clips=1, progress=False)
+    run_finetune(cfg, data, TinyBackbone(), tmp_path / "r", train_batches=train,
+                 test_batches=make_batches(COLOURS, LABELS))
+    with pytest.raises(DalivsslError, match=r"cannot resume with other settings \(batch_size: 8 "
+                                            r"→ 4; lr: 0.001 → 0.5\)"):
+        run_finetune(replace(cfg, batch_size=4, lr=0.5), data, TinyBackbone(), tmp_path / "r",
+                     resume=True, train_batches=train, test_batches=make_batches(COLOURS, LABELS))
+
+
+def test_max_steps_stops_mid_epoch(tmp_path):
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.finetune import run_finetune
+
+    cfg = FinetuneConfig(arch="tiny", max_steps=3, eval_clips=1, progress=False)
     res = run_finetune(cfg, _fake_data(tmp_path), TinyBackbone(), tmp_path / "r",
                        train_batches=make_batches(COLOURS, LABELS, batch_size=3),
                        test_batches=make_batches(COLOURS, LABELS))
@@ -274,12 +325,13 @@ def test_cli_finetune_end_to_end(tmp_path, tiny_synth):
     assert n_test == len(load_manifest(tiny_synth["test"]))
 
 
-def test_pretrain_normalize_follows_the_pretext_task():
-    from dalivssl.analysis.finetune import pretrain_normalize
+def test_record_of_legacy_checkpoints_follows_the_pretext_task():
+    from dalivssl.record import record_of
 
-    assert pretrain_normalize({"normalize": "unit"}) == "unit"
-    assert pretrain_normalize({"config": {"normalize": "imagenet"}, "task": "vcop"}) == "imagenet"
+    assert record_of({"normalize": "unit"}).clip.normalize == "unit"
+    assert record_of({"config": {"normalize": "imagenet"}, "task": "vcop"}).clip.normalize == \
+        "imagenet"
     pytest.importorskip("pipelines.samplers")
-    assert pretrain_normalize({"task": "vcop", "config": {}}) == "unit"  # VCOP trains on [0,1]
-    assert pretrain_normalize({"task": "rotnet", "config": {}}) == "imagenet"
-    assert pretrain_normalize({"task": "nope", "config": {}}) is None
+    assert record_of({"task": "vcop", "config": {}}).clip.normalize == "unit"  # VCOP: [0,1]
+    assert record_of({"task": "rotnet", "config": {}}).clip.normalize == "imagenet"
+    assert record_of({"task": "nope", "config": {}}).clip.normalize == "imagenet"

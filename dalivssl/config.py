@@ -125,6 +125,46 @@ class FinetuneConfig:
         return self
 
 
+@dataclass(frozen=True)
+class DistillConfig:
+    """``dalivssl distill``: multi-teacher KD into ``arch`` (Hinton et al. 2015; Kumar et al.).
+    ``clip_len``/``size``/``normalize`` None: the first model teacher's record (else defaults)."""
+
+    arch: str = "shufflenet"
+    name: str | None = None
+    teachers: tuple[str, ...] = ()
+    teacher_logits: tuple[str, ...] = ()
+    data: str | None = None
+    eval_data: str | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    temperature: float = 4.0
+    alpha: float = 1.0
+    lr: float = 1e-3          # Adam (AdamW without weight decay)
+    batch_size: int = 8
+    clip_len: int | None = None
+    size: int | None = None
+    normalize: str | None = None
+    eval_clips: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 2
+    ckpt_every: int = 50
+    log_every: int = 1
+    progress: bool = True
+
+    def check(self) -> "DistillConfig":
+        for key in ("epochs", "batch_size", "eval_clips", "threads", "ckpt_every", "log_every"):
+            if getattr(self, key) < 1:
+                raise DalivsslError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise DalivsslError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.lr > 0 or not self.temperature > 0 or self.alpha < 0:
+            raise DalivsslError(f"need lr > 0, temperature > 0, alpha >= 0; got {self.lr}, "
+                                f"{self.temperature}, {self.alpha}")
+        return self
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 

@@ -18,11 +18,12 @@ positions in the exporting manifest; ``classes`` (C,) class names (when known).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from dalivssl.errors import DalivsslError
 
@@ -34,7 +35,8 @@ def kd_loss(student_logits, targets, teacher_logits: Sequence = (), temperature:
             alpha: float = 1.0):
     """-> (loss, parts). student_logits B x C (requires grad), targets int64 B, teacher_logits: a
     list of B x C tensors (detached here: gradients reach the student only).
-    parts: {'ce', 'kd' (weighted sum over teachers, before alpha), 'kd_i': [per teacher]} floats.
+    parts: {'ce', 'kd' (weighted sum over teachers, before alpha), 'kd_i': [per teacher]}, detached
+    0-d tensors (no device sync per step).
     With no teachers the loss is exactly the cross-entropy."""
     import torch.nn.functional as F
 
@@ -55,8 +57,8 @@ def kd_loss(student_logits, targets, teacher_logits: Sequence = (), temperature:
             per.append(T * T * F.kl_div(log_ps, log_pt, reduction="batchmean", log_target=True))
         kd = sum(per)
         loss = ce + alpha * kd
-    parts = {"ce": float(ce.detach()), "kd": float(sum(p.detach() for p in per)) if per else 0.0,
-             "kd_i": [float(p.detach()) for p in per]}
+    parts = {"ce": ce.detach(), "kd": sum(p.detach() for p in per) if per else ce.new_zeros(()),
+             "kd_i": [p.detach() for p in per]}
     return loss, parts
 
 
@@ -93,6 +95,7 @@ class ModelTeacher:
     normalize: str
     clip_len: int
     size: int
+    record: Any = None
 
     def __call__(self, raw, indices):
         import torch
@@ -121,14 +124,18 @@ class LogitsTeacher:
 
 
 def load_model_teacher(path, data_classes, device) -> ModelTeacher:
-    from dalivssl.engine.checkpoint import load_classifier
+    """A finetuned checkpoint as a teacher, fed with the clip settings of its run record."""
+    from dalivssl.engine.finetune import load_classifier
+    from dalivssl.record import record_of
 
     model, ck = load_classifier(path, device=device)
     _check_classes(str(path), int(ck["num_classes"]), ck.get("classes"), data_classes)
     for p in model.parameters():
         p.requires_grad_(False)
-    return ModelTeacher(str(path), model.eval(), ck.get("normalize") or "imagenet",
-                        int(ck.get("clip_len") or 16), int(ck.get("size") or 112))
+    clip = record_of(ck, path).clip
+    t = ModelTeacher(str(path), model.eval(), clip.normalize, clip.clip_len, clip.size)
+    t.record = record_of(ck, path)
+    return t
 
 
 def write_logits_file(path, logits: np.ndarray, paths: Sequence[str], indices: Sequence[int],
@@ -175,11 +182,20 @@ def read_logits_file(path) -> dict:
     return out
 
 
-def load_logits_teacher(path, manifest, data_classes, device) -> LogitsTeacher:
-    """Rows of the file aligned to ``manifest``; every manifest video must have a row."""
+def load_logits_teacher(path, manifest, data_classes, device, data_path=None) -> LogitsTeacher:
+    """Rows of the file aligned to ``manifest``; every manifest video must have a row, and the
+    file must have been exported from this very data (same manifest content hash)."""
     import torch
 
+    from dalivssl.record import manifest_hash
+
     f = read_logits_file(path)
+    made_from, want_hash = f["attrs"].get("data_hash"), manifest_hash(manifest)
+    if made_from != want_hash:
+        raise DalivsslError(
+            f"{path}: logits were exported from {f['attrs'].get('data') or 'unrecorded data'} "
+            f"(hash {made_from}), not from {data_path or 'this data'} (hash {want_hash}); "
+            "export them from the distillation data (dalivssl export-logits --data …)")
     _check_classes(str(path), f["logits"].shape[1], f["classes"], data_classes)
     row = {p: i for i, p in enumerate(f["paths"])}
     want = [r.path for r in manifest.records]
@@ -211,72 +227,205 @@ def accuracy(model, loader, normalize: str, device) -> tuple[float, int]:
     return float(np.mean(logits.argmax(1) == targets)), int(len(idx))
 
 
-@dataclass
-class DistillHistory:
-    """Per-step records: step, epoch, loss, ce, kd and kd_i (one column per teacher)."""
+class DistillTask(torch.nn.Module):
+    """The engine contract for distillation: ``forward(batch) -> {'loss', 'ce', 'kd', 'kd_<i>'}``.
 
-    step: list[int] = field(default_factory=list)
-    epoch: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    ce: list[float] = field(default_factory=list)
-    kd: list[float] = field(default_factory=list)
-    kd_i: list[list[float]] = field(default_factory=list)
+    batch.clips: raw uint8 B×1×T×H×W×C (each model normalises its own way); the student is a
+    :class:`dalivssl.engine.finetune.Classifier` fed ``normalize``-d clips; teachers are called
+    as teacher(raw_clips, manifest_indices) -> B×C logits and never get gradients."""
 
+    def __init__(self, student, teachers: Sequence[Callable], normalize: str,
+                 temperature: float = 4.0, alpha: float = 1.0):
+        super().__init__()
+        self.student = student
+        self.teachers = list(teachers)  # not submodules: never trained, never checkpointed
+        self.normalize, self.temperature, self.alpha = normalize, temperature, alpha
 
-def train_student(student, teachers: Sequence[Callable], loader, optimizer, normalize: str,
-                  device, epochs: int = 1, max_steps: int | None = None,
-                  temperature: float = 4.0, alpha: float = 1.0,
-                  progress: Callable[[int, dict], None] | None = None) -> DistillHistory:
-    """Distil ``teachers`` into ``student`` over ``loader`` (raw uint8 batches, K = 1 clip).
+    def forward(self, batch) -> dict:
+        from pipelines.loader import normalize_clips
 
-    Each teacher is called as teacher(raw_clips, manifest_indices) -> B x C logits.
-    Stops after ``epochs`` epochs or ``max_steps`` optimizer steps, whichever comes first."""
-    from pipelines.loader import normalize_clips
+        y = batch.targets
+        if bool((y < 0).any()):
+            raise DalivsslError("distillation needs labelled videos; found label -1")
+        raw = batch.clips
+        x = normalize_clips(raw, self.normalize)[:, 0].to(y.device)  # B×C×T×H×W
+        t_logits = [t(raw, batch.indices) for t in self.teachers]
+        loss, parts = kd_loss(self.student(x), y, t_logits, self.temperature, self.alpha)
+        out = {"loss": loss, "ce": parts["ce"], "kd": parts["kd"]}
+        out.update({f"kd_{i}": v for i, v in enumerate(parts["kd_i"])})
+        return out
 
-    hist = DistillHistory()
-    step = 0
-    for epoch in range(epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        student.train()
-        for batch in loader:
-            if max_steps is not None and step >= max_steps:
-                return hist
-            raw = batch.clips
-            x = normalize_clips(raw, normalize)[:, 0].to(device)
-            y = batch.targets.to(device)
-            if bool((y < 0).any()):
-                raise DalivsslError("distillation needs labelled videos; found label -1")
-            t_logits = [t(raw, batch.indices) for t in teachers]
-            loss, parts = kd_loss(student(x), y, t_logits, temperature, alpha)
-            if not math.isfinite(float(loss.detach())):
-                raise DalivsslError(f"loss became {float(loss.detach())} at step {step}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            hist.step.append(step)
-            hist.epoch.append(epoch)
-            hist.loss.append(float(loss.detach()))
-            hist.ce.append(parts["ce"])
-            hist.kd.append(parts["kd"])
-            hist.kd_i.append(parts["kd_i"])
-            if progress is not None:
-                progress(step, parts)
-    return hist
+    def load_run_state(self, ckpt: dict) -> None:
+        self.student.load_run_state(ckpt)
 
 
-def student_checkpoint_fields(student, arch: str, classes: Sequence[str], clip_len: int,
-                              size: int, normalize: str, config: dict, step: int,
-                              epoch: int) -> dict:
-    """C7 finetune fields: the backbone without its classifier, the classifier as ``head``
-    (the Linear(feature_dim, C) layout that load_classifier rebuilds)."""
-    from dalivssl.engine.checkpoint import versions
+# ------------------------------------------------------------------------------- the run
+def teacher_accuracy(teacher, loader) -> tuple[float, int]:
+    """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video)."""
+    logits: dict[int, np.ndarray] = {}
+    targets: dict[int, int] = {}
+    for batch in loader:
+        raw = batch.clips  # B×K×T×H×W×C uint8
+        per_clip = torch.stack([teacher(raw[:, k:k + 1], None) for k in range(raw.shape[1])], 1)
+        mean = per_clip.float().mean(1).cpu().numpy()
+        for i, v in enumerate(batch.indices.tolist()):
+            logits.setdefault(v, mean[i])
+            targets.setdefault(v, int(batch.targets[i]))
+    order = sorted(logits)
+    pred = np.array([logits[i].argmax() for i in order])
+    return float(np.mean(pred == np.array([targets[i] for i in order]))), len(order)
 
-    sd = student.state_dict()
-    return dict(kind="finetune", arch=arch,
-                backbone={k: v for k, v in sd.items() if not k.startswith("classifier.")},
-                head=student.classifier.state_dict(), config=config, versions=versions(),
-                step=int(step), epoch=int(epoch), num_classes=len(classes),
-                classes=list(classes), clip_len=int(clip_len), size=int(size),
-                normalize=normalize)
+
+def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Build the student and teachers from ``cfg`` (:class:`dalivssl.config.DistillConfig`), train
+    with the one engine, evaluate student and model teachers on the eval data, and write the run
+    dir (checkpoint.pt, record.json, distill.h5, losses.csv, distill.png)."""
+    from dataclasses import replace
+
+    from dalivssl import record as rec
+    from dalivssl.analysis.features import eval_loader, make_loader, torch_device
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.data.synth import resolve_manifest
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.engine.finetune import Classifier, checkpoint_fields
+    from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
+    from dalivssl.engine.trainer import make_optimizer
+    from models import create_backbone
+
+    tdev = torch.device(torch_device(cfg.device))
+    data_path, manifest = resolve_manifest(cfg.data, "train")
+    if cfg.eval_data is not None:
+        eval_path, eval_manifest = Path(cfg.eval_data), load_manifest(cfg.eval_data)
+    elif cfg.data is None:
+        eval_path, eval_manifest = resolve_manifest(None, "test")
+    else:
+        eval_path, eval_manifest = data_path, manifest
+    classes = manifest_classes(manifest)
+    t_models = [load_model_teacher(p, classes, tdev) for p in cfg.teachers]
+    t_files = [load_logits_teacher(p, manifest, classes, tdev, data_path)
+               for p in cfg.teacher_logits]
+    first = t_models[0].record if t_models else None
+    clip = rec.resolve_clip(first, dict(clip_len=cfg.clip_len, size=cfg.size,
+                                        normalize=cfg.normalize), say=_say)
+    name = cfg.name or f"kd_{cfg.arch}_from_" + "+".join(
+        [t.record.name for t in t_models] + [Path(p).stem for p in cfg.teacher_logits]) \
+        if (t_models or t_files) else cfg.name or f"sup_{cfg.arch}"
+    cfg = replace(cfg, name=name, clip_len=clip.clip_len, size=clip.size,
+                  normalize=clip.normalize)
+    out = Path(out or Path("runs/distill") / name)
+    lock = rec.open_run_dir(out, ck.CKPT_NAME, resume, overwrite)
+    try:
+        torch.set_num_threads(cfg.threads)
+        data, dhash = rec.data_identity(cfg.data and data_path, manifest)
+        parents = [(t.path, rec.file_hash(t.path)) for t in t_models] + [
+            (str(p), rec.file_hash(p)) for p in cfg.teacher_logits]
+        from dalivssl.config import to_dict
+
+        record = rec.RunRecord(
+            kind="distill", name=name, arch=cfg.arch, clip=clip, data=data, data_hash=dhash,
+            device=cfg.device, decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
+            versions=rec.versions(), parent=";".join(p for p, _ in parents) or None,
+            parent_hash=";".join(h for _, h in parents) or None,
+            settings={**to_dict(cfg), "teacher_hashes": [h for _, h in parents]})
+        ckpt_path = out / ck.CKPT_NAME
+        old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+        if old is not None:
+            rec.check_resumable(rec.record_of(old), record,
+                                ("arch", "data_hash", "clip", "seed", "batch_size", "lr",
+                                 "temperature", "alpha", "teacher_hashes"), ckpt_path)
+        seed_all(cfg.seed)
+        student = Classifier(create_backbone(cfg.arch), len(classes)).to(tdev)
+        from dalivssl.analysis.features import check_input_size
+
+        check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
+        task = DistillTask(student, [*t_models, *t_files], clip.normalize, cfg.temperature,
+                           cfg.alpha)
+        optimizer = make_optimizer(student.parameters(), "adamw", cfg.lr, 0.0, 0.0)
+        loader = make_loader("eval", manifest, str(data_path), batch_size=cfg.batch_size,
+                             device=cfg.device, clip_len=clip.clip_len, size=clip.size,
+                             seed=cfg.seed, augment=True, drop_last=True, raw=True, num_clips=1,
+                             random=True, flip=manifest.flip_safe, num_threads=cfg.threads)
+        total = len(loader) * cfg.epochs
+        total = min(cfg.max_steps, total) if cfg.max_steps else total
+        scheduler = make_scheduler(optimizer, "constant", total)
+        step = restore(old, task, optimizer, scheduler, loader) if old is not None else 0
+        rec.write_run_record(out, record)
+
+        def fields():
+            return checkpoint_fields(student, record, classes, cfg)
+
+        res = fit(task, loader, optimizer, scheduler,
+                  FitConfig(total_steps=total, label=f"distill {name}", log_name="losses.csv",
+                            ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+                            progress=cfg.progress, items_per_step=cfg.batch_size),
+                  out, fields, device=tdev, start_step=step)
+        test_loader = eval_loader(eval_manifest, cfg.eval_clips, cfg.batch_size, clip.clip_len,
+                                  clip.size, device=cfg.device, seed=cfg.seed, raw=True,
+                                  num_threads=cfg.threads, where=str(eval_path))
+        acc, n_eval = accuracy(student, test_loader, clip.normalize, tdev)
+        teacher_acc = {t.record.name: teacher_accuracy(t, test_loader)[0] for t in t_models}
+        record = record.replace(status="complete")
+        _write_distill(out, record, cfg, res.history, acc, n_eval, eval_path, teacher_acc,
+                       [p for p, _ in parents], dict(getattr(test_loader, "skipped", {})))
+        rec.write_run_record(out, record)
+    finally:
+        lock.release()
+    first_loss, last_loss = loss_summary(res.losses)
+    return {"name": name, "step": res.step, "first_loss": first_loss, "last_loss": last_loss,
+            "accuracy": acc, "videos": n_eval, "teachers": teacher_acc, "out": out}
+
+
+def _say(line: str) -> None:
+    from dalivssl.console import stderr_console
+
+    stderr_console().print(line, highlight=False)
+
+
+def _write_distill(out: Path, record, cfg, history, acc, n_eval, eval_path, teacher_acc,
+                   teacher_paths, skipped) -> None:
+    """distill.h5 (per-step loss/ce/kd/kd_teachers, eval accuracy) and distill.png."""
+    from dalivssl.results import ResultsFile
+
+    n_t = len(teacher_paths)
+    col = lambda k: np.array([float(h[k]) for h in history], np.float64)  # noqa: E731
+    kd_i = (np.stack([col(f"kd_{i}") for i in range(n_t)], 1) if n_t
+            else np.zeros((len(history), 0)))
+    with ResultsFile(out / "distill.h5", "w") as rf:
+        rf.set_meta(command="distill", record=record.to_dict(), config=record.settings)
+        rf.write("distill", "step", col("step").astype(np.int64))
+        rf.write("distill", "epoch", col("epoch").astype(np.int64))
+        rf.write("distill", "loss", col("loss"), formula="ce + alpha * sum_i T^2 KL_i")
+        rf.write("distill", "ce", col("ce"))
+        rf.write("distill", "kd", col("kd"))
+        rf.write("distill", "kd_teachers", kd_i)
+        if teacher_paths:
+            rf.write("distill", "teachers", [str(Path(p).resolve()) for p in teacher_paths])
+        rf.write("eval", "accuracy", acc, videos=n_eval, clips=cfg.eval_clips,
+                 data=str(eval_path), skipped=sum(skipped.values()))
+        if teacher_acc:
+            rf.write("eval", "teacher_accuracy", np.array(list(teacher_acc.values())),
+                     names=list(teacher_acc))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(col("step"), col("loss"), label="loss")
+    a.plot(col("step"), col("ce"), label="CE")
+    for i in range(n_t):
+        a.plot(col("step"), kd_i[:, i], label=f"KD {Path(teacher_paths[i]).stem}", alpha=0.7)
+    a.set_xlabel("step")
+    a.legend(fontsize=7)
+    a.set_title("training loss")
+    names = [record.name] + list(teacher_acc)
+    b.bar(range(len(names)), [acc] + list(teacher_acc.values()),
+          color=["tab:green"] + ["tab:gray"] * len(teacher_acc))
+    b.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    b.set_ylim(0, 1)
+    b.set_ylabel(f"video top-1 ({n_eval} videos)")
+    b.set_title("student vs each teacher")
+    fig.suptitle(f"distill {record.describe()}")
+    fig.tight_layout()
+    fig.savefig(out / "distill.png", dpi=110)
+    plt.close(fig)

@@ -30,18 +30,19 @@ def test_kd_loss_matches_hand_computation():
     st = torch.tensor(s, requires_grad=True)
     loss, parts = D.kd_loss(st, torch.tensor(y), [torch.tensor(t1), torch.tensor(t2)], T, alpha)
     assert float(loss) == pytest.approx(want, rel=1e-10)
-    assert parts["ce"] == pytest.approx(ce, rel=1e-10)
-    assert parts["kd_i"] == pytest.approx([T * T * kl(t1), T * T * kl(t2)], rel=1e-10)
+    assert float(parts["ce"]) == pytest.approx(ce, rel=1e-10)
+    assert [float(v) for v in parts["kd_i"]] == pytest.approx([T * T * kl(t1), T * T * kl(t2)],
+                                                              rel=1e-10)
     # identical teacher and student: the KD term vanishes
     _, same = D.kd_loss(st, torch.tensor(y), [st.detach().clone()], T)
-    assert same["kd"] == pytest.approx(0.0, abs=1e-12)
+    assert float(same["kd"]) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_kd_loss_without_teachers_is_cross_entropy():
     s = torch.randn(6, 3, requires_grad=True)
     y = torch.tensor([0, 1, 2, 2, 1, 0])
     loss, parts = D.kd_loss(s, y, [])
-    assert torch.equal(loss, nn.functional.cross_entropy(s, y)) and parts["kd"] == 0.0
+    assert torch.equal(loss, nn.functional.cross_entropy(s, y)) and float(parts["kd"]) == 0.0
     with pytest.raises(DalivsslError, match="do not match"):
         D.kd_loss(s, y, [torch.randn(6, 4)])
 
@@ -57,9 +58,24 @@ def _raw_batches(n=3, bs=4, seed=0):
     return out
 
 
-def test_gradient_reaches_only_the_student():
+def test_gradient_reaches_only_the_student(tmp_path):
+    from dalivssl.engine.finetune import BatchList
+    from dalivssl.engine.fit import FitConfig, fit, make_scheduler
+
     torch.manual_seed(0)
-    student = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
+
+    class Student(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def load_run_state(self, ckpt):
+            self.net.load_state_dict(ckpt["net"])
+
+    student = Student()
     tmodel = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
     for p in tmodel.parameters():
         p.requires_grad_(False)
@@ -67,15 +83,23 @@ def test_gradient_reaches_only_the_student():
     table = D.LogitsTeacher("t.h5", torch.randn(12, 3))
     t_before = [p.clone() for p in tmodel.parameters()]
     s_before = [p.clone() for p in student.parameters()]
+    task = D.DistillTask(student, [teacher, table], "imagenet")
+    assert sorted(n for n, _ in task.named_parameters()) == ["student.net.1.bias",
+                                                             "student.net.1.weight"]
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
-    hist = D.train_student(student, [teacher, table], _raw_batches(), opt, "imagenet", "cpu",
-                           epochs=2, max_steps=5)
-    assert hist.step == [1, 2, 3, 4, 5] and hist.epoch == [0, 0, 0, 1, 1]
-    assert all(len(k) == 2 for k in hist.kd_i)
+    loader = BatchList(_raw_batches())
+    res = fit(task, loader, opt, make_scheduler(opt, "constant", 5),
+              FitConfig(5, log_every=1, progress=False, tensorboard=False), tmp_path,
+              lambda: {"net": student.net.state_dict()})
+    assert [int(h["step"]) for h in res.history] == [1, 2, 3, 4, 5]
+    assert [int(h["epoch"]) for h in res.history] == [0, 0, 0, 1, 1]
+    assert all("kd_0" in h and "kd_1" in h for h in res.history)
     assert all(torch.equal(a, b) for a, b in zip(t_before, tmodel.parameters()))
     assert all(p.grad is None for p in tmodel.parameters())
     assert not any(torch.equal(a, b) for a, b in zip(s_before, student.parameters()))
-    np.testing.assert_allclose(hist.loss, np.array(hist.ce) + np.array(hist.kd), rtol=1e-6)
+    loss = np.array([h["loss"] for h in res.history])
+    ce_kd = np.array([h["ce"] + h["kd"] for h in res.history])
+    np.testing.assert_allclose(loss, ce_kd, rtol=1e-6)
 
 
 def test_teacher_resizes_input_to_its_clip_shape():
@@ -104,29 +128,40 @@ def train_manifest(tiny_synth):
 
 
 def test_logits_file_roundtrip_and_errors(tmp_path, train_manifest):
+    from dalivssl.record import manifest_hash
+
     recs = train_manifest.records
     classes = D.manifest_classes(train_manifest)
     C = len(classes)
+    h = manifest_hash(train_manifest)
     logits = np.arange(len(recs) * C, dtype=np.float32).reshape(len(recs), C)
     # rows written in reverse order: lookup is by path
     path = D.write_logits_file(tmp_path / "ok.h5", logits[::-1], [r.path for r in recs][::-1],
-                               list(range(len(recs)))[::-1], classes, num_clips=2)
+                               list(range(len(recs)))[::-1], classes, num_clips=2,
+                               data_hash=h)
     t = D.load_logits_teacher(path, train_manifest, classes, "cpu")
     np.testing.assert_array_equal(t(None, torch.tensor([2, 0])).numpy(), logits[[2, 0]])
     assert D.read_logits_file(path)["attrs"]["num_clips"] == 2
 
     short = D.write_logits_file(tmp_path / "short.h5", logits[:-2], [r.path for r in recs][:-2],
-                                list(range(len(recs) - 2)), classes)
+                                list(range(len(recs) - 2)), classes, data_hash=h)
     with pytest.raises(DalivsslError, match=rf"no logits for 2 of {len(recs)} videos"):
         D.load_logits_teacher(short, train_manifest, classes, "cpu")
     wide = D.write_logits_file(tmp_path / "wide.h5", np.zeros((len(recs), C + 2)),
-                               [r.path for r in recs], list(range(len(recs))))
+                               [r.path for r in recs], list(range(len(recs))), data_hash=h)
     with pytest.raises(DalivsslError, match=f"teacher has {C + 2} classes but the data has {C}"):
         D.load_logits_teacher(wide, train_manifest, classes, "cpu")
     swapped = D.write_logits_file(tmp_path / "sw.h5", logits, [r.path for r in recs],
-                                  list(range(len(recs))), classes[::-1])
+                                  list(range(len(recs))), classes[::-1], data_hash=h)
     with pytest.raises(DalivsslError, match="class lists differ"):
         D.load_logits_teacher(swapped, train_manifest, classes, "cpu")
+    # same file names, other data (e.g. another synthetic seed): refused, naming both
+    other = D.write_logits_file(tmp_path / "other_data.h5", logits, [r.path for r in recs],
+                                list(range(len(recs))), classes, data_hash="0123abcd",
+                                data="other.jsonl")
+    with pytest.raises(DalivsslError, match=r"exported from other.jsonl \(hash 0123abcd\), not "
+                                            rf"from train.jsonl \(hash {h}\)"):
+        D.load_logits_teacher(other, train_manifest, classes, "cpu", "train.jsonl")
     with pytest.raises(DalivsslError, match="not found"):
         D.read_logits_file(tmp_path / "nope.h5")
     from dalivssl.results import ResultsFile
@@ -198,9 +233,13 @@ def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manif
         assert 0.0 <= acc <= 1.0
         assert rf.attrs("eval", "accuracy")["videos"] == 3
         assert rf.meta()["config"]["temperature"] == 4.0
+        assert rf.meta()["record"]["kind"] == "distill"
+        assert len(rf.read("eval", "teacher_accuracy")) == 1
     rows = (out / "losses.csv").read_text().splitlines()
-    assert rows[0] == "step,epoch,loss,ce,kd,kd_0,kd_1" and len(rows) == 5
-    student, ck = load_classifier(out / "student.pt")
+    assert rows[0].startswith("step,epoch,loss,lr,clips_per_s,data_wait,ce,kd,kd_0,kd_1")
+    assert len(rows) == 5
+    assert (out / "distill.png").is_file()
+    student, ck = load_classifier(out / "checkpoint.pt")
     assert ck["kind"] == "finetune" and ck["arch"] == ARCH and ck["num_classes"] == len(classes)
     assert ck["step"] == 4 and (ck["clip_len"], ck["size"]) == (8, 64)
     x = torch.randn(2, 3, 8, 64, 64)
@@ -218,8 +257,49 @@ def test_distill_cli_errors(tmp_path, tiny_synth, train_manifest):
     assert f"teacher has {len(classes) + 2} classes but the data has {len(classes)}" in str(
         r.exception)
     recs = train_manifest.records
+    from dalivssl.record import manifest_hash
+
     short = D.write_logits_file(tmp_path / "short.h5", np.zeros((1, len(classes))),
-                                [recs[0].path], [0], classes)
+                                [recs[0].path], [0], classes,
+                                data_hash=manifest_hash(train_manifest))
     r = _invoke(["distill", "--teacher-logits", str(short), "--student", ARCH, "--data",
                  str(tiny_synth["train"]), "--max-steps", "1", "--out", str(tmp_path / "o")])
     assert isinstance(r.exception, DalivsslError) and "no logits for" in str(r.exception)
+
+
+@pytest.mark.slow
+def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, train_manifest):
+    """kill -9 mid-run (after step 3, last checkpoint at step 2), --resume: same weights."""
+    import os
+    import subprocess
+    import sys
+
+    from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.engine.fit import KILL_ENV
+
+    t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
+    args = ["distill", "--teacher", str(t1), "--student", ARCH, "--data",
+            str(tiny_synth["train"]), "--eval-data", str(tiny_synth["test"]), "--batch-size", "3",
+            "--max-steps", "5", "--epochs", "3", "--set", "ckpt_every=2", "--no-progress"]
+
+    def run(out, *extra, kill=None):
+        env = {**os.environ, **({KILL_ENV: str(kill)} if kill else {})}
+        env.pop(KILL_ENV, None) if not kill else None
+        return subprocess.run([sys.executable, "-m", "dalivssl", *args, "--out", str(out),
+                               *extra], env=env, capture_output=True, text=True, timeout=300)
+
+    full = run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    cut = run(tmp_path / "cut", kill=3)
+    assert cut.returncode == -9
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 2
+    again = run(tmp_path / "cut")  # no --resume: refused, nothing lost
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    res = run(tmp_path / "cut", "--resume")
+    assert res.returncode == 0, res.stderr
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 5
+    for part in ("backbone", "head"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"

@@ -443,3 +443,23 @@ def plot_cka_map(result: CKAMap, path, name_a: str = "A", name_b: str = "B",
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def feed_normalized(model, mode: str):
+    """Make ``model`` take [0,1] clips (B×C×T×H×W) and see them normalised its own way: a forward
+    pre-hook converts to ImageNet statistics when ``mode`` is 'imagenet' ('unit': unchanged).
+    Layer names stay as they are, so CKA taps the same modules. Returns the hook handle."""
+    import torch
+
+    from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
+
+    if mode == "unit":
+        return None
+
+    def pre(_module, args):
+        x = args[0]
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        return ((x - mean) / std,) + tuple(args[1:])
+
+    return model.register_forward_pre_hook(pre)

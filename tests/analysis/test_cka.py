@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -427,3 +429,49 @@ def test_cka_map_gpu_matches_cpu(monkeypatch):
     np.testing.assert_allclose(gpu.map, cpu.map, atol=1e-5)
     self_gpu = C.cka_map(a, None, [x.cuda() for x in clips], device="gpu")
     assert np.all(np.diag(self_gpu.map) == 1.0)
+
+
+@pytest.mark.slow
+def test_cka_uses_each_checkpoints_record_and_is_symmetric(tmp_path, tiny_synth):
+    """A VCOP pretrain checkpoint (8×64², [0,1] input) against an ImageNet-normalised one: with no
+    flag, each model is fed as its record says, and swapping A and B transposes the map."""
+    import torch
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.record import ClipSettings, RunRecord
+    from dalivssl.results import ResultsFile
+
+    models = pytest.importorskip("models")
+    from dalivssl.engine.checkpoint import save_checkpoint
+
+    paths = []
+    for i, (task, norm) in enumerate([("vcop", "unit"), ("rotnet", "imagenet")]):
+        torch.manual_seed(i)
+        b = models.create_backbone("squeezenet")
+        r = RunRecord(kind="pretrain", name=f"{task}_sq", arch="squeezenet", task=task,
+                      clip=ClipSettings(8, 64, norm), status="complete")
+        p = tmp_path / f"{task}.pt"
+        save_checkpoint(p, kind="pretrain", arch="squeezenet", task=task, record=r.to_dict(),
+                        backbone=b.state_dict(), head={}, config={}, versions={}, step=0,
+                        epoch=0)
+        paths.append(p)
+    common = ["--data", str(tiny_synth["train"]), "--batch-size", "4", "--batches", "2",
+              "--layers", "features.2,features.5,features.8"]
+    maps = []
+    for order, out in ((paths, "ab"), (paths[::-1], "ba")):
+        r = CliRunner().invoke(cli, ["cka", "--checkpoint", str(order[0]), "--checkpoint",
+                                     str(order[1]), *common, "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        with ResultsFile(tmp_path / out / "cka.h5", "r") as rf:
+            maps.append(rf.read("cka", "map"))
+            meta = rf.meta()
+            assert meta["record"]["clip"]["clip_len"] == 8 and meta["record"]["clip"]["size"] == 64
+            assert rf.read("cka", "names") == [Path(order[0]).stem + "_sq",
+                                               Path(order[1]).stem + "_sq"]
+    np.testing.assert_allclose(maps[0], maps[1].T, atol=1e-9)
+    assert meta["config"]["normalize"] == ["imagenet", "unit"]  # B→A order: rotnet first
+    # the same dir again: refused, not silently replaced
+    r = CliRunner().invoke(cli, ["cka", "--checkpoint", str(paths[0]), *common, "--out",
+                                 str(tmp_path / "ab")])
+    assert isinstance(r.exception, DalivsslError) and "pass --resume" in str(r.exception)

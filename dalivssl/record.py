@@ -196,7 +196,10 @@ def record_of(ckpt: dict, path=None) -> RunRecord:
     clip = ClipSettings(int(ckpt.get("clip_len") or cfg.get("clip_len") or DEFAULT_CLIP_LEN),
                         int(ckpt.get("size") or cfg.get("size") or DEFAULT_SIZE),
                         normalize or DEFAULT_NORMALIZE)
-    name = Path(path).parent.name if path else f"{kind}_{ckpt.get('arch')}"
+    if path:  # a run dir's checkpoint.pt is named after its dir, another file after itself
+        name = Path(path).parent.name if Path(path).name == "checkpoint.pt" else Path(path).stem
+    else:
+        name = f"{kind}_{ckpt.get('arch')}"
     return RunRecord(kind=kind, name=name, arch=ckpt.get("arch"), task=task, clip=clip,
                      data=cfg.get("data"), device=cfg.get("device", "cpu"),
                      seed=int(cfg.get("seed") or 0), versions=dict(ckpt.get("versions") or {}),

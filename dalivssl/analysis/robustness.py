@@ -61,6 +61,8 @@ class SweepSettings:
     clips_per_video: int = 5
     seed: int = 0
     decoder: str = "dali"
+    data_hash: str = ""   # content hash of the test manifest (dalivssl.record.manifest_hash)
+    device: str = "cpu"   # decoding + forward device: GPU and CPU pixels differ slightly
 
     def key(self) -> dict:
         """The settings a stored cell must share (the cell lists may grow between runs)."""
@@ -80,6 +82,8 @@ class SweepModel:
     size: int
     num_classes: int
     source: str = ""
+    checkpoint_hash: str = ""
+    record: object = None
 
 
 @dataclass
@@ -101,20 +105,22 @@ class CellTiming:
 # ----------------------------------------------------------------------------------- models
 def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[SweepModel]:
     """Finetuned checkpoints (contract C7) → SweepModel list with unique names."""
-    from dalivssl.engine.checkpoint import load_classifier
+    from dalivssl.engine.finetune import load_classifier
+    from dalivssl.record import file_hash, record_of
 
     out, names = [], set()
     for p in paths:
         p = Path(p)
         model, ckpt = load_classifier(p, device=device)
-        name = p.stem if p.stem not in names else f"{p.parent.name}_{p.stem}"
+        record = record_of(ckpt, p)
+        name = record.name if record.name not in names else f"{record.name}_{p.parent.name}"
         k = 2
         while name in names:
-            name, k = f"{p.stem}_{k}", k + 1
+            name, k = f"{record.name}_{k}", k + 1
         names.add(name)
-        out.append(SweepModel(name, model, str(ckpt.get("normalize", "imagenet")),
-                              int(ckpt["clip_len"]), int(ckpt["size"]), int(ckpt["num_classes"]),
-                              str(p)))
+        c = record.clip
+        out.append(SweepModel(name, model, c.normalize, c.clip_len, c.size,
+                              int(ckpt["num_classes"]), str(p.resolve()), file_hash(p), record))
     return out
 
 
@@ -204,15 +210,16 @@ def _pending(results, model: SweepModel, cells) -> list:
 
 def _check_settings(results, model: SweepModel, settings: SweepSettings) -> None:
     group = f"{GROUP}/{model.name}"
-    want = {**settings.key(), "checkpoint": model.source}
+    # keyed on content: the checkpoint's bytes and the data's records, not their paths
+    want = {**settings.key(), "checkpoint_hash": model.checkpoint_hash}
     if results.has(group, "settings"):
         have = json.loads(results.read(group, "settings"))
         diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
             raise DalivsslError(
-                f"{results.path}: model {model.name!r} was swept with other settings "
-                f"({', '.join(f'{k}={have.get(k)!r}' for k in diff)}); use another --out or the "
-                f"same settings to resume")
+                f"{results.path}: model {model.name!r} was swept with other settings or data "
+                f"({'; '.join(f'{k}: {have.get(k)!r} → {want[k]!r}' for k in diff)}); use "
+                "another --out, --overwrite, or the same checkpoint, data and settings to resume")
     else:
         results.write(group, "settings", json.dumps(want))
 
@@ -414,8 +421,9 @@ def write_csv(summaries: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
-def plot_rs(summaries: Sequence[dict], path: str | Path) -> Path:
-    """R_s against severity: one panel per noise, one line per model (PNG, Agg backend)."""
+def plot_rs(summaries: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
+    """R_s against severity: one panel per noise, one line per model (PNG, Agg backend);
+    ``title``: the data and settings the cells came from."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -433,6 +441,9 @@ def plot_rs(summaries: Sequence[dict], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("R_s = (A_c − A_p) / A_c")
     axes[0][-1].legend(fontsize=7)
+    if title:
+        clean = ", ".join(f"{s['model']} A_c={s['clean_acc']:.3f}" for s in summaries)
+        fig.suptitle(f"{title}\n{clean}", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
               help="Severity constants: imagecorruptions (ImageNet-C) or Schiappa et al.'s mix.")
 @click.option("--rounding", default="floor", show_default=True, type=click.Choice(["floor", "round"]),
               help="floor = imagecorruptions' uint8 truncation; round = plain DALI ops.")
-@click.option("--clips-per-video", default=5, show_default=True, type=click.IntRange(1),
+@click.option("--clips-per-video", "--clips", "clips_per_video", default=5, show_default=True, type=click.IntRange(1),
               help="Evenly spaced clips per video; their logits are averaged.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="Videos per decoded batch.")
@@ -34,14 +34,19 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
               help="Clips per model forward call (noise cells are stacked to fill it). "
                    "Default: 64 on a GPU, one cell per call on a CPU.")
 @click.option("--out", "out_dir", default=Path("runs/robustness"), show_default=True,
-              type=click.Path(path_type=Path), help="Output directory.")
+              type=click.Path(path_type=Path), help="Output directory (a rerun resumes the "
+              "cells of the same checkpoints, data and settings; anything else is refused).")
+@click.option("--overwrite", is_flag=True, help="Start the sweep in --out again.")
+@click.option("--no-progress", is_flag=True, help="No progress bar or periodic lines.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
 @click.option("--decoder", default="dali", show_default=True, type=click.Choice(["dali", "pyav"]),
               help="dali: the raw eval loader; pyav: reference decoder (any codec, slower).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise seed.")
-@click.option("--num-threads", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--threads", "--num-threads", "num_threads", default=2, show_default=True,
+              type=click.IntRange(1), help="CPU threads for torch and DALI.")
 def robustness(checkpoints, data, noises, severities, constants, rounding, clips_per_video,
-               batch_size, forward_clips, out_dir, device, decoder, seed, num_threads):
+               batch_size, forward_clips, out_dir, overwrite, no_progress, device, decoder, seed,
+               num_threads):
     """Clean and noisy video accuracy of each CHECKPOINT; R_s = (A_c − A_p)/A_c per cell."""
     from dalivssl.errors import DalivsslError
     from pipelines.noise import parse_noises, parse_severities
@@ -55,9 +60,9 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
         if not p.is_file():
             raise DalivsslError(f"{p}: checkpoint not found")
 
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from dalivssl import record as rec
     from dalivssl.analysis import robustness as rb
     from dalivssl.analysis.features import torch_device
     from dalivssl.console import stderr_console
@@ -65,6 +70,32 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     from dalivssl.results import ResultsFile
 
     tdev = torch_device(device)
+    # writable and locked before any work; a rerun into it resumes (content-keyed cells)
+    lock = rec.open_run_dir(out_dir, "robustness.h5", resume=True)
+    try:
+        _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_per_video,
+               batch_size, forward_clips, out_dir, overwrite, no_progress, device, tdev,
+               decoder, seed, num_threads)
+    finally:
+        lock.release()
+
+
+def _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_per_video,
+           batch_size, forward_clips, out_dir, overwrite, no_progress, device, tdev, decoder,
+           seed, num_threads):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from dalivssl import record as rec
+    from dalivssl.analysis import robustness as rb
+    from dalivssl.console import stderr_console, stdout_console
+    from dalivssl.data.synth import resolve_manifest
+    from dalivssl.errors import DalivsslError
+    from dalivssl.results import ResultsFile
+
+    import torch
+
+    torch.set_num_threads(num_threads)
+    data_arg = data
     data, manifest = resolve_manifest(data, "test")
     models = rb.load_models(checkpoints, device=tdev)
     labels = [r.label for r in manifest.records]
@@ -75,7 +106,9 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
             raise DalivsslError(f"{m.source}: classifier has {m.num_classes} classes, but "
                                 f"{data} uses label {max(labels)}")
     settings = rb.SweepSettings(noise_list, sev_list, constants, rounding, clips_per_video, seed,
-                                decoder)
+                                decoder, rec.manifest_hash(manifest), device)
+    if overwrite:
+        (out_dir / "robustness.h5").unlink(missing_ok=True)
 
     def make_source(clip_len, size):
         if decoder == "pyav":
@@ -86,17 +119,32 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     console = stderr_console()
     out_dir.mkdir(parents=True, exist_ok=True)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=no_progress) as bar:
 
         def progress(total, desc):
             task = bar.add_task(desc, total=total)
             return lambda n: bar.advance(task, n)
 
         with ResultsFile(out_dir / "robustness.h5") as res:
-            res.set_meta(command="robustness", data=str(data), settings=settings.key())
             summaries = rb.run_sweep(models, make_source, res, settings, device=device,
                                      forward_clips=forward_clips, progress=progress)
+            dpath, dhash = rec.data_identity(data_arg and data, manifest)
+            record = rec.RunRecord(
+                kind="robustness", name="+".join(m.name for m in models), arch=models[0].record.arch,
+                clip=models[0].record.clip, data=dpath, data_hash=dhash, device=device,
+                decoder=rec.decoder_name(device, decoder), seed=seed, versions=rec.versions(),
+                parent=";".join(m.source for m in models),
+                parent_hash=";".join(m.checkpoint_hash for m in models),
+                settings={**settings.key(), "noises": list(noise_list),
+                          "severities": list(sev_list), "videos": len(manifest)},
+                status="complete")
+            res.set_meta(command="robustness", data=str(data), settings=settings.key(),
+                         record=record.to_dict())
     csv_path = rb.write_csv(summaries, out_dir / "robustness.csv")
-    png_path = rb.plot_rs(summaries, out_dir / "robustness.png")
-    Console().print(rb.rich_table(summaries))
+    png_path = rb.plot_rs(summaries, out_dir / "robustness.png",
+                          title=f"robustness · {Path(str(data)).name} · {len(manifest)} videos · "
+                                f"{clips_per_video} clips/video · {constants}")
+    rec.write_run_record(out_dir, record)
+    stdout_console().print(rb.rich_table(summaries))
     console.print(f"wrote {out_dir / 'robustness.h5'}, {csv_path.name}, {png_path.name}")

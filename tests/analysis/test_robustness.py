@@ -206,11 +206,11 @@ def test_rejects_normalised_input():
 
 
 # ----------------------------------------------------------------------------------- CLI
-def _finetune_ckpt(path, num_classes=3, kind="finetune"):
+def _finetune_ckpt(path, num_classes=3, kind="finetune", seed=0):
     from dalivssl.engine.checkpoint import save_checkpoint
     from models import create_backbone
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     bb = create_backbone("squeezenet")
     head = torch.nn.Linear(bb.feature_dim, num_classes)
     return save_checkpoint(path, kind=kind, arch="squeezenet", backbone=bb.state_dict(),
@@ -253,6 +253,18 @@ def test_cli_end_to_end_and_resume(tiny_synth, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert _main(argv) == 0
     assert "ft" in capsys.readouterr().out
+    assert json.loads((out / "record.json").read_text())["status"] == "complete"
+    # the same --out with other data (same file names would not matter: content is hashed) is
+    # refused instead of relabelling the old cells
+    other = [a if a != str(tiny_synth["test"]) else str(tiny_synth["train"]) for a in argv]
+    assert _main(other) == 2
+    err = capsys.readouterr().err
+    assert "swept with other settings or data (data_hash:" in err
+    assert len(err.strip().splitlines()) == 1
+    # so is a re-finetuned checkpoint at the same path (content, not path)
+    _finetune_ckpt(tmp_path / "ft.pt", seed=1)
+    assert _main(argv) == 2
+    assert "checkpoint_hash:" in capsys.readouterr().err
 
 
 def test_cli_bad_inputs_exit_2(tiny_synth, tmp_path, capsys):

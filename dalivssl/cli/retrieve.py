@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-DEFAULT_CLIP_LEN = 16
-DEFAULT_SIZE = 64
+from dalivssl.cli.options import clip_options, run_options
 
 
 def _parse_topk(value: str) -> tuple[int, ...]:
@@ -29,39 +28,36 @@ def _parse_topk(value: str) -> tuple[int, ...]:
 @click.option("--clips", type=int, default=10, show_default=True,
               help="Evenly spaced clips per video; their features are averaged.")
 @click.option("--topk", default="1,5,10,20,50", show_default=True, help="k values.")
-@click.option("--clip-len", type=int, default=None,
-              help=f"Frames per clip (default: the checkpoint's, else {DEFAULT_CLIP_LEN}).")
-@click.option("--size", type=int, default=None,
-              help=f"Crop size in px (default: the checkpoint's, else {DEFAULT_SIZE}).")
-@click.option("--normalize", type=click.Choice(["imagenet", "unit"]), default=None,
-              help="Input normalisation (default: the checkpoint's task's, else imagenet).")
+@clip_options
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output dir (default runs/retrieve/<arch>).")
+              help="Output dir (default runs/retrieve/<name>).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache (default $DALIVSSL_CACHE/features).")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --random-init.")
+@run_options
 def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, size, normalize,
-             batch_size, out, cache_dir, device, seed):
+             batch_size, out, cache_dir, name, device, threads, seed, resume, overwrite,
+             no_progress):
     """Test videos query the train set by cosine similarity of clip-averaged features; a hit at k
-    when any of the k nearest train videos shares the query's class. Writes OUT/retrieval.h5 and
-    OUT/retrieval.csv; features are cached and reused across runs."""
+    when any of the k nearest train videos shares the query's class. Clip settings come from the
+    checkpoint's run record. Writes OUT/retrieval.h5, retrieval.csv, retrieval.png and
+    record.json; features are cached by content and reused across runs."""
     from pathlib import Path
 
-    from rich.console import Console
     from rich.table import Table
 
-    from dalivssl.console import stderr_console
+    from dalivssl import record as rec
+    from dalivssl.console import stderr_console, stdout_console
     from dalivssl.errors import DalivsslError
 
     ks = _parse_topk(topk)
+    device, seed, threads = device or "cpu", seed or 0, threads or 2
     if bool(checkpoint) == bool(random_init):
         raise DalivsslError("give exactly one of --checkpoint PATH or --random-init --arch NAME")
     if random_init and not arch:
         raise DalivsslError("--random-init needs --arch")
-    if clips < 1:
-        raise DalivsslError(f"--clips must be >= 1, got {clips}")
+    if clips < 1 or batch_size < 1:
+        raise DalivsslError(f"--clips and --batch-size must be >= 1, got {clips}, {batch_size}")
     if (train is None) != (test is None):
         raise DalivsslError("give both --train and --test, or neither (synthetic dataset)")
     if train is None:
@@ -77,47 +73,58 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     import torch
 
     from dalivssl.analysis.features import torch_device
-    from dalivssl.analysis.finetune import pretrain_normalize
     from dalivssl.analysis.retrieval import run_retrieval
 
+    torch.set_num_threads(threads)
     tdev = torch_device(device)
-    ckpt = {}
+    console = stderr_console()
+    parent = None
     if checkpoint:
         from dalivssl.engine.checkpoint import load_backbone
 
         backbone, ckpt = load_backbone(checkpoint, arch=arch, device=tdev)
-        arch = ckpt["arch"]
+        arch, parent = ckpt["arch"], rec.record_of(ckpt, checkpoint)
     else:
         from models import create_backbone
 
         torch.manual_seed(seed)
         backbone = create_backbone(arch).to(tdev)
-    pre_cfg = ckpt.get("config") or {}
-    settings = {
-        "num_clips": clips,
-        "clip_len": int(clip_len or ckpt.get("clip_len") or pre_cfg.get("clip_len")
-                        or DEFAULT_CLIP_LEN),
-        "size": int(size or ckpt.get("size") or pre_cfg.get("size") or DEFAULT_SIZE),
-        "normalize": normalize or (pretrain_normalize(ckpt) if ckpt else None) or "imagenet",
-    }
+    clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
+                            say=lambda s: console.print(s, highlight=False))
+    settings = {"num_clips": clips, **clip.as_dict(), "device": device}
     from dalivssl.analysis.features import check_input_size
 
-    check_input_size(backbone, settings["clip_len"], settings["size"], arch)
+    check_input_size(backbone, clip.clip_len, clip.size, arch)
     if random_init:
         settings["seed"] = seed  # random weights differ per seed: part of the cache key
-    console = stderr_console()
-    res = run_retrieval(backbone, arch, checkpoint, train, test, settings, ks,
-                        out_dir=Path(out or f"runs/retrieve/{arch}"), device=tdev,
-                        batch_size=batch_size, cache_dir=cache_dir, console=console)
+    name = name or (f"ret_{parent.name}" if parent else f"ret_scratch_{arch}")
+    out = Path(out or Path("runs/retrieve") / name)
+    lock = rec.open_run_dir(out, "retrieval.h5", resume, overwrite)
+    try:
+        tpath, thash = rec.data_identity(train, load_manifest(train))
+        record = rec.RunRecord(
+            kind="retrieval", name=name, arch=arch, task=parent.task if parent else None,
+            clip=clip, data=tpath, data_hash=thash, device=device,
+            decoder=rec.decoder_name(device), seed=seed, versions=rec.versions(),
+            parent=str(Path(checkpoint).resolve()) if checkpoint else None,
+            parent_hash=rec.file_hash(checkpoint) if checkpoint else None,
+            settings={**settings, "topk": list(ks), "test": str(Path(test).resolve()),
+                      "test_hash": rec.manifest_hash(load_manifest(test))}, status="complete")
+        res = run_retrieval(backbone, arch, checkpoint, train, test, settings, ks, out_dir=out,
+                            device=tdev, batch_size=batch_size, cache_dir=cache_dir,
+                            console=console, record=record, progress=not no_progress)
+        rec.write_run_record(out, record)
+    finally:
+        lock.release()
     r = res["result"]
-    table = Table(title=f"retrieval {arch}: {res['num_test']} queries -> "
+    table = Table(title=f"retrieval {name} ({arch}): {res['num_test']} queries -> "
                         f"{res['num_train']} train videos, {clips} clips/video")
     table.add_column("k", justify="right")
     table.add_column("top-k acc", justify="right")
     for k in r.ks:
         note = f" (capped at {r.effective[k]})" if r.effective[k] != k else ""
         table.add_row(f"{k}{note}", f"{r.topk[k]:.4f}")
-    Console().print(table)
+    stdout_console().print(table)
     cached = [n for n, c in res["cached"].items() if c]
     if cached:
         console.print(f"features reused from cache: {', '.join(cached)}")

@@ -173,7 +173,10 @@ def test_cli_retrieve_end_to_end_then_cached(tmp_path, tiny_synth, monkeypatch):
 
     monkeypatch.setattr(retrieval, "compute_features",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
-    res2 = CliRunner().invoke(cli, args)
+    res2 = CliRunner().invoke(cli, args)  # the same --out again: refused, nothing replaced
+    assert res2.exit_code == 1 and "already holds retrieval.h5" in str(res2.exception)
+    res2 = CliRunner().invoke(cli, args + ["--overwrite"])  # features come from the cache
     assert res2.exit_code == 0, res2.output + repr(res2.exception)
+    assert (tmp_path / "out" / "retrieval.png").stat().st_size > 5000
     assert [float(r["accuracy"]) for r in
             csv.DictReader(open(tmp_path / "out" / "retrieval.csv"))] == accs

@@ -350,6 +350,9 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
         scheduler = make_scheduler(optimizer, "constant", total)
         step = restore(old, task, optimizer, scheduler, loader) if old is not None else 0
         rec.write_run_record(out, record)
+        from dalivssl.config import save_yaml
+
+        save_yaml(cfg, out / "config.yaml")  # replay: dalivssl distill --config …
 
         def fields():
             return checkpoint_fields(student, record, classes, cfg)

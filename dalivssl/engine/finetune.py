@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalivssl.config import FinetuneConfig
+from dalivssl.config import FinetuneConfig, save_yaml
 from dalivssl.errors import DalivsslError
 
 RESULTS_NAME = "finetune.h5"
@@ -286,6 +286,7 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
         scheduler = make_scheduler(optimizer, "cosine", total)
         step = restore(old, task, optimizer, scheduler, loader) if old is not None else 0
         rec.write_run_record(out_dir, record)
+        save_yaml(cfg, out_dir / "config.yaml")  # replay: dalivssl finetune --config …
 
         def fields():
             return checkpoint_fields(model, record, data.classes, cfg, backbone_kwargs)

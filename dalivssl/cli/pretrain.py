@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
+TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet, videomae"
 
 
 @click.command("pretrain")

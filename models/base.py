@@ -35,6 +35,8 @@ class Backbone(nn.Module):
     default_dropout: float = 0.0
     #: a small T×H×W that runs (tests use it); some nets need more (ShuffleNet: T ≥ 15, H ≥ 33).
     min_input: tuple[int, int, int] = (8, 16, 16)
+    #: T, H, W must be multiples of these (a ViT's tubelet; convolutions take any size).
+    input_multiple: tuple[int, int, int] = (1, 1, 1)
     #: True when ``forward_tokens`` can encode a subset of the tokens (ViTs; CNNs cannot).
     can_drop_tokens: bool = False
 
@@ -61,7 +63,8 @@ class Backbone(nn.Module):
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_features(self, x: torch.Tensor, idx_keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor,
+                         idx_keep: torch.Tensor | None = None) -> torch.Tensor:
         """B×C×T×H×W → B×D (global average pool of ``forward_map``); ``idx_keep`` needs a
         backbone that can drop tokens."""
         if idx_keep is not None:

@@ -47,7 +47,7 @@ class VisionTransformer3D(Backbone):
     """ViT over 2×16×16 tubelets (contract C5 plus the masked forward ``forward_tokens``)."""
 
     can_drop_tokens = True
-    min_input = (TUBELET, PATCH, PATCH)
+    min_input = input_multiple = (TUBELET, PATCH, PATCH)
 
     def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, mlp_ratio: float = 4.0,
                  tubelet: int = TUBELET, patch: int = PATCH, attention_dropout: float = 0.0,
@@ -56,7 +56,7 @@ class VisionTransformer3D(Backbone):
 
         super().__init__()
         self.tubelet, self.patch = int(tubelet), int(patch)
-        self.min_input = (self.tubelet, self.patch, self.patch)
+        self.min_input = self.input_multiple = (self.tubelet, self.patch, self.patch)
         self.patch_embed = nn.Conv3d(3, dim, (self.tubelet, self.patch, self.patch),
                                      stride=(self.tubelet, self.patch, self.patch))
         self.blocks = nn.Sequential(*[EncoderBlock(heads, dim, int(dim * mlp_ratio), 0.0,
@@ -82,9 +82,8 @@ class VisionTransformer3D(Backbone):
             raise ValueError(f"ViT: expected B×C×T×H×W, got shape {tuple(x.shape)}")
         t, h, w = x.shape[2:]
         if t % self.tubelet or h % self.patch or w % self.patch:
-            raise ValueError(f"ViT: clip {t}×{h}×{w} (T×H×W) is not a multiple of the "
-                             f"{self.tubelet}×{self.patch}×{self.patch} tubelet; use clip_len a "
-                             f"multiple of {self.tubelet} and size a multiple of {self.patch}")
+            raise ValueError(f"ViT: a {t}×{h}×{w} clip is not a multiple of its "
+                             f"{self.tubelet}×{self.patch}×{self.patch} tubelets")
         return t // self.tubelet, h // self.patch, w // self.patch
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

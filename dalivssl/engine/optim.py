@@ -109,9 +109,10 @@ def param_groups(model: nn.Module, spec: OptimSpec) -> list[dict]:
             if name.startswith(prefix):
                 mult = float(m)
         buckets.setdefault((mult, name not in skip), []).append(p)
-    return [{"params": ps, "lr": spec.lr * mult,
+    order = sorted(buckets, key=lambda k: (k[0], not k[1]))  # by multiplier, decayed first
+    return [{"params": buckets[(mult, decay)], "lr": spec.lr * mult,
              "weight_decay": spec.weight_decay if decay else 0.0, "lr_mult": mult, "decay": decay}
-            for (mult, decay), ps in sorted(buckets.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
+            for mult, decay in order]
 
 
 def make_optimizer(groups, spec: OptimSpec) -> torch.optim.Optimizer:

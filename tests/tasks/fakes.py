@@ -39,10 +39,10 @@ class TinyBackbone(nn.Module):
 
 
 def tiny_vit():
-    """A 2-block ViT of width 64 over 2×16×16 tubelets (the C5 interface plus forward_tokens)."""
+    """A 2-block ViT of width 128 over 2×16×16 tubelets (the C5 interface plus forward_tokens)."""
     from models.vit3d import VisionTransformer3D
 
-    return VisionTransformer3D(dim=64, depth=2, heads=4)
+    return VisionTransformer3D(dim=128, depth=2, heads=4)
 
 
 def tiny_backbone(task: str):

@@ -18,6 +18,7 @@ from .shufflenet3d import ShuffleNet3D
 from .squeezenet3d import SqueezeNet3D
 from .torchvision_resnets import mc3_18, r2plus1d_18, r3d_18
 from .videoswin import swin3d_t
+from .vit3d import vit_b, vit_s
 
 BACKBONES = {
     "shufflenet": ShuffleNet3D,   # 3D-ShuffleNetV1 2.0x g3, 1920-d
@@ -30,6 +31,8 @@ BACKBONES = {
     "r3d_18": r3d_18,             # torchvision, 512-d
     "mc3_18": mc3_18,             # torchvision, 512-d
     "r2plus1d_18": r2plus1d_18,   # torchvision, 512-d
+    "vit_s": vit_s,               # ViT-S, 2×16×16 tubelets (VideoMAE), 384-d, drops tokens
+    "vit_b": vit_b,               # ViT-B, 2×16×16 tubelets (VideoMAE), 768-d, drops tokens
 }
 
 

@@ -6,6 +6,12 @@ Every backbone maps a clip batch ``x: B×C×T×H×W`` (float) to:
 - ``forward_features(x) -> B×D``: that map averaged over (t, h, w);
 - ``forward(x)``: ``B×num_classes`` logits when a classifier is attached, else the features.
 
+Masked forward (token backbones only, ``can_drop_tokens`` True; the shape of lightly's
+``MaskedVisionTransformer.encode(images, idx_keep)``): ``forward_tokens(x, idx_keep=None) ->
+B×N_keep×D`` encodes only the tokens ``idx_keep`` (int64 B×N_keep, indices into the backbone's
+flattened token grid), and ``forward_features(x, idx_keep)`` is their mean. MAE-style tasks call
+these instead of reaching into ``patch_embed`` / position embeddings.
+
 The classifier is ``head_drop`` (Dropout, probability as in the original head) followed by
 ``classifier`` (``nn.Linear(D, num_classes)``), so ``backbone.classifier.state_dict()`` has the
 layout of the finetune head of contract C7.
@@ -29,6 +35,10 @@ class Backbone(nn.Module):
     default_dropout: float = 0.0
     #: a small T×H×W that runs (tests use it); some nets need more (ShuffleNet: T ≥ 15, H ≥ 33).
     min_input: tuple[int, int, int] = (8, 16, 16)
+    #: T, H, W must be multiples of these (a ViT's tubelet; convolutions take any size).
+    input_multiple: tuple[int, int, int] = (1, 1, 1)
+    #: True when ``forward_tokens`` can encode a subset of the tokens (ViTs; CNNs cannot).
+    can_drop_tokens: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,9 +63,18 @@ class Backbone(nn.Module):
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """B×C×T×H×W → B×D (global average pool of ``forward_map``)."""
+    def forward_features(self, x: torch.Tensor,
+                         idx_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """B×C×T×H×W → B×D (global average pool of ``forward_map``); ``idx_keep`` needs a
+        backbone that can drop tokens."""
+        if idx_keep is not None:
+            return self.forward_tokens(x, idx_keep).mean(dim=1)
         return self.forward_map(x).mean(dim=(2, 3, 4))
+
+    def forward_tokens(self, x: torch.Tensor, idx_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """B×C×T×H×W → B×N_keep×D encoded tokens (``can_drop_tokens`` backbones only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot drop tokens (a convolutional "
+                                  "backbone); use a ViT (vit_s, vit_b)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.forward_features(x)

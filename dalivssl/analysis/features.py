@@ -142,6 +142,11 @@ def check_input_size(backbone, clip_len: int, size: int, arch: str = "") -> None
     if clip_len < t or size < max(h, w):
         raise DalivsslError(f"{arch or type(backbone).__name__} needs clips of at least {t} "
                             f"frames and {max(h, w)} px; got --clip-len {clip_len} --size {size}")
+    mt, mh, mw = getattr(backbone, "input_multiple", (1, 1, 1))
+    if clip_len % mt or size % mh or size % mw:
+        raise DalivsslError(f"{arch or type(backbone).__name__} needs a clip length that is a "
+                            f"multiple of {mt} and a size that is a multiple of {max(mh, mw)}; "
+                            f"got --clip-len {clip_len} --size {size}")
 
 
 def eval_loader(manifest, num_clips: int, batch_size: int, clip_len: int, size: int,

@@ -6,7 +6,7 @@ import click
 
 @click.command("pretrain")
 @click.option("--task", default=None, help="Pretext task, a key of dalivssl.tasks.TASKS "
-              "(rotnet, vcop, prp, cvrl, tdl, rspnet, …; default vcop).")
+              "(rotnet, vcop, prp, cvrl, tdl, rspnet, videomae, …; default vcop).")
 @click.option("--arch", default=None, help="Backbone, e.g. shufflenet, r21d, r3d, c3d "
               "(default shufflenet).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,

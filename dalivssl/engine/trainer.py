@@ -83,6 +83,8 @@ def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_step
         "min_lr_ratio": (cfg.min_lr_ratio if cfg.min_lr_ratio is not None
                          else float(s.get("min_lr_ratio", 0.0))),
         "grad_clip": cfg.grad_clip if cfg.grad_clip is not None else spec.get("grad_clip"),
+        "betas": tuple(o.get("betas", (0.9, 0.999))),
+        "no_decay_norm_bias": bool(o.get("no_decay_norm_bias", False)),
     }
     if out["optimizer"] not in OPTIMIZERS:
         raise DalivsslError(f"unknown optimizer {out['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -92,28 +94,25 @@ def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_step
 
 
 def build_optimizer(model: TaskModel, opt: dict, lr_mult: dict | None = None):
-    """SGD/AdamW over trainable params; head params under a prefix in ``lr_mult`` get lr × mult."""
-    groups: dict[float, list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue  # EMA key encoders
-        mult = 1.0
-        for prefix, m in (lr_mult or {}).items():
-            if name.startswith(f"head.{prefix}"):
-                mult = float(m)
-        groups.setdefault(mult, []).append(p)
-    params = [{"params": ps, "lr": opt["lr"] * m} for m, ps in sorted(groups.items())]
-    return make_optimizer(params, opt["optimizer"], opt["lr"], opt["momentum"],
-                          opt["weight_decay"])
+    """SGD/AdamW over trainable params (engine.optim): head params under a prefix in ``lr_mult``
+    get lr × mult; ``opt['no_decay_norm_bias']`` exempts norm/bias params from weight decay."""
+    from dalivssl.engine.optim import OptimSpec, make_optimizer as build, param_groups
+
+    spec = OptimSpec(opt["optimizer"], opt["lr"], opt["momentum"], opt.get("betas", (0.9, 0.999)),
+                     opt["weight_decay"], bool(opt.get("no_decay_norm_bias", False)),
+                     lr_mult={f"head.{k}": v for k, v in (lr_mult or {}).items()})
+    return build(param_groups(model, spec), spec)
 
 
-def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float):
-    """``name`` in OPTIMIZERS over ``params`` (tensors or param groups); SGD uses ``momentum``."""
+def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float,
+                   betas=(0.9, 0.999)):
+    """``name`` in OPTIMIZERS over ``params`` (tensors or param groups); SGD uses ``momentum``,
+    AdamW ``betas``."""
+    from dalivssl.engine.optim import OptimSpec, make_optimizer as build
+
     if name not in OPTIMIZERS:
         raise DalivsslError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return build(params, OptimSpec(name, lr, momentum, betas, weight_decay))
 
 
 def build_scheduler(optimizer, opt: dict, total_steps: int):
@@ -157,7 +156,7 @@ def _check_input_size(backbone, cfg) -> None:
     try:
         with torch.no_grad():
             backbone.forward_map(torch.zeros(1, 3, cfg.clip_len, cfg.size, cfg.size))
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise DalivsslError(f"arch {cfg.arch!r} cannot take {cfg.clip_len}-frame clips at "
                             f"{cfg.size} px (too small for its strides: "
                             f"{str(exc).splitlines()[0][:100]}); raise --clip-len/--size") from None

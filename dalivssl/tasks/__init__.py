@@ -5,9 +5,10 @@
 - ``build_head(backbone, **opts) -> nn.Module`` (may hold a MoCo key encoder and queue);
 - ``step(backbone, head, batch) -> dict`` with at least ``'loss'``.
 """
-from dalivssl.tasks import cvrl, prp, rotnet, rspnet, tdl, vcop
+from dalivssl.tasks import cvrl, prp, rotnet, rspnet, tdl, vcop, videomae
 
-TASKS = {"rotnet": rotnet, "vcop": vcop, "prp": prp, "cvrl": cvrl, "tdl": tdl, "rspnet": rspnet}
+TASKS = {"rotnet": rotnet, "vcop": vcop, "prp": prp, "cvrl": cvrl, "tdl": tdl, "rspnet": rspnet,
+         "videomae": videomae}
 
 
 def get_task(name: str):

@@ -14,6 +14,7 @@ from pipelines.samplers.rotnet import RotNetSampler
 from pipelines.samplers.rspnet import RSPNetSampler
 from pipelines.samplers.tdl import TDLSampler
 from pipelines.samplers.vcop import VCOPSampler
+from pipelines.samplers.videomae import VideoMAESampler
 
 SAMPLERS: dict[str, type[Sampler]] = {
     "rotnet": RotNetSampler,
@@ -22,6 +23,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "cvrl": CVRLSampler,
     "tdl": TDLSampler,
     "rspnet": RSPNetSampler,
+    "videomae": VideoMAESampler,
     "eval": EvalSampler,
 }
 

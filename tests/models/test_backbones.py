@@ -23,6 +23,8 @@ SPEC = {
     "r3d_18": (33_166_272, 81.39, 512, (512, 2, 7, 7)),
     "mc3_18": (11_490_240, 86.69, 512, (512, 16, 7, 7)),
     "r2plus1d_18": (31_300_125, 81.04, 512, (512, 2, 7, 7)),
+    "vit_s": (21_884_544, 19.94, 384, (384, 8, 7, 7)),
+    "vit_b": (86_236_416, 73.18, 768, (768, 8, 7, 7)),
 }
 NAMES = list(SPEC)
 # spec §1.0 quotes the original heads' dropout; the VCOP and torchvision heads have none

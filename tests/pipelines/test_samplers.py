@@ -69,7 +69,10 @@ def is_centred(crop):
 # every sampler
 
 def test_registry_names_and_isolation():
-    assert set(SAMPLERS) == {"rotnet", "vcop", "prp", "cvrl", "tdl", "rspnet", "eval"}
+    from dalivssl.tasks import TASKS
+
+    # one sampler per pretext task, plus the evaluation sampler
+    assert set(SAMPLERS) == {t.SPEC["sampler"] for t in TASKS.values()} | {"eval"}
     with pytest.raises(KeyError, match="valid: cvrl, eval"):
         create_sampler("nope")
     code = ("import sys, pipelines.samplers; bad = [m for m in sys.modules if m.split('.')[0] in "

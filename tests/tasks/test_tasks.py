@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dalivssl.tasks import TASKS, get_task
 from dalivssl.errors import DalivsslError
-from tests.tasks.fakes import TinyBackbone, fake_batch
+from tests.tasks.fakes import TinyBackbone, fake_batch, tiny_backbone
 
 MOCO = ("tdl", "rspnet")  # fast-moving EMA (m 0.5) below: 15 steps are too few for 0.999
 HEAD_OPTS = {"vcop": {"num_clips": 3}, "prp": {"clip_len": 8, "size": 32, "width": 32},
@@ -22,7 +22,7 @@ HEAD_OPTS = {"vcop": {"num_clips": 3}, "prp": {"clip_len": 8, "size": 32, "width
 def test_registry_matches_samplers_and_contract():
     from pipelines.samplers import SAMPLERS
 
-    assert set(TASKS) == {"rotnet", "vcop", "prp", "cvrl", "tdl", "rspnet"}
+    assert set(TASKS) >= {"rotnet", "vcop", "prp", "cvrl", "tdl", "rspnet"}  # the benchmark's six
     for name, mod in TASKS.items():
         spec = mod.SPEC
         assert spec["sampler"] == name and spec["sampler"] in SAMPLERS
@@ -35,13 +35,13 @@ def test_registry_matches_samplers_and_contract():
 
 
 def test_unknown_task_lists_valid_names():
-    with pytest.raises(DalivsslError, match="valid: cvrl, prp, rotnet, rspnet, tdl, vcop"):
+    with pytest.raises(DalivsslError, match="valid: " + ", ".join(sorted(TASKS))):
         get_task("jigsaw")
 
 
 def _build(name, seed=0):
     torch.manual_seed(seed)
-    bb = TinyBackbone()
+    bb = tiny_backbone(name)
     return bb, TASKS[name].build_head(bb, **HEAD_OPTS.get(name, {}))
 
 
@@ -213,6 +213,8 @@ REAL = [("shufflenet", 16, 40), ("r21d", 8, 32)]  # shufflenet needs >= 16x40x40
 def test_loss_falls_real_backbone(name, arch, t, s):
     from models import create_backbone
 
+    if TASKS[name].SPEC.get("masked_forward"):
+        pytest.skip(f"{name} needs a backbone that drops tokens (tests/tasks/test_videomae.py)")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     bb = create_backbone(arch)

@@ -122,14 +122,16 @@ def build_scheduler(optimizer, opt: dict, total_steps: int):
 
 # ---------------------------------------------------------------------------------- building
 def _manifest(cfg: PretrainConfig):
-
+    """The training manifest (its ``source`` attribute: the file it came from, the embedded
+    dataset's included, for the run record), nested-subset when ``cfg.subset``."""
     from dalivssl.data.synth import resolve_manifest
 
-    _, manifest = resolve_manifest(cfg.data or None, "train")
+    path, manifest = resolve_manifest(cfg.data or None, "train")
     if cfg.subset:
         from dalivssl.data.subsets import nested_subsets
 
         manifest = nested_subsets(manifest, [cfg.subset], seed=cfg.seed)[cfg.subset]
+    manifest.source = str(path)
     return manifest
 
 
@@ -287,7 +289,8 @@ def run_record(resolved: PretrainConfig, loader, status: str = "running"):
     """The run record of a pretraining (clip settings are what the loader feeds the model)."""
     from dalivssl import record as rec
 
-    data, data_hash = rec.data_identity(resolved.data, loader.manifest)
+    data, data_hash = rec.data_identity(getattr(loader.manifest, "source", resolved.data),
+                                        loader.manifest)
     return rec.RunRecord(
         kind="pretrain", name=resolved.name, arch=resolved.arch, task=resolved.task,
         clip=rec.ClipSettings(resolved.clip_len, resolved.size, loader.normalize),

@@ -188,15 +188,16 @@ def resolve_data(data: str | None, test_data: str | None) -> FinetuneData:
     return FinetuneData(train_m, test_m, list(train_m.classes), str(data), str(test_data))
 
 
-def train_loader(manifest, cfg: FinetuneConfig, where: str = ""):
-    """One random clip per video with random crop + flip (eval sampler, ``random=True``)."""
+def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
+    """One random clip per video with random crop + flip (eval sampler, ``random=True``); under
+    DDP each rank takes its ``shard`` (rank, world) of every epoch's order."""
     from dalivssl.analysis.features import make_loader
 
     drop_last = len(manifest) >= 2 * cfg.batch_size
     return make_loader("eval", manifest, where, batch_size=cfg.batch_size, device=cfg.device,
                        clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed, augment=True,
                        drop_last=drop_last, num_threads=cfg.threads, random=True,
-                       num_clips=1, normalize=cfg.normalize, flip=cfg.flip)
+                       num_clips=1, normalize=cfg.normalize, flip=cfg.flip, shard=shard)
 
 
 class BatchList:
@@ -244,82 +245,105 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
                  resume: bool = False, overwrite: bool = False, train_batches=None,
                  test_batches=None, backbone_kwargs: dict | None = None) -> dict:
     """Train (engine.fit), evaluate, write ``checkpoint.pt`` (finetune kind), ``record.json``,
-    ``finetune.h5``, ``finetune_log.csv`` and ``finetune.png``. ``train_batches`` /
-    ``test_batches`` replace the DALI loaders (tests).
+    ``config.yaml``, ``finetune.h5``, ``finetune_log.csv`` and ``finetune.png``. Under torchrun
+    the training set is sharded over the ranks and the model wrapped in DDP (rank 0 writes).
+    ``train_batches`` / ``test_batches`` replace the DALI loaders (tests).
     Returns {'clip_acc', 'video_acc', 'epochs', 'step', 'checkpoint', 'results', 'history'}."""
     from dalivssl import record as rec
     from dalivssl.engine import checkpoint as ck
-    from dalivssl.engine.fit import FitConfig, fit, make_scheduler, restore, seed_all
+    from dalivssl.engine import distributed
 
     cfg.check()
     if cfg.flip is None:  # stored resolved: the run's config says what the loader did
         cfg = replace(cfg, flip=data.train.flip_safe)
     if cfg.name is None:
-        cfg = replace(cfg, name=f"{'probe' if cfg.linear_probe else 'ft'}_"
-                                f"{Path(cfg.pretrained).parent.name if cfg.pretrained else 'scratch_' + cfg.arch}")
+        origin = Path(cfg.pretrained).parent.name if cfg.pretrained else f"scratch_{cfg.arch}"
+        cfg = replace(cfg, name=f"{'probe' if cfg.linear_probe else 'ft'}_{origin}")
     out_dir = Path(out_dir)
-    lock = rec.open_run_dir(out_dir, ck.CKPT_NAME, resume, overwrite)
+    dist = distributed.setup("gpu" if str(cfg.device).startswith("cuda") else "cpu")
+    lock = rec.open_run_dir(out_dir, ck.CKPT_NAME, resume, overwrite) if dist.is_main else None
     try:
-        torch.set_num_threads(max(1, cfg.threads))
-        record = finetune_record(cfg, data)
-        ckpt_path = out_dir / ck.CKPT_NAME
-        old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-        if old is not None:
-            if old.get("kind") != "finetune":
-                raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
-                                    "resumed by finetune")
-            rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
-        seed_all(cfg.seed)
-        model = Classifier(backbone, len(data.classes), frozen=cfg.linear_probe,
-                           l2_norm=cfg.l2_norm, dropout=cfg.dropout).to(cfg.device)
-        task = ClassifierTask(model)
-        optimizer = build_optimizer(model, cfg)
-        if train_batches is None:
-            loader = train_loader(data.train, cfg, where=data.train_path)
-        else:  # anything with the loader's state interface, or a plain list of batches
-            loader = (train_batches if hasattr(train_batches, "state_dict")
-                      else BatchList(train_batches))
-        if len(loader) == 0:
-            raise DalivsslError(f"{data.train_path}: no training batches (videos too short or "
-                                f"batch size {cfg.batch_size} too large)")
-        total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
-        scheduler = make_scheduler(optimizer, "cosine", total)
-        step = restore(old, task, optimizer, scheduler, loader) if old is not None else 0
+        return _finetune(cfg, data, backbone, out_dir, resume, train_batches, test_batches,
+                         backbone_kwargs, dist)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.cleanup()
+
+
+def _finetune(cfg, data, backbone, out_dir, resume, train_batches, test_batches,
+              backbone_kwargs, dist) -> dict:
+    from dalivssl import record as rec
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.engine.fit import FitConfig, fit, make_scheduler, restore, seed_all
+
+    torch.set_num_threads(max(1, cfg.threads))
+    device = torch.device(dist.device if dist.enabled else cfg.device)
+    record = finetune_record(cfg, data)
+    ckpt_path = out_dir / ck.CKPT_NAME
+    old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if old is not None:
+        if old.get("kind") != "finetune":
+            raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
+                                "resumed by finetune")
+        rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
+    seed_all(cfg.seed)  # the same initial head on every rank
+    model = Classifier(backbone, len(data.classes), frozen=cfg.linear_probe,
+                       l2_norm=cfg.l2_norm, dropout=cfg.dropout).to(device)
+    task = ClassifierTask(model)
+    optimizer = build_optimizer(model, cfg)
+    if train_batches is None:
+        loader = train_loader(data.train, cfg, where=data.train_path,
+                              shard=(dist.rank, dist.world))
+    else:  # anything with the loader's state interface, or a plain list of batches
+        loader = (train_batches if hasattr(train_batches, "state_dict")
+                  else BatchList(train_batches))
+    if len(loader) == 0:
+        raise DalivsslError(f"{data.train_path}: no training batches (videos too short or "
+                            f"batch size {cfg.batch_size} too large)")
+    total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
+    scheduler = make_scheduler(optimizer, "cosine", total)
+    step = restore(old, task, optimizer, scheduler, loader, dist.rank) if old is not None else 0
+    if dist.is_main:
         rec.write_run_record(out_dir, record)
         save_yaml(cfg, out_dir / "config.yaml")  # replay: dalivssl finetune --config …
+    net = task
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-        def fields():
-            return checkpoint_fields(model, record, data.classes, cfg, backbone_kwargs)
+        net = DDP(task, device_ids=[dist.local_rank] if device.type == "cuda" else None)
 
-        kind = "linear probe" if cfg.linear_probe else "finetune"
-        fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME,
-                         ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                         progress=cfg.progress, tensorboard=True, items_per_step=cfg.batch_size)
-        res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields,
-                  device=torch.device(cfg.device), start_step=step)
-        if test_batches is None:
-            from dalivssl.analysis.features import eval_loader
+    def fields():
+        return checkpoint_fields(model, record, data.classes, cfg, backbone_kwargs)
 
-            test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
-                                       cfg.size, cfg.device, cfg.seed, cfg.normalize,
-                                       num_threads=cfg.threads, where=data.test_path)
-        from dalivssl.analysis.finetune import evaluate
+    kind = "linear probe" if cfg.linear_probe else "finetune"
+    fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME,
+                     ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, progress=cfg.progress,
+                     tensorboard=True, items_per_step=cfg.batch_size * dist.world)
+    res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields, net=net, dist=dist,
+              device=device, start_step=step)
+    if test_batches is None:
+        from dalivssl.analysis.features import eval_loader
 
-        result = evaluate(model, test_batches, len(data.classes), cfg.device)
-        skipped = dict(getattr(test_batches, "skipped", {}) or {})
-        epochs = math.ceil(res.step / len(loader))
-        ck.save_checkpoint(ckpt_path, **fields(), versions=ck.versions(), step=res.step,
-                           epoch=epochs, clip_acc=result.clip_acc, video_acc=result.video_acc)
-        history = _read_log(out_dir / LOG_NAME)
-        results_path = out_dir / RESULTS_NAME
-        from dalivssl.analysis.finetune import plot_finetune, write_results
+        test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
+                                   cfg.size, cfg.device, cfg.seed, cfg.normalize,
+                                   num_threads=cfg.threads, where=data.test_path)
+    from dalivssl.analysis.finetune import evaluate, plot_finetune, write_results
 
+    result = evaluate(model, test_batches, len(data.classes), device)
+    skipped = dict(getattr(test_batches, "skipped", {}) or {})
+    epochs = math.ceil(res.step / len(loader))
+    results_path = out_dir / RESULTS_NAME
+    history = _read_log(out_dir / LOG_NAME)
+    if dist.is_main:
+        final = ck.load_checkpoint(ckpt_path)  # fit's last save: keeps the resumable state
+        final.update(record=record.replace(status="complete").to_dict(),
+                     clip_acc=result.clip_acc, video_acc=result.video_acc)
+        ck.save_checkpoint(ckpt_path, **final)
         record = record.replace(status="complete")
         write_results(results_path, record, cfg, data, history, result, skipped)
         plot_finetune(out_dir / "finetune.png", record, history, result, data.classes)
         rec.write_run_record(out_dir, record)
-    finally:
-        lock.release()
     return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
             "step": res.step, "checkpoint": ckpt_path, "results": results_path,
             "history": history, "skipped": skipped, "name": cfg.name}

@@ -335,3 +335,29 @@ def test_record_of_legacy_checkpoints_follows_the_pretext_task():
     assert record_of({"task": "vcop", "config": {}}).clip.normalize == "unit"  # VCOP: [0,1]
     assert record_of({"task": "rotnet", "config": {}}).clip.normalize == "imagenet"
     assert record_of({"task": "nope", "config": {}}).clip.normalize == "imagenet"
+
+
+@pytest.mark.slow
+def test_finetune_under_torchrun_ddp_two_cpu_processes(tmp_path, tiny_synth):
+    """The one engine's DDP path for finetuning: 2 gloo processes, sharded loader, one writer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dalivssl.engine.checkpoint import load_checkpoint
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29533", "-m", "dalivssl", "finetune", "--random-init", "--arch",
+           "shufflenet", "--clip-len", "16", "--size", "48", "--batch-size", "2", "--threads",
+           "1", "--data", str(tiny_synth["train"]), "--test-data", str(tiny_synth["test"]),
+           "--max-steps", "2", "--eval-clips", "1", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]
+    assert isinstance(ck["rng"], list) and len(ck["rng"]) == 2
+    assert "optimizer" in ck and "video_acc" in ck  # resumable state kept with the scores

@@ -103,11 +103,12 @@ def pix_fmt_info(pix_fmt: str) -> tuple[str | None, int | None]:
     return None, None
 
 
-def limits(codec: str, device: str) -> Limits | None:
+def limits(codec: str, device: str, static: bool = False) -> Limits | None:
     """The table's entry, or None when ``device`` does not decode ``codec`` (probe entries on GPU
-    count only when :func:`gpu_probe` says they decode)."""
+    count only when :func:`gpu_probe` says they decode; ``static``: without asking the probe)."""
     lim = DECODERS[device].get(canonical(codec))
-    if lim is not None and lim.status == "probe" and not gpu_probe().get(canonical(codec)):
+    if (lim is not None and lim.status == "probe" and not static
+            and not gpu_probe().get(canonical(codec))):
         return None
     return lim
 
@@ -119,15 +120,16 @@ def fix(device: str, more: str = "") -> str:
 
 
 def problem(codec: str, width: int = 0, height: int = 0, pix_fmt: str = "",
-            device: str = "cpu") -> str | None:
+            device: str = "cpu", static: bool = False) -> str | None:
     """Why DALI cannot decode such a video on ``device`` (one line with the fix), or None.
 
-    Unknown values (width 0, pix_fmt '') are not held against the video.
+    Unknown values (width 0, pix_fmt '') are not held against the video. ``static``: 'probe'
+    entries count as decodable (the table alone, for comparing with a measurement).
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     c = canonical(codec)
-    lim = limits(c, device)
+    lim = limits(c, device, static)
     if lim is None:
         if device == "cpu" and c in DECODERS["gpu"]:
             return (f"codec {c} not decodable by DALI's CPU decoder (VP8/VP9/MJPEG only); "

@@ -118,12 +118,13 @@ def render(rep: dict) -> str:
         lines.append("not installed: " + ", ".join(missing))
     if rep["gpus"]:
         for g in rep["gpus"]:
-            lines.append(f"GPU {g['index']}: {g['name']}, {g['memory_gib']} GiB, sm {g['capability']}"
-                         f", driver {g['driver']}, MIG {g['mig']}")
+            lines.append(f"GPU {g['index']}: {g['name']}, {g['memory_gib']} GiB, "
+                         f"sm {g['capability']}, driver {g['driver']}, MIG {g['mig']}")
     else:
         lines.append("GPUs: none visible to torch")
     nv = rep["nvdec"]
-    lines.append(f"NVDEC: libnvcuvid {'found (' + nv['libnvcuvid'] + ')' if nv['libnvcuvid'] else 'not found'}")
+    lib = nv["libnvcuvid"]
+    lines.append(f"NVDEC: libnvcuvid {f'found ({lib})' if lib else 'not found'}")
     for codec, c in nv["caps"].items():
         lines.append(f"  {codec:6s} " + ("no answer" if not c else
                      f"supported {c['supported']}, {c['nvdecs']} NVDEC(s), min "

@@ -138,7 +138,8 @@ def problem(codec: str, width: int = 0, height: int = 0, pix_fmt: str = "",
             return (f"codec {c} not decodable by NVDEC on this GPU (no successful decode probe); "
                     f"{fix('gpu')}")
         if device == "gpu" and c in DECODERS["cpu"]:
-            return f"codec {c} not decodable by DALI's GPU decoder; {fix('gpu')} or use --device cpu"
+            return (f"codec {c} not decodable by DALI's GPU decoder; {fix('gpu')} or use "
+                    f"--device cpu")
         return f"codec {c or '?'} not decodable by DALI on {device}; {fix(device)}"
     w, h = int(width or 0), int(height or 0)
     mw, mh = lim.min_size
@@ -193,7 +194,8 @@ def table_rows() -> list[dict]:
             rows.append({"device": dev, "codec": codec,
                          "min_size": f"{lim.min_size[0]}x{lim.min_size[1]}",
                          "chroma": "any" if lim.chroma is None else "/".join(sorted(lim.chroma)),
-                         "bits": "any" if lim.bits is None else "/".join(map(str, sorted(lim.bits))),
+                         "bits": ("any" if lim.bits is None
+                                  else "/".join(map(str, sorted(lim.bits)))),
                          "status": lim.status})
     return rows
 

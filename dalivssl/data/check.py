@@ -87,11 +87,14 @@ def dali_decode_check(manifest: Manifest, records: list[VideoRecord], device: st
     return [(rec, why) for rec, why in zip(records, reasons) if why is not None]
 
 
+def _decode_cmd(device: str, device_id) -> list[str]:
+    return [sys.executable, "-m", "dalivssl.data.check", device, str(device_id)]
+
+
 def _decode_child(jobs, device: str, device_id, advance) -> tuple[list, str | None]:
     """Run one child on ``jobs``: (reasons of the files it reported on, None or why it died)."""
-    cmd = [sys.executable, "-m", "dalivssl.data.check", device, str(device_id)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_decode_cmd(device, device_id), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdin.write("".join(json.dumps(j) + "\n" for j in jobs))
     proc.stdin.close()
     got = []

@@ -114,6 +114,10 @@ def _reader(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
+def _child_cmd(backend: str, device_id: int) -> list[str]:
+    return [sys.executable, "-m", "dalivssl.data.decode_matrix", backend, str(device_id)]
+
+
 def decode_in_children(jobs: list[dict], backend: str, device_id: int = 0,
                        timeout: float = CELL_TIMEOUT_S, on_result=None) -> list[dict]:
     """Decode ``jobs`` ({path, n}) with ``backend`` in child processes; one result dict per job
@@ -121,9 +125,8 @@ def decode_in_children(jobs: list[dict], backend: str, device_id: int = 0,
     results: list[dict] = []
     while len(results) < len(jobs):
         rest = jobs[len(results):]
-        cmd = [sys.executable, "-m", "dalivssl.data.decode_matrix", backend, str(device_id)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(_child_cmd(backend, device_id), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         proc.stdin.write("".join(json.dumps(j) + "\n" for j in rest))
         proc.stdin.close()
         q: queue.Queue = queue.Queue()

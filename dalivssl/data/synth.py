@@ -273,7 +273,7 @@ def _make_one(job: tuple) -> dict:
     return {"path": rel, "num_frames": meta["num_frames"], "label": label, "class_name": cls,
             "split": split, "fps": meta["fps"], "width": meta["width"],
             "height": meta["height"], "codec": meta["codec"],
-            "video_id": Path(rel).stem, "extra": info}
+            "video_id": Path(rel).stem, "extra": {**info, "pix_fmt": meta["pix_fmt"]}}
 
 
 def plan_videos(videos: int, classes: int, test_fraction: float = 0.25) -> list[tuple[int, str]]:

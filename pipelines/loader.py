@@ -331,8 +331,10 @@ class PretextLoader:
         self._pipe = None  # a pipeline that raised is no longer valid
 
         def search(idx: list[int], known_bad: bool) -> bool:
-            """Find the bad items of ``idx``; True if there was one."""
-            if not known_bad:
+            """Find the bad items of ``idx``; True if there was one. A half known to hold one
+            (its sibling decoded) is split without decoding it whole; a single item is always
+            decoded, so an error that no file reproduces finds nothing and is raised."""
+            if not known_bad or len(idx) == 1:
                 self._ensure_pipe(self._cfg)
                 try:
                     self._decode([items[i] for i in idx])

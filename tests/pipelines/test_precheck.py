@@ -2,6 +2,8 @@
 hands small tensors over without blocking (G6)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,9 +87,10 @@ def test_cpu_precheck_skips_gpu_codecs_with_the_fix(make_video):
 
 @pytest.mark.parametrize("pos,runs,builds", [
     # bad file last in the batch: the first half decodes, so each later half is known bad and
-    # split without decoding it whole; only the batch itself failed
-    (7, [8, 4, 2, 1, 8], 2),
-    # bad file first: 8, 4, 2, 1 fail (one rebuild each), then 1, 2, 4 decode, then the batch
+    # split without decoding it whole; the single file is decoded to confirm it
+    (7, [8, 4, 2, 1, 1, 8], 3),
+    # bad file first: 8, 4, 2, 1 fail (one rebuild after each), then 1, 2, 4 decode, then the
+    # batch
     (0, [8, 4, 2, 1, 1, 2, 4, 8], 5),
 ])
 def test_a_bad_file_in_a_batch_is_found_by_bisection(tmp_path, make_video, monkeypatch, pos,
@@ -126,3 +129,25 @@ def test_small_batch_tensors_stay_on_the_clip_device(make_video):
     for t in (b.labels, b.targets, b.indices, b.frames):
         assert t.device == b.clips.device and t.dtype == torch.int64
     assert b.targets.tolist() == [2] and b.frames.tolist() == [[[0, 1, 2, 3]]]
+
+
+def test_an_error_no_single_file_reproduces_is_raised(make_video, monkeypatch):
+    """A batch that fails once for a reason no file explains (here: the first run of the
+    pipeline raises) marks no video bad: the error is raised, as before bisection."""
+    import pipelines.video as video
+
+    recs = [VideoRecord(str(make_video(8, size=(32, 32), seed=40 + i)), 8, codec="vp9")
+            for i in range(2)]
+    real_run, calls = video.run, []
+
+    def flaky(*a):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("transient")
+        return real_run(*a)
+
+    monkeypatch.setattr(video, "run", flaky)
+    loader = PretextLoader(Listed(), Manifest(Path("/"), recs, []), 2, raw=True, prefetch=0)
+    with pytest.raises(RuntimeError, match="transient"):
+        loader.batch_at(0, 0)
+    assert loader.skipped == {}

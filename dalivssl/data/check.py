@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -93,21 +92,18 @@ def _decode_cmd(device: str, device_id) -> list[str]:
 
 def _decode_child(jobs, device: str, device_id, advance) -> tuple[list, str | None]:
     """Run one child on ``jobs``: (reasons of the files it reported on, None or why it died)."""
-    proc = subprocess.Popen(_decode_cmd(device, device_id), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdin.write("".join(json.dumps(j) + "\n" for j in jobs))
-    proc.stdin.close()
-    got = []
-    for line in proc.stdout:
-        if line.startswith("{"):
-            got.append(json.loads(line)["why"])
-            advance()
-    err = proc.stderr.read()
-    rc = proc.wait()
+    from dalivssl.data.decode_matrix import run_child
+
+    got: list = []
+
+    def add(answer: dict) -> None:
+        got.append(answer["why"])
+        advance()
+
+    _, rc, _, tail = run_child(_decode_cmd(device, device_id), [json.dumps(j) for j in jobs], add)
     if (rc == 0 and got) or (got and got[-1] is not None):  # done, or stopped at a failure
         return got, None
-    tail = [ln.strip() for ln in err.splitlines() if ln.strip()]
-    return got, (f"exit code {rc}: {tail[-1][:160]}" if tail else f"exit code {rc}")
+    return got, (f"exit code {rc}: {tail[:160]}" if tail else f"exit code {rc}")
 
 
 def _decode_worker(device: str, device_id: int | None) -> int:

@@ -14,6 +14,7 @@ ABORT, HANG, SKIP (backend not available here), ENC (PyAV could not write the ca
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -114,6 +115,49 @@ def _reader(stream, q: queue.Queue) -> None:
     q.put(None)
 
 
+def run_child(cmd: list[str], jobs: list[str], on_answer, timeout: float | None = None
+              ) -> tuple[int, int, bool, str]:
+    """Start ``cmd``, feed it the JSON lines ``jobs`` (from a thread, so neither pipe can fill
+    up and block the other) and call ``on_answer(dict)`` for each JSON line it prints.
+    ``timeout``: seconds to wait for each answer, then the child is killed.
+    Returns (answers, exit code, hung, last stderr line)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def feed():
+        try:
+            for job in jobs:
+                proc.stdin.write(job + "\n")
+            proc.stdin.close()
+        except OSError:  # the child stopped reading (done early, or died)
+            pass
+
+    err: collections.deque = collections.deque(maxlen=20)
+    q: queue.Queue = queue.Queue()
+    threads = [threading.Thread(target=feed, daemon=True),
+               threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True),
+               threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)]
+    for t in threads:
+        t.start()
+    n, hung = 0, False
+    while n < len(jobs):
+        try:
+            line = q.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            hung = True
+            break
+        if line is None:
+            break
+        if line.startswith("{"):
+            on_answer(json.loads(line))
+            n += 1
+    rc = proc.wait()
+    threads[2].join(5)
+    tail = next((ln.strip() for ln in reversed(err) if ln.strip()), "")
+    return n, rc, hung, tail
+
+
 def _child_cmd(backend: str, device_id: int) -> list[str]:
     return [sys.executable, "-m", "dalivssl.data.decode_matrix", backend, str(device_id)]
 
@@ -123,46 +167,21 @@ def decode_in_children(jobs: list[dict], backend: str, device_id: int = 0,
     """Decode ``jobs`` ({path, n}) with ``backend`` in child processes; one result dict per job
     (status, detail, mean_abs, seconds), in order. A child that dies or hangs costs one job."""
     results: list[dict] = []
+
+    def add(res: dict) -> None:
+        results.append(res)
+        if on_result:
+            on_result(res)
+
     while len(results) < len(jobs):
         rest = jobs[len(results):]
-        proc = subprocess.Popen(_child_cmd(backend, device_id), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        proc.stdin.write("".join(json.dumps(j) + "\n" for j in rest))
-        proc.stdin.close()
-        q: queue.Queue = queue.Queue()
-        threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True).start()
-        errq: queue.Queue = queue.Queue()
-        threading.Thread(target=_reader, args=(proc.stderr, errq), daemon=True).start()
-        got, dead = 0, None
-        while got < len(rest):
-            try:
-                line = q.get(timeout=timeout)
-            except queue.Empty:
-                proc.kill()
-                dead = {"status": "HANG", "detail": f"no answer in {timeout:.0f} s"}
-                break
-            if line is None:
-                break
-            if line.startswith("{"):
-                res = json.loads(line)
-                results.append(res)
-                got += 1
-                if on_result:
-                    on_result(res)
-        rc = proc.wait()
-        if got < len(rest):
-            if dead is None:
-                err = []
-                while not errq.empty():
-                    item = errq.get()
-                    if item and item.strip():
-                        err.append(item.strip())
-                dead = {"status": "ABORT",
-                        "detail": f"exit code {rc}" + (f": {err[-1][:160]}" if err else "")}
-            dead.update(mean_abs=None, seconds=None)
-            results.append(dead)
-            if on_result:
-                on_result(dead)
+        n, rc, hung, tail = run_child(_child_cmd(backend, device_id),
+                                      [json.dumps(j) for j in rest], add, timeout)
+        if n < len(rest):
+            why = (f"no answer in {timeout:.0f} s" if hung else
+                   f"exit code {rc}" + (f": {tail[:160]}" if tail else ""))
+            add({"status": "HANG" if hung else "ABORT", "detail": why, "mean_abs": None,
+                 "seconds": None})
     return results
 
 

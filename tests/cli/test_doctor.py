@@ -102,3 +102,16 @@ def test_check_decode_child_that_aborts_names_the_file(tmp_path, make_video, mon
                             VideoRecord(v.name, 6)], [])
     assert check.dali_decode_check(m, m.records) == [
         (m.records[1], "truncated or corrupt (DALI aborted the decoder process: exit code -6)")]
+
+
+def test_check_decode_child_with_thousands_of_files_does_not_block(tmp_path, monkeypatch):
+    """Jobs are fed from a thread: with more input and output than a pipe holds (~64 KB each),
+    writing every job first would block parent and child on each other."""
+    from dalivssl.data import check
+    from dalivssl.data.manifest import Manifest, VideoRecord
+
+    script = "import sys\nfor _ in sys.stdin:\n    print('{\"why\": null}', flush=True)"
+    monkeypatch.setattr(check, "_decode_cmd", lambda d, i: [sys.executable, "-c", script])
+    recs = [VideoRecord("v" * 100 + f"{i}.webm", 6) for i in range(6000)]
+    m = Manifest(tmp_path, recs, [])
+    assert check.dali_decode_check(m, m.records) == []

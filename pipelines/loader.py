@@ -8,9 +8,11 @@ Order and reproducibility (DESIGN.md §3):
   * the sample at global position g of epoch e is planned with ``sample_rng(seed, e, g)``, so any
     batch can be regenerated: same seed -> identical batches, and resuming from
     ``state_dict()`` yields exactly the remaining batches of the uninterrupted run;
-  * a video that cannot be used (too short for the task, missing/empty/unreadable file, a codec
-    the CPU decoder lacks, a DALI decode error) is skipped, counted in ``loader.skipped`` and
-    replaced by the next usable video of the shard's order, so batch sizes stay fixed.
+  * a video that cannot be used (too short for the task, missing/empty/unreadable file, a codec,
+    size or pixel format the device's decoder lacks, a DALI decode error) is skipped, counted in
+    ``loader.skipped`` and replaced by the next usable video of the shard's order, so batch sizes
+    stay fixed. What each decoder takes is checked before DALI sees the file
+    (``dalivssl.data.capabilities``): NVDEC can abort the process on a file it cannot decode.
 """
 from __future__ import annotations
 
@@ -25,8 +27,6 @@ from pipelines.types import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipPlan, sample
 log = logging.getLogger(__name__)
 
 NORMALIZE_MODES = ("imagenet", "unit")
-# codecs fn.decoders.video can only decode with the mixed (GPU) backend (spec/dali.md §1)
-GPU_ONLY_CODECS = {"h264", "avc", "avc1", "hevc", "h265", "mpeg4", "av1", "msmpeg4v3", "xvid"}
 _PERM_TAG = 0x5EED  # spawn key of the epoch permutation stream (distinct from sample streams)
 
 
@@ -89,13 +89,14 @@ class PretextLoader:
     raw: yield uint8 clips (B, K, T, H, W, C) before normalisation instead of float
     (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
     before normalisation (``pipelines.noise.dali_noise``). prefetch: batches prepared ahead by
-    a worker thread (0 = synchronous).
+    a worker thread (0 = synchronous). num_threads: DALI's threads (None = 8 on GPU, one NVDEC
+    session each; 2 on CPU: ``dalivssl.devices.dali_threads``).
     """
 
     def __init__(self, task, manifest, batch_size: int, device: str = "cpu", clip_len: int = 16,
                  size: int = 112, seed: int = 0, augment: bool = True,
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
-                 num_threads: int = 2, drop_last: bool = True, raw: bool = False,
+                 num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
                  noise: tuple | None = None, prefetch: int = 1, **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
@@ -115,7 +116,9 @@ class PretextLoader:
         self.seed = int(seed)
         self.return_indices = bool(return_indices)
         self.rank, self.world = rank, world
-        self.num_threads = int(num_threads)
+        from dalivssl.devices import dali_threads  # a leaf module, like dalivssl.errors
+
+        self.num_threads = dali_threads(device, num_threads)
         self.drop_last = bool(drop_last)
         self.raw = bool(raw)
         self.noise = tuple(noise) if noise is not None else None
@@ -127,6 +130,7 @@ class PretextLoader:
         self.epoch = 0
         self.position = 0  # batches of the current epoch already yielded
         self._bad: dict[int, str] = {}  # manifest index -> reason
+        self._checked: set[int] = set()  # indices that passed _precheck
         self._logged: set[str] = set()
         self._pipe = None
         self._cfg = None
@@ -235,16 +239,23 @@ class PretextLoader:
                           f"{self.skipped}")
 
     def _precheck(self, idx: int, rec) -> tuple[str, str] | None:
-        codec = str(getattr(rec, "codec", "") or "").lower()
-        if self.device == "cpu" and codec in GPU_ONLY_CODECS:
-            return (f"codec {codec} needs the GPU decoder (transcode to VP9 with "
-                    f"`dalivssl data prepare`)", "")
+        """(reason, detail) when the file is unusable on this device, before DALI sees it: the
+        capability table's codec, size and pixel-format limits (the header is read when a GPU
+        run's record lacks them), then emptiness. Files that pass are not checked again."""
+        if idx in self._checked:
+            return None
+        from dalivssl.data.capabilities import record_problem
+
         path = self.manifest.abspath(rec)
+        why = record_problem(rec, path, self.device)
+        if why:
+            return (why, "")
         try:
             if os.path.getsize(path) == 0:
                 return ("empty file", "")
         except OSError as exc:
             return ("unreadable file", exc.strerror or str(exc))
+        self._checked.add(idx)
         return None
 
     # ------------------------------------------------------------------ DALI
@@ -313,17 +324,32 @@ class PretextLoader:
                     items[i] = self._plan_one(order, positions[i], epoch)
 
     def _find_bad(self, items) -> list[int]:
-        """Indices of the items DALI cannot decode, found by decoding them one at a time."""
-        bad = []
+        """Indices of the items DALI cannot decode, found by bisecting the failed batch (G4): a
+        half that decodes is cleared at once and only a failure rebuilds the pipeline, so one bad
+        file in a batch of B costs about log2(B) rebuilds instead of B."""
+        bad: list[int] = []
         self._pipe = None  # a pipeline that raised is no longer valid
-        for i, item in enumerate(items):
-            self._ensure_pipe(self._cfg)
-            try:
-                self._decode([item])
-            except RuntimeError:
-                bad.append(i)
-                self._pipe = None
-        return bad
+
+        def search(idx: list[int], known_bad: bool) -> bool:
+            """Find the bad items of ``idx``; True if there was one. A half known to hold one
+            (its sibling decoded) is split without decoding it whole; a single item is always
+            decoded, so an error that no file reproduces finds nothing and is raised."""
+            if not known_bad or len(idx) == 1:
+                self._ensure_pipe(self._cfg)
+                try:
+                    self._decode([items[i] for i in idx])
+                    return False
+                except RuntimeError:
+                    self._pipe = None
+            if len(idx) == 1:
+                bad.append(idx[0])
+                return True
+            half = len(idx) // 2
+            found = search(idx[:half], False)
+            return search(idx[half:], not found) or found
+
+        search(list(range(len(items))), True)
+        return sorted(bad)
 
     # ------------------------------------------------------------------ iteration
     def batch_plans(self, epoch: int, b: int) -> list[tuple[int, ClipPlan]]:
@@ -338,8 +364,6 @@ class PretextLoader:
 
     def batch_at(self, epoch: int, b: int) -> Batch:
         """Batch ``b`` of ``epoch`` (pure function of seed/epoch/b, given the known-bad videos)."""
-        import torch
-
         order = self.shard_order(epoch)
         positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
@@ -356,20 +380,20 @@ class PretextLoader:
         else:
             x = outs[0]
             extra_clips = {name: t for (name, _), t in zip(cfg.extra, outs[1:])}
-        dev = x.device
         plans = [p for _, p, _ in items]
         idx = [i for i, _, _ in items]
+        small = _small_tensors(x.device)
         batch = Batch(
             clips=x,
-            labels=torch.as_tensor(np.array([int(p.label) for p in plans], np.int64), device=dev),
-            targets=torch.as_tensor(np.array([int(getattr(self.records[i], "label", -1))
-                                              for i in idx], np.int64), device=dev),
-            indices=torch.as_tensor(np.array(idx, np.int64), device=dev),
-            frames=(torch.as_tensor(np.stack([np.asarray(p.frames, np.int64) for p in plans]),
-                                    device=dev) if self.return_indices else None),
+            labels=small(np.array([int(p.label) for p in plans], np.int64)),
+            targets=small(np.array([int(getattr(self.records[i], "label", -1)) for i in idx],
+                                   np.int64)),
+            indices=small(np.array(idx, np.int64)),
+            frames=(small(np.stack([np.asarray(p.frames, np.int64) for p in plans]))
+                    if self.return_indices else None),
             extra_clips=extra_clips,
-            extras={k: torch.as_tensor(np.stack([np.asarray(p.extras[k]) for p in plans]),
-                                       device=dev) for k in plans[0].extras},
+            extras={k: small(np.stack([np.asarray(p.extras[k]) for p in plans]))
+                    for k in plans[0].extras},
         )
         return batch
 
@@ -430,6 +454,21 @@ class PretextLoader:
         finally:
             stop.set()
             worker.join()
+
+
+def _small_tensors(device):
+    """numpy -> torch on ``device`` for the small per-batch arrays (labels, indices, extras).
+
+    On CUDA (G6) the array goes into pinned host memory and is copied with non_blocking=True: the
+    copy is queued on the stream and the prefetch thread does not wait for the training step
+    queued before it, as a pageable copy would (torch's pinned allocator keeps the buffer alive
+    until the copy is done)."""
+    import torch
+
+    if device.type != "cuda":
+        return torch.as_tensor
+    return lambda a: torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device,
+                                                                                 non_blocking=True)
 
 
 def _first_line(exc: BaseException) -> str:

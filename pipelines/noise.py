@@ -162,12 +162,13 @@ class NoiseRunner:
     cells: (noise, severity) pairs, evaluated from the same input batch (decode once, corrupt many
     ways). Each cell's op is seeded with :func:`cell_seed` (seed, noise, severity). Samples are
     FHWC (F frames, e.g. K·T clip frames of one video); batches may be smaller than
-    ``max_batch_size``. device: 'cpu' (``device_id=None``) or 'gpu' (noise on the GPU).
+    ``max_batch_size``. device: 'cpu' (``device_id=None``) or 'gpu' (noise on the GPU;
+    device_id None = torch's current CUDA device, the rank's GPU under DDP).
     """
 
     def __init__(self, cells: Sequence[Cell], max_batch_size: int, constants: str = "imagenet-c",
                  rounding: str = DEFAULT_ROUNDING, seed: int = 0, device: str = "cpu",
-                 num_threads: int = 2, device_id: int = 0):
+                 num_threads: int = 2, device_id: int | None = None):
         from nvidia.dali import fn, pipeline_def, types
 
         if device not in ("cpu", "gpu"):
@@ -180,6 +181,10 @@ class NoiseRunner:
         self.cells = cells
         self.device = device
         self.max_batch_size = int(max_batch_size)
+        if device == "gpu" and device_id is None:
+            import torch
+
+            device_id = torch.cuda.current_device()
 
         @pipeline_def(batch_size=self.max_batch_size, num_threads=num_threads,
                       device_id=device_id if device == "gpu" else None, seed=int(seed),

@@ -66,8 +66,10 @@ def build_pipeline(cfg: GraphConfig, batch_size: int, num_threads: int = 2,
     if cfg.device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', not {cfg.device!r}")
     dev = cfg.device
-    if dev == "gpu" and device_id is None:
-        device_id = 0
+    if dev == "gpu" and device_id is None:  # the caller's GPU (DDP rank), not GPU 0 (G10)
+        import torch
+
+        device_id = torch.cuda.current_device()
     pipe = dali.Pipeline(batch_size=batch_size, num_threads=num_threads,
                          device_id=device_id if dev == "gpu" else None, seed=seed,
                          prefetch_queue_depth=1, exec_dynamic=True)

@@ -69,3 +69,13 @@ def tiny_synth(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth")
     return generate(out, videos=12, classes=3, frames=40, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def gpu_synth(tmp_path_factory):
+    """A tiny synthetic dataset at 128 px: NVDEC's VP9 minimum, so both decoders read it (the
+    64-px ``tiny_synth`` is CPU-only: dalivssl.data.capabilities)."""
+    from dalivssl.data.synth import GPU_MIN_SIZE, generate
+
+    out = tmp_path_factory.mktemp("synth128")
+    return generate(out, videos=8, classes=2, frames=150, size=GPU_MIN_SIZE, seed=0)

@@ -26,8 +26,21 @@ def cupy_usable() -> bool:
             return False
         int(cupy.arange(2).sum())  # first real device call: fails without a driver
         return True
-    except Exception:
+    except Exception as exc:  # keep why (NVRTC, kernel cache, driver): not only "no GPU" (G11)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _CUPY_ERROR[:] = [f"{type(exc).__name__}: {first}"[:200]]
+        import logging
+
+        logging.getLogger(__name__).info("CuPy unusable: %s", _CUPY_ERROR[0])
         return False
+
+
+_CUPY_ERROR: list[str] = []  # why cupy_usable() said False
+
+
+def cupy_error() -> str:
+    """Why CuPy is unusable here ('' when it is usable or was not asked yet)."""
+    return _CUPY_ERROR[0] if _CUPY_ERROR else ""
 
 
 def is_gpu_device(device: Any) -> bool:
@@ -43,7 +56,8 @@ def get_xp(device: Any = "cpu"):
     if not is_gpu_device(device):
         return np
     if not cupy_usable():
-        raise DalivsslError(f"device {device!r}: CuPy cannot reach a CUDA GPU on this machine; "
+        raise DalivsslError(f"device {device!r}: CuPy cannot reach a CUDA GPU on this machine "
+                            f"({cupy_error() or 'no error recorded'}); "
                             "use --device cpu")
     import cupy
 

@@ -12,6 +12,7 @@ BENCHMARKS = {
     "noise": ("noise_throughput", "DALI noise injection throughput vs numpy."),
     "cka": ("cka_throughput", "CKA map throughput (NumPy / CuPy)."),
     "sweep": ("sweep_cost", "Robustness sweep cost: 21 cells vs one clean evaluation."),
+    "gpu-check": ("gpu_check", "The GPU path verified in one command (doctor, tests, figures)."),
     "pretrain-vs-scratch": ("pretrain_vs_scratch",
                             "Finetune top-1: pretext-pretrained vs randomly initialised backbone."),
 }

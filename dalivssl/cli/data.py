@@ -91,7 +91,7 @@ def subset(manifest, sizes, seed, split_name, output):
 @click.option("--videos", type=int, default=None, help="Number of videos (default 300).")
 @click.option("--classes", type=int, default=None, help="Number of motion classes (<= 16).")
 @click.option("--frames", type=int, default=None, help="Frames per video (default 150).")
-@click.option("--size", type=int, default=None, help="Frame side in pixels (default 112).")
+@click.option("--size", type=int, default=None, help="Frame side in pixels (default 128: NVDEC decodes VP9 from 128 px).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None)
 def synth(output, videos, classes, frames, size, seed, workers):

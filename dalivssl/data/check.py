@@ -1,46 +1,38 @@
 """Check a manifest's videos before training: every bad video with a one-line reason.
 
 Reasons: missing, empty file, not a video, no video stream, truncated or corrupt (demux/duration
-checks, and with ``decode=True`` a real DALI decode of the last frame), codec not decodable on the
-chosen DALI device, frame count differing from the manifest, fewer usable frames than needed.
+checks, and with ``decode=True`` a real DALI decode of the last frame), not decodable on the
+chosen DALI device (codec, size, pixel format or bit depth: the one table in
+``dalivssl.data.capabilities``), frame count differing from the manifest, fewer usable frames
+than needed.
 
-DALI 2.4 decodes VP8/VP9/MJPEG on CPU; AV1, MPEG-4 part 2, H.264 and HEVC need the mixed (GPU)
-backend (spec/dali.md §1). UCF101/HMDB51 (.avi, MPEG-4) and Kinetics (H.264) therefore need
-``dalivssl data prepare`` for the CPU path.
+DALI 2.4 decodes VP8/VP9/MJPEG on CPU; H.264, HEVC, MPEG-4 part 2, VP8 and VP9 (8-bit 4:2:0, at
+least NVDEC's minimum size) on the GPU. UCF101/HMDB51 (.avi, MPEG-4) and Kinetics (H.264)
+therefore need ``dalivssl data prepare`` for the CPU path.
+
+The decode check runs DALI in a child process that stops at the first failure (G3/G4): a file
+that aborts the decoder is a reason, not a crash, and no failed pipeline is kept alive.
 """
 from __future__ import annotations
 
+import json
 import re
+import sys
 
 import numpy as np
 
+from dalivssl.data.capabilities import DEVICES, problem
 from dalivssl.data.index import probe_many
 from dalivssl.data.manifest import Manifest, VideoRecord
 from dalivssl.errors import DalivsslError
-
-CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-GPU_CODECS = CPU_CODECS | {"av1", "mpeg4", "h264", "hevc"}
-DEVICE_CODECS = {"cpu": CPU_CODECS, "gpu": GPU_CODECS}
-
-
-def codec_problem(codec: str, device: str) -> str | None:
-    """Why ``codec`` cannot be decoded by DALI on ``device``, or None."""
-    if codec in DEVICE_CODECS[device]:
-        return None
-    if device == "cpu" and codec in GPU_CODECS:
-        return (f"codec {codec} not decodable by DALI's CPU decoder (VP8/VP9/MJPEG only); "
-                f"transcode with `dalivssl data prepare MANIFEST OUT --codec vp9` or use "
-                f"--device gpu")
-    return (f"codec {codec or '?'} not decodable by DALI on {device}; transcode with "
-            f"`dalivssl data prepare MANIFEST OUT --codec vp9`")
 
 
 def check_manifest(manifest: Manifest, device: str = "cpu", min_frames: int = 0,
                    decode: bool = False, workers: int | None = None, progress: bool = False
                    ) -> list[tuple[VideoRecord, str]]:
     """[(record, reason)] for every record that cannot be used; [] when all are fine."""
-    if device not in DEVICE_CODECS:
-        raise DalivsslError(f"unknown device {device!r}; valid: cpu, gpu")
+    if device not in DEVICES:
+        raise DalivsslError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
     results = probe_many(manifest.paths(), False, workers, progress)
     bad: list[tuple[VideoRecord, str]] = []
     to_decode: list[VideoRecord] = []
@@ -48,7 +40,7 @@ def check_manifest(manifest: Manifest, device: str = "cpu", min_frames: int = 0,
         if isinstance(res, str):
             bad.append((rec, res))
             continue
-        why = codec_problem(res["codec"], device)
+        why = problem(res["codec"], res["width"], res["height"], res.get("pix_fmt", ""), device)
         if why is None and res["num_frames"] != rec.num_frames:
             why = (f"frame count {res['num_frames']} differs from the manifest's "
                    f"{rec.num_frames} (re-index the dataset)")
@@ -70,35 +62,74 @@ def dali_decode_check(manifest: Manifest, records: list[VideoRecord], device: st
                       progress: bool = False) -> list[tuple[VideoRecord, str]]:
     """Decode each record's last frame with ``fn.decoders.video`` (pad_mode='none', so a frame
     that is not there is an error instead of padding). DALI's decoder decodes from frame 0, so
-    this reads the whole stream. A pipeline that failed is rebuilt for the next file."""
+    this reads the whole stream.
+
+    The decoding runs in a child process (``python -m dalivssl.data.check``) that reports one
+    line per file and exits after the first failure; the next child goes on with the next file.
+    A child that dies without a report (an abort inside NVDEC) names the file it was decoding."""
     from dalivssl.data.parallel import progress_bar
 
-    bad, dead = [], []
-    pipe = None
-    with progress_bar("decode", len(records), progress) as advance:
-        for rec in records:
-            if pipe is None:
-                pipe = _decode_pipeline(device)
-            data = np.fromfile(manifest.abspath(rec), dtype=np.uint8)
-            last = np.array([rec.num_frames - 1], dtype=np.int32)
-            try:
-                pipe.feed_input("enc", [data])
-                pipe.feed_input("frames", [last])
-                (out,) = pipe.run()
-                got = out.as_cpu()[0] if device == "gpu" else out[0]
-                if np.asarray(got).shape[0] != 1:
-                    bad.append((rec, "truncated or corrupt (DALI decoded no frame)"))
-            except Exception as exc:  # DALI raises RuntimeError with a multi-line message
-                m = re.search(r"ROI with (\d+) frames", str(exc))
-                why = (f"DALI decodes only {m.group(1)} of {rec.num_frames} frames" if m
-                       else f"DALI: {_dali_reason(exc)}")
-                bad.append((rec, f"truncated or corrupt ({why})"))
-                # a failed pipeline is dead; keep it referenced until the end, because
-                # destroying it while another one runs invalidates that one too
-                dead.append(pipe)
-                pipe = None
-            advance()
-    return bad
+    device_id = None
+    if device == "gpu":
+        from dalivssl.devices import local_device_id
+
+        device_id = local_device_id()
+    jobs = [(str(manifest.abspath(r)), int(r.num_frames)) for r in records]
+    reasons: list[str | None] = []
+    with progress_bar("decode", len(jobs), progress) as advance:
+        while len(reasons) < len(jobs):
+            got, err = _decode_child(jobs[len(reasons):], device, device_id, advance)
+            reasons += got
+            if err is not None and len(reasons) < len(jobs):  # the child died on this file
+                reasons.append(f"truncated or corrupt (DALI aborted the decoder process: {err})")
+                advance()
+    return [(rec, why) for rec, why in zip(records, reasons) if why is not None]
+
+
+def _decode_cmd(device: str, device_id) -> list[str]:
+    return [sys.executable, "-m", "dalivssl.data.check", device, str(device_id)]
+
+
+def _decode_child(jobs, device: str, device_id, advance) -> tuple[list, str | None]:
+    """Run one child on ``jobs``: (reasons of the files it reported on, None or why it died)."""
+    from dalivssl.data.decode_matrix import run_child
+
+    got: list = []
+
+    def add(answer: dict) -> None:
+        got.append(answer["why"])
+        advance()
+
+    _, rc, _, tail = run_child(_decode_cmd(device, device_id), [json.dumps(j) for j in jobs], add)
+    if (rc == 0 and got) or (got and got[-1] is not None):  # done, or stopped at a failure
+        return got, None
+    return got, (f"exit code {rc}: {tail[:160]}" if tail else f"exit code {rc}")
+
+
+def _decode_worker(device: str, device_id: int | None) -> int:
+    """Child side of :func:`dali_decode_check`: (path, num_frames) JSON lines on stdin, one
+    {"why": reason or null} line per file on stdout; stops after the first failure (a failed
+    DALI pipeline is dead, and destroying it while another runs invalidates that one too)."""
+    pipe = _decode_pipeline(device, device_id)
+    for line in sys.stdin:
+        path, num_frames = json.loads(line)
+        data = np.fromfile(path, dtype=np.uint8)
+        try:
+            pipe.feed_input("enc", [data])
+            pipe.feed_input("frames", [np.array([num_frames - 1], dtype=np.int32)])
+            (out,) = pipe.run()
+            got = out.as_cpu()[0] if device == "gpu" else out[0]
+            why = (None if np.asarray(got).shape[0] == 1
+                   else "truncated or corrupt (DALI decoded no frame)")
+        except Exception as exc:  # DALI raises RuntimeError with a multi-line message
+            m = re.search(r"ROI with (\d+) frames", str(exc))
+            why = ("truncated or corrupt (" + (f"DALI decodes only {m.group(1)} of {num_frames} "
+                                               "frames" if m else f"DALI: {_dali_reason(exc)}")
+                   + ")")
+        print(json.dumps({"why": why}), flush=True)
+        if why is not None:
+            return 0
+    return 0
 
 
 def _dali_reason(exc: BaseException) -> str:
@@ -110,11 +141,12 @@ def _dali_reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
-def _decode_pipeline(device: str):
+def _decode_pipeline(device: str, device_id: int | None = None):
     from nvidia.dali import fn, pipeline_def, types
 
     # prefetch 1: each run() consumes exactly the one file fed before it
-    @pipeline_def(batch_size=1, num_threads=1, device_id=0 if device == "gpu" else None,
+    @pipeline_def(batch_size=1, num_threads=1,
+                  device_id=(device_id or 0) if device == "gpu" else None,
                   prefetch_queue_depth=1)
     def _pipe():
         enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
@@ -125,3 +157,7 @@ def _decode_pipeline(device: str):
     pipe = _pipe()
     pipe.build()
     return pipe
+
+
+if __name__ == "__main__":
+    sys.exit(_decode_worker(sys.argv[1], None if sys.argv[2] == "None" else int(sys.argv[2])))

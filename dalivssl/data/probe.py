@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from dalivssl.data.capabilities import canonical
 from dalivssl.errors import VideoError
 
 MISSING = "missing"
@@ -19,13 +20,11 @@ CORRUPT = "truncated or corrupt"
 NO_STREAM = "no video stream"
 REASONS = (MISSING, EMPTY, NOT_VIDEO, CORRUPT, NO_STREAM)
 
-# decoder implementation name -> codec name (what DALI's codec lists speak)
-CODEC_ALIASES = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx-vp9": "vp9", "libvpx": "vp8",
-                 "h264_cuvid": "h264", "hevc_cuvid": "hevc"}
 
 
 def probe(path: str | os.PathLike, exact: bool = False) -> dict:
-    """Return dict(num_frames, fps, width, height, codec) of the first video stream of ``path``.
+    """Return dict(num_frames, fps, width, height, codec, pix_fmt) of the first video stream of
+    ``path`` (pix_fmt: FFmpeg's name, e.g. 'yuv420p'; the GPU decoder needs 8-bit 4:2:0).
 
     num_frames counts demuxed video packets (``exact=False``) or decoded frames (``exact=True``).
     Raises VideoError(path, reason) when the file is missing, empty, not a video, has no video
@@ -50,9 +49,10 @@ def probe(path: str | os.PathLike, exact: bool = False) -> dict:
             raise VideoError(path, NO_STREAM)
         stream = container.streams.video[0]
         ctx = stream.codec_context
-        codec = CODEC_ALIASES.get(ctx.name, ctx.name) if ctx is not None else ""
+        codec = canonical(ctx.name) if ctx is not None else ""
         fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0.0)
         width, height = int(ctx.width or 0), int(ctx.height or 0)
+        pix_fmt = str(getattr(ctx, "pix_fmt", "") or "") if ctx is not None else ""
         try:
             if exact:
                 stream.thread_type = "AUTO"
@@ -75,7 +75,7 @@ def probe(path: str | os.PathLike, exact: bool = False) -> dict:
     if not width and exact is False:
         width, height = _size_by_decoding(path)
     return {"num_frames": n, "fps": round(fps, 6), "width": width, "height": height,
-            "codec": codec}
+            "codec": codec, "pix_fmt": pix_fmt}
 
 
 def _check_duration(path, container, stream, n, last_pts) -> None:

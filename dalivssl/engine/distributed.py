@@ -15,7 +15,7 @@ class DistInfo:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: str = "cpu"  # torch device string: 'cpu' or 'cuda:<local_rank>'
+    device: str = "cpu"  # torch device string: 'cpu' or 'cuda:<LOCAL_RANK % visible GPUs>'
 
     @property
     def is_main(self) -> bool:
@@ -25,10 +25,17 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world > 1
 
+    @property
+    def gpu_index(self) -> int | None:
+        """The CUDA ordinal of this rank (DDP's ``device_ids=[...]``), None on CPU. Not
+        ``local_rank``: a rank that sees one GPU uses cuda:0 whatever its LOCAL_RANK."""
+        return int(self.device.split(":")[1]) if self.device.startswith("cuda:") else None
+
 
 def setup(device: str = "cpu") -> DistInfo:
     """Read the torchrun environment and start the process group if WORLD_SIZE > 1.
-    ``device``: 'cpu' or 'gpu' (the dalivssl device names)."""
+    ``device``: 'cpu' or 'gpu' (the dalivssl device names). The GPU is LOCAL_RANK modulo the
+    visible GPUs (G10): under SLURM each task may see only its own GPU, as cuda:0."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -39,8 +46,11 @@ def setup(device: str = "cpu") -> DistInfo:
             from dalivssl.errors import DalivsslError
 
             raise DalivsslError("--device gpu: no CUDA GPU is visible to torch")
-        torch.cuda.set_device(local)
-        tdev = f"cuda:{local}"
+        from dalivssl.devices import local_device_id
+
+        gpu = local_device_id()
+        torch.cuda.set_device(gpu)
+        tdev = f"cuda:{gpu}"
     else:
         tdev = "cpu"
     if world > 1:

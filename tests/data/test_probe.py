@@ -12,7 +12,8 @@ from dalivssl.errors import VideoError
 def test_probe_vp9(make_video):
     p = make_video(12, size=(32, 48), fps=30)
     info = probe(p)
-    assert info == {"num_frames": 12, "fps": 30.0, "width": 48, "height": 32, "codec": "vp9"}
+    assert info == {"num_frames": 12, "fps": 30.0, "width": 48, "height": 32, "codec": "vp9",
+                    "pix_fmt": "yuv420p"}
     assert probe(p, exact=True)["num_frames"] == 12
 
 

@@ -127,10 +127,10 @@ def test_ddp_two_cpu_processes_agree(tiny_synth, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("task", ["vcop", "rspnet"])
-def test_pretrain_on_gpu_with_amp(task, tiny_synth, tmp_path):
+def test_pretrain_on_gpu_with_amp(task, gpu_synth, tmp_path):
     from dalivssl.engine.trainer import pretrain
 
-    cfg = PretrainConfig(task=task, arch="r21d", data=str(tiny_synth["train"]), clip_len=8,
+    cfg = PretrainConfig(task=task, arch="r21d", data=str(gpu_synth["train"]), clip_len=8,
                          size=32, batch_size=2, max_steps=3, device="gpu", amp=True,
                          out=str(tmp_path / "g"), progress=False, tensorboard=False,
                          head={"queue_size": 64} if task == "rspnet" else {})

@@ -1,0 +1,332 @@
+"""Decode matrix made on the spot: what DALI's decoders really read on this machine.
+
+Tiny videos are written with PyAV for each case of ``CASES`` (codec, container, encoder options,
+pixel format) at each size of ``SIZES``; each is decoded by each available DALI backend ('cpu',
+and 'gpu' = the mixed NVDEC decoder where a usable GPU exists) and compared with PyAV frame by
+frame. Decoding runs in a child process per backend that reports one JSON line per video; a
+child that aborts or hangs makes that video's cell ABORT/HANG and a new child goes on with the
+next one (G3: NVDEC errors can terminate a process). ``dalivssl doctor`` prints the matrix; the
+GPU decode probe of ``capabilities.gpu_probe`` runs one cell of it.
+
+Cell status: OK (every frame found at its own index, mean |DALI - PyAV| <= ``MAX_MEAN_ABS``),
+BAD (decoded, but frames out of order or too different), FAIL (DALI raised: the reason),
+ABORT, HANG, SKIP (backend not available here), ENC (PyAV could not write the case).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("cpu", "gpu")
+SIZES = (64, 112, 128, 240)
+FRAMES = 16
+MAX_MEAN_ABS = 12.0  # grey levels: YUV->RGB conversions of two decoders differ by a few
+CELL_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of writing a video: table codec name, PyAV encoder, container suffix, pixel
+    format, encoder options."""
+
+    codec: str
+    encoder: str
+    suffix: str
+    pix_fmt: str = "yuv420p"
+    options: dict = field(default_factory=dict, hash=False)
+
+
+_VPX = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+CASES: dict[str, Case] = {
+    "h264": Case("h264", "libx264", ".mp4", options={"preset": "veryfast",
+                                                     "tune": "zerolatency"}),
+    "h264-bframes": Case("h264", "libx264", ".mp4",
+                         options={"preset": "veryfast", "x264-params": "bframes=2:b-adapt=0"}),
+    "h264-444": Case("h264", "libx264", ".mp4", "yuv444p", {"preset": "veryfast"}),
+    "hevc": Case("hevc", "libx265", ".mp4", options={"preset": "ultrafast",
+                                                     "x265-params": "log-level=error"}),
+    "hevc-10bit": Case("hevc", "libx265", ".mp4", "yuv420p10le",
+                       {"preset": "ultrafast", "x265-params": "log-level=error"}),
+    "mpeg4-avi": Case("mpeg4", "mpeg4", ".avi", options={"bf": "2"}),
+    "vp8": Case("vp8", "libvpx", ".webm", options=_VPX),
+    "vp9": Case("vp9", "libvpx-vp9", ".webm", options=_VPX),
+    "av1": Case("av1", "libsvtav1", ".mkv", options={"preset": "12"}),
+    "mjpeg": Case("mjpeg", "mjpeg", ".avi", "yuvj420p"),
+}
+
+
+def pattern_frames(n: int, size: int) -> np.ndarray:
+    """uint8 (n, size, size, 3): a smooth colour field whose brightness steps with the frame
+    index and a white square that walks across, so neighbouring frames tell apart after lossy
+    coding."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.stack([60 + 120 * xx, 60 + 120 * yy, 180 - 100 * xx * yy], -1)
+    side = max(4, size // 6)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        f = base * (0.6 + 0.4 * i / max(1, n - 1))
+        x = (i * (size - side)) // max(1, n - 1)
+        f[side:2 * side, x:x + side] = 255
+        out[i] = np.clip(f, 0, 255)
+    return out
+
+
+def write_case(case: Case, size: int, path: Path, n: int = FRAMES) -> Path:
+    """Encode :func:`pattern_frames` as ``case`` into ``path`` (PyAV)."""
+    import av
+
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream(case.encoder, rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = case.pix_fmt
+        stream.options = dict(case.options)
+        for img in pattern_frames(n, size):
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return path
+
+
+def backends_here() -> dict[str, str]:
+    """{backend: '' if usable here, else why not}."""
+    from dalivssl.devices import cuda_usable, nvcuvid_path
+
+    gpu = ("" if cuda_usable() and nvcuvid_path() else
+           "no CUDA GPU" if not cuda_usable() else "libnvcuvid not found")
+    return {"cpu": "", "gpu": gpu}
+
+
+# ------------------------------------------------------------------------------ parent side
+def _reader(stream, q: queue.Queue) -> None:
+    for line in stream:
+        q.put(line)
+    q.put(None)
+
+
+def run_child(cmd: list[str], jobs: list[str], on_answer, timeout: float | None = None
+              ) -> tuple[int, int, bool, str]:
+    """Start ``cmd``, feed it the JSON lines ``jobs`` (from a thread, so neither pipe can fill
+    up and block the other) and call ``on_answer(dict)`` for each JSON line it prints.
+    ``timeout``: seconds to wait for each answer, then the child is killed.
+    Returns (answers, exit code, hung, last stderr line)."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def feed():
+        try:
+            for job in jobs:
+                proc.stdin.write(job + "\n")
+            proc.stdin.close()
+        except OSError:  # the child stopped reading (done early, or died)
+            pass
+
+    err: collections.deque = collections.deque(maxlen=20)
+    q: queue.Queue = queue.Queue()
+    threads = [threading.Thread(target=feed, daemon=True),
+               threading.Thread(target=_reader, args=(proc.stdout, q), daemon=True),
+               threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)]
+    for t in threads:
+        t.start()
+    n, hung = 0, False
+    while n < len(jobs):
+        try:
+            line = q.get(timeout=timeout)
+        except queue.Empty:
+            proc.kill()
+            hung = True
+            break
+        if line is None:
+            break
+        if line.startswith("{"):
+            on_answer(json.loads(line))
+            n += 1
+    rc = proc.wait()
+    threads[2].join(5)
+    tail = next((ln.strip() for ln in reversed(err) if ln.strip()), "")
+    return n, rc, hung, tail
+
+
+def _child_cmd(backend: str, device_id: int) -> list[str]:
+    return [sys.executable, "-m", "dalivssl.data.decode_matrix", backend, str(device_id)]
+
+
+def decode_in_children(jobs: list[dict], backend: str, device_id: int = 0,
+                       timeout: float = CELL_TIMEOUT_S, on_result=None) -> list[dict]:
+    """Decode ``jobs`` ({path, n}) with ``backend`` in child processes; one result dict per job
+    (status, detail, mean_abs, seconds), in order. A child that dies or hangs costs one job."""
+    results: list[dict] = []
+
+    def add(res: dict) -> None:
+        results.append(res)
+        if on_result:
+            on_result(res)
+
+    while len(results) < len(jobs):
+        rest = jobs[len(results):]
+        n, rc, hung, tail = run_child(_child_cmd(backend, device_id),
+                                      [json.dumps(j) for j in rest], add, timeout)
+        if n < len(rest):
+            why = (f"no answer in {timeout:.0f} s" if hung else
+                   f"exit code {rc}" + (f": {tail[:160]}" if tail else ""))
+            add({"status": "HANG" if hung else "ABORT", "detail": why, "mean_abs": None,
+                 "seconds": None})
+    return results
+
+
+def run_matrix(cases=None, sizes=SIZES, backends=BACKENDS, progress=None) -> dict:
+    """The matrix as {'backends': {name: why-not}, 'cells': [row dicts]}. Each row: case, codec,
+    pix_fmt, size, expected {backend: 'yes'|'no'|'probe'}, and per backend a result dict."""
+    from dalivssl.data.capabilities import DECODERS, problem
+
+    cases = list(cases or CASES)
+    avail = backends_here()
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1's banner goes to stderr otherwise
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dalivssl-doctor-") as tmp:
+        for name in cases:
+            case = CASES[name]
+            for size in sizes:
+                row = {"case": name, "codec": case.codec, "pix_fmt": case.pix_fmt, "size": size,
+                       "expected": {}}
+                for dev in backends:
+                    lim = DECODERS[dev].get(case.codec)
+                    why = problem(case.codec, size, size, case.pix_fmt, dev, static=True)
+                    row["expected"][dev] = ("no" if why else
+                                            "probe" if lim is not None and lim.status == "probe"
+                                            else "yes")
+                path = Path(tmp) / f"{name}_{size}{case.suffix}"
+                try:
+                    write_case(case, size, path)
+                    row["path"] = str(path)
+                except Exception as exc:  # e.g. an encoder's own minimum size
+                    row["encode_error"] = f"{type(exc).__name__}: {exc}"[:160]
+                rows.append(row)
+        for dev in backends:
+            todo = [r for r in rows if "path" in r]
+            if avail.get(dev):
+                for r in todo:
+                    r[dev] = {"status": "SKIP", "detail": avail[dev]}
+            else:
+                from dalivssl.devices import local_device_id
+
+                dev_id = local_device_id() if dev == "gpu" else 0
+                res = decode_in_children([{"path": r["path"], "n": FRAMES} for r in todo], dev,
+                                         dev_id, on_result=progress)
+                for r, x in zip(todo, res):
+                    r[dev] = x
+            for r in rows:
+                if "path" not in r:
+                    r[dev] = {"status": "ENC", "detail": r["encode_error"]}
+        for r in rows:
+            r.pop("path", None)
+    return {"backends": avail, "cells": rows}
+
+
+def run_cell(case: str, size: int, backend: str) -> dict:
+    """One cell (write + decode in a child): the result dict."""
+    m = run_matrix([case], (size,), (backend,))
+    return m["cells"][0][backend]
+
+
+def verdict(row: dict, dev: str) -> str:
+    """Short text of one cell for the screen: OK, BAD, FAIL, ABORT, HANG, SKIP, ENC, and
+    'GPU only' for a CPU failure of a codec the GPU table lists."""
+    from dalivssl.data.capabilities import DECODERS
+
+    st = row[dev]["status"]
+    if (dev == "cpu" and st == "FAIL" and row["codec"] not in DECODERS["cpu"]
+            and row["expected"].get("gpu", "no") != "no"):
+        return "GPU only"
+    return st
+
+
+def agrees(row: dict, dev: str) -> bool | None:
+    """Whether the measured cell agrees with the table (None: not measured or 'probe')."""
+    st, exp = row[dev]["status"], row["expected"][dev]
+    if st in ("SKIP", "ENC") or exp == "probe":
+        return None
+    return (st == "OK") == (exp == "yes")
+
+
+# ------------------------------------------------------------------------------- child side
+def _child(backend: str, device_id: int) -> int:
+    """Decode the (path, n) JSON lines of stdin with DALI on ``backend``; print one result line
+    each. A pipeline that raised is kept referenced (destroying it while another runs
+    invalidates that one) and a fresh one is built; there are at most a few dozen cells."""
+    from dalivssl.data.videoio import decode_frames
+
+    dead, pipe = [], None
+    for line in sys.stdin:
+        job = json.loads(line)
+        t0 = time.perf_counter()
+        try:
+            if pipe is None:
+                pipe = _pipeline(backend, device_id)
+            pipe.feed_input("enc", [np.fromfile(job["path"], dtype=np.uint8)])
+            pipe.feed_input("frames", [np.arange(job["n"], dtype=np.int32)])
+            (out,) = pipe.run()
+            got = np.asarray((out.as_cpu() if backend == "gpu" else out)[0])
+        except Exception as exc:
+            from dalivssl.data.check import _dali_reason
+
+            dead.append(pipe)
+            pipe = None
+            print(json.dumps({"status": "FAIL", "detail": _dali_reason(exc), "mean_abs": None,
+                              "seconds": round(time.perf_counter() - t0, 3)}), flush=True)
+            continue
+        secs = time.perf_counter() - t0
+        ref = decode_frames(job["path"])
+        print(json.dumps({**compare(got, ref), "seconds": round(secs, 3)}), flush=True)
+    return 0
+
+
+def compare(got: np.ndarray, ref: np.ndarray) -> dict:
+    """Status of DALI frames ``got`` against PyAV frames ``ref`` (both uint8 (N, H, W, 3))."""
+    if got.shape != ref.shape:
+        return {"status": "BAD", "detail": f"shape {got.shape} vs PyAV {ref.shape}",
+                "mean_abs": None}
+    g, r = got.astype(np.int16), ref.astype(np.int16)
+    d = np.abs(g[:, None] - r[None]).mean(axis=(2, 3, 4))  # (N, N): DALI frame i vs PyAV j
+    nearest = d.argmin(axis=1)
+    own = float(np.diag(d).mean())
+    wrong = np.flatnonzero(nearest != np.arange(len(nearest)))
+    if wrong.size:
+        i = int(wrong[0])
+        return {"status": "BAD", "detail": f"frame {i} looks like PyAV frame {int(nearest[i])}",
+                "mean_abs": round(own, 2)}
+    if own > MAX_MEAN_ABS:
+        return {"status": "BAD", "detail": f"mean |DALI-PyAV| {own:.1f} > {MAX_MEAN_ABS}",
+                "mean_abs": round(own, 2)}
+    return {"status": "OK", "detail": "", "mean_abs": round(own, 2)}
+
+
+def _pipeline(backend: str, device_id: int):
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1,
+                  device_id=device_id if backend == "gpu" else None)
+    def pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(enc, device="mixed" if backend == "gpu" else "cpu",
+                                 frames=frames, pad_mode="none")
+
+    p = pipe()
+    p.build()
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], int(sys.argv[2])))

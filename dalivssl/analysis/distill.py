@@ -283,7 +283,7 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dataclasses import replace
 
     from dalivssl import record as rec
-    from dalivssl.analysis.features import eval_loader, make_loader, torch_device
+    from dalivssl.analysis.features import eval_loader, make_loader
     from dalivssl.data.manifest import load_manifest
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine import checkpoint as ck
@@ -292,7 +292,11 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dalivssl.engine.trainer import make_optimizer
     from models import create_backbone
 
-    tdev = torch.device(torch_device(cfg.device))
+    from dalivssl.cli.options import device as resolve_device
+
+    dev = resolve_device(cfg.device)
+    cfg = replace(cfg, device=dev.name)
+    tdev = torch.device(dev.torch)
     data_path, manifest = resolve_manifest(cfg.data, "train")
     if cfg.eval_data is not None:
         eval_path, eval_manifest = Path(cfg.eval_data), load_manifest(cfg.eval_data)
@@ -326,7 +330,8 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
             device=cfg.device, decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
             versions=rec.versions(), parent=";".join(p for p, _ in parents) or None,
             parent_hash=";".join(h for _, h in parents) or None,
-            settings={**to_dict(cfg), "teacher_hashes": [h for _, h in parents]})
+            settings={**to_dict(cfg), "teacher_hashes": [h for _, h in parents],
+                      "device_info": dev.record()})
         ckpt_path = out / ck.CKPT_NAME
         old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
         if old is not None:

@@ -49,7 +49,9 @@ def extract(fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable, devic
     """
     outs: dict[int, np.ndarray] = {}
     targets: dict[int, int] = {}
-    with torch.no_grad():
+    from dalivssl.devices import autocast
+
+    with torch.no_grad(), autocast(device):  # bf16 on GPU (G8); logits/features cast to fp32
         for batch in batches:
             x = batch.clips.to(device, non_blocking=True).float()
             if x.dim() != 6:

@@ -50,15 +50,18 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
 
     from dalivssl import record as rec
     from dalivssl.analysis.cka import cka_map, feed_normalized, plot_cka_map
-    from dalivssl.analysis.features import eval_loader, normalized_batches, torch_device
+    from dalivssl.analysis.features import eval_loader, normalized_batches
     from dalivssl.console import stderr_console
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine.checkpoint import load_backbone
     from dalivssl.results import ResultsFile
 
-    device, seed, threads = device or "cpu", seed or 0, threads or 2
+    from dalivssl.cli.options import device as resolve_device
+
+    dev = resolve_device(device)
+    device, seed, threads = dev.name, seed or 0, threads or 2
     torch.set_num_threads(threads)
-    tdev = torch.device(torch_device(device))
+    tdev = torch.device(dev.torch)
     loaded = [load_backbone(p, device=tdev) for p in checkpoints]
     records = [rec.record_of(ck, p) for (_, ck), p in zip(loaded, checkpoints)]
     say = lambda s: stderr_console().print(s, highlight=False)  # noqa: E731

@@ -78,7 +78,8 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
 @click.option("--clips", type=int, default=10, show_default=True,
               help="Evenly spaced clips per video; logits are averaged over them.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto",
+              show_default=True, help="auto: the GPU when usable, else the CPU (stated).")
 def export_logits(checkpoint, data, output, clips, batch_size, device):
     """Write a checkpoint's video-level logits (mean over --clips eval clips) for every video of
     a manifest, keyed by video path, for `dalivssl distill --teacher-logits`."""
@@ -88,7 +89,10 @@ def export_logits(checkpoint, data, output, clips, batch_size, device):
     from dalivssl import record as rec
     from dalivssl.engine.finetune import load_classifier
 
-    tdev = torch_device(device)
+    from dalivssl.cli.options import device as resolve_device
+
+    dev = resolve_device(device)
+    device, tdev = dev.name, dev.torch
     data_path, manifest = resolve_manifest(data, "train")
     rec.check_writable(Path(output).parent)  # before computing anything
     model, ck = load_classifier(checkpoint, device=tdev)

@@ -87,6 +87,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     from dalivssl.engine.finetune import resolve_data, run_finetune
 
     torch.set_num_threads(cfg.threads)
+    fdata = resolve_data(data, test_data)  # bad manifests fail first, before any loading
     parent = None
     if checkpoint:
         from dalivssl.engine.checkpoint import load_backbone
@@ -103,16 +104,17 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         backbone, backbone_kwargs = create_backbone(arch), {}
     clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
                             say=lambda s: console.print(s, highlight=False))
-    from dalivssl.analysis.features import check_input_size, torch_device
+    from dalivssl.analysis.features import check_input_size
+    from dalivssl.cli.options import device as resolve_device
 
     check_input_size(backbone, clip.clip_len, clip.size, arch)
+    dev = resolve_device(cfg.device)
     cfg = replace(cfg, arch=arch, clip_len=clip.clip_len, size=clip.size,
-                  normalize=clip.normalize, device=torch_device(cfg.device))
+                  normalize=clip.normalize, device=dev.torch)
     if cfg.name is None:
         kind = "probe" if cfg.linear_probe else "ft"
         cfg = replace(cfg, name=f"{kind}_{parent.name}" if parent else f"{kind}_scratch_{arch}")
     out = Path(out or Path("runs/finetune") / cfg.name)
-    fdata = resolve_data(data, test_data)
     console.print(f"{cfg.name}: {cfg.arch} at {clip.clip_len}×{clip.size}² {clip.normalize}, "
                   f"{'linear probe' if cfg.linear_probe else 'finetune'}"
                   f"{' from ' + parent.name if parent else ' from random init'} → {out}",

@@ -41,8 +41,9 @@ def run_options(fn):
     return _stack(
         click.option("--name", default=None,
                      help="Human name of the result for tables and plots (default from the run)."),
-        click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None,
-                     help="cpu (DALI CPU decoder) or gpu (NVDEC, CUDA). Default cpu."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
+                     help="auto (default: the GPU when CUDA and NVDEC are usable, else the CPU; "
+                          "stated on screen and recorded), cpu or gpu."),
         click.option("--threads", "--workers", "threads", type=int, default=None,
                      help="CPU threads for torch and DALI (default 2)."),
         click.option("--seed", type=int, default=None, help="Seed (default 0)."),
@@ -51,3 +52,13 @@ def run_options(fn):
         click.option("--no-progress", is_flag=True,
                      help="No progress bar or periodic lines (the summary is still printed)."),
     )(fn)
+
+
+def device(name: str | None):
+    """Resolve --device (auto | cpu | gpu) once and state the choice on stderr."""
+    from dalivssl.console import stderr_console
+    from dalivssl.devices import resolve_device
+
+    dev = resolve_device(name or "auto")
+    stderr_console().print(f"device: {dev.reason}", highlight=False)
+    return dev

@@ -51,7 +51,7 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     from dalivssl.errors import DalivsslError
 
     ks = _parse_topk(topk)
-    device, seed, threads = device or "cpu", seed or 0, threads or 2
+    seed, threads = seed or 0, threads or 2
     if bool(checkpoint) == bool(random_init):
         raise DalivsslError("give exactly one of --checkpoint PATH or --random-init --arch NAME")
     if random_init and not arch:
@@ -72,23 +72,25 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
 
     import torch
 
-    from dalivssl.analysis.features import torch_device
     from dalivssl.analysis.retrieval import run_retrieval
+    from dalivssl.cli.options import device as resolve_device
 
     torch.set_num_threads(threads)
-    tdev = torch_device(device)
     console = stderr_console()
     parent = None
     if checkpoint:
         from dalivssl.engine.checkpoint import load_backbone
 
-        backbone, ckpt = load_backbone(checkpoint, arch=arch, device=tdev)
+        backbone, ckpt = load_backbone(checkpoint, arch=arch, device="cpu")
         arch, parent = ckpt["arch"], rec.record_of(ckpt, checkpoint)
     else:
         from models import create_backbone
 
         torch.manual_seed(seed)
-        backbone = create_backbone(arch).to(tdev)
+        backbone = create_backbone(arch)
+    dev = resolve_device(device)  # after the inputs are known good
+    device, tdev = dev.name, dev.torch
+    backbone = backbone.to(tdev)
     clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
                             say=lambda s: console.print(s, highlight=False))
     settings = {"num_clips": clips, **clip.as_dict(), "device": device}

@@ -38,7 +38,9 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
               "cells of the same checkpoints, data and settings; anything else is refused).")
 @click.option("--overwrite", is_flag=True, help="Start the sweep in --out again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar or periodic lines.")
-@click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(["auto", "cpu", "gpu"]),
+              help="auto: the GPU when CUDA and NVDEC are usable, else the CPU (stated).")
 @click.option("--decoder", default="dali", show_default=True, type=click.Choice(["dali", "pyav"]),
               help="dali: the raw eval loader; pyav: reference decoder (any codec, slower).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Noise seed.")
@@ -69,7 +71,10 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.results import ResultsFile
 
-    tdev = torch_device(device)
+    from dalivssl.cli.options import device as resolve_device
+
+    dev = resolve_device(device)
+    device, tdev = dev.name, dev.torch
     # writable and locked before any work; a rerun into it resumes (content-keyed cells)
     lock = rec.open_run_dir(out_dir, "robustness.h5", resume=True)
     try:

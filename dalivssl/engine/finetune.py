@@ -234,7 +234,8 @@ def finetune_record(cfg: FinetuneConfig, data: FinetuneData, status: str = "runn
     return rec.RunRecord(
         kind=kind, name=cfg.name, arch=cfg.arch,
         clip=rec.ClipSettings(cfg.clip_len, cfg.size, cfg.normalize), data=path,
-        data_hash=dhash, device=cfg.device, decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
+        data_hash=dhash, device="gpu" if str(cfg.device).startswith("cuda") else "cpu",
+        decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
         versions=rec.versions(), parent=cfg.pretrained, parent_hash=cfg.pretrained_hash,
         settings={**cfg.to_dict(), "test_data": data.test_path, "test_data_hash": thash},
         status=status)
@@ -254,6 +255,10 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
     from dalivssl.engine import distributed
 
     cfg.check()
+    if cfg.device in ("auto", "cpu", "gpu"):  # a dalivssl device name: resolve to torch's
+        from dalivssl.devices import resolve_device
+
+        cfg = replace(cfg, device=resolve_device(cfg.device).torch)
     if cfg.flip is None:  # stored resolved: the run's config says what the loader did
         cfg = replace(cfg, flip=data.train.flip_safe)
     if cfg.name is None:

@@ -250,6 +250,22 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else None
     model.train()
     rep = Reporter(cfg.label, cfg.total_steps, step, cfg.progress and is_main)
+    pending: list = []  # (step, loss tensor, outputs) not yet read back from the device
+
+    def flush() -> None:
+        """Read the pending losses in one transfer; a non-finite one stops the run before it
+        can reach a checkpoint."""
+        if not pending:
+            return
+        values = torch.stack([p[1].float() for p in pending]).tolist()
+        for (s, _, _), v in zip(pending, values):
+            if not math.isfinite(v):
+                raise DalivsslError(f"{cfg.label}: loss is {v} at step {s}; lower the learning "
+                                    "rate (--set lr=… / --lr)")
+        res.losses.extend(values)
+        res.metrics = {k: float(v) for k, v in pending[-1][2].items() if k != "loss"}
+        pending.clear()
+
     try:
         while step < cfg.total_steps:
             t0 = time.perf_counter()
@@ -262,9 +278,6 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                 else:
                     out = net(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
-                    raise DalivsslError(f"{cfg.label}: loss is {loss.item()} at step {step + 1}; "
-                                        "lower the learning rate (--set lr=… / --lr)")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -279,11 +292,16 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                 window_wait += t1 - t0
                 window_time += t2 - t0
                 window_steps += 1
-                loss_v = float(loss.detach())
-                res.losses.append(loss_v)
-                res.metrics = {k: float(v) for k, v in out.items() if k != "loss"}
-                if is_main and (step % cfg.log_every == 0 or step == cfg.total_steps
-                                or step == start_step + 1):
+                # losses stay on the device until a log or a checkpoint needs them: one sync
+                # per log step, not three per step (G13)
+                pending.append((step, loss.detach(), out))
+                logging = step % cfg.log_every == 0 or step == cfg.total_steps \
+                    or step == start_step + 1
+                saving = step % cfg.ckpt_every == 0 and step < cfg.total_steps
+                if logging or saving:
+                    flush()
+                if is_main and logging:
+                    loss_v = res.losses[-1]
                     rate = cfg.items_per_step * window_steps / max(window_time, 1e-9)
                     row = {"step": step, "epoch": loader.epoch, "loss": loss_v,
                            "lr": lr_used, "clips_per_s": rate,
@@ -295,7 +313,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                     window_steps = 0
                 else:
                     rep.update(step)
-                if step % cfg.ckpt_every == 0 and step < cfg.total_steps:
+                if saving:
                     save(final=False)
                 if kill_at and step == kill_at:
                     import signal
@@ -307,6 +325,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
             else:
                 if len(loader) == 0:
                     raise DalivsslError(f"{cfg.label}: the loader yields no batch")
+        flush()
     finally:
         rep.close()
     save(final=True)

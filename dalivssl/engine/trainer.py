@@ -202,8 +202,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
         from dalivssl.errors import unknown_name
 
         raise unknown_name("architecture", cfg.arch, BACKBONES)
-    if cfg.device not in ("cpu", "gpu"):
-        raise DalivsslError(f"unknown device {cfg.device!r}; valid: cpu, gpu")
+    from dalivssl.devices import resolve_device
+
+    dev = resolve_device(cfg.device)  # auto → the GPU when usable, else the CPU (stated)
+    cfg = dataclasses.replace(cfg, device=dev.name)
     if cfg.batch_size < 2:
         raise DalivsslError(f"batch_size must be >= 2 (BatchNorm, contrastive negatives), got "
                             f"{cfg.batch_size}")
@@ -231,7 +233,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
                 if ckpt.get(key) != getattr(cfg, key):
                     raise DalivsslError(f"{ckpt_path}: checkpoint is for {key} "
                                         f"{ckpt.get(key)!r}, not {getattr(cfg, key)!r}")
-        return _run(cfg, task, dist, run_dir, ckpt, resume)
+        return _run(cfg, task, dist, run_dir, ckpt, resume, dev)
     finally:
         if lock is not None:
             lock.release()
@@ -240,6 +242,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
 
 def _build(cfg: PretrainConfig, task, dist):
     """-> (loader, model, optimizer, scheduler, resolved cfg, opt, total_steps)."""
+    from dalivssl.devices import dali_threads
     from models import create_backbone
     from pipelines.loader import LoaderError, PretextLoader
     from pipelines.samplers import SAMPLERS
@@ -252,7 +255,8 @@ def _build(cfg: PretrainConfig, task, dist):
     try:
         loader = PretextLoader(spec["sampler"], manifest, cfg.batch_size, device=cfg.device,
                                clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed,
-                               shard=(dist.rank, dist.world), num_threads=max(1, cfg.threads),
+                               shard=(dist.rank, dist.world),
+                               num_threads=dali_threads(cfg.device, cfg.dali_threads),
                                **sampler_opts)
     except LoaderError as exc:
         raise DalivsslError(f"{cfg.data or 'synthetic dataset'}: {exc}") from None
@@ -285,7 +289,8 @@ def _build(cfg: PretrainConfig, task, dist):
     return loader, model, optimizer, scheduler, resolved, opt, total_steps
 
 
-def run_record(resolved: PretrainConfig, loader, status: str = "running"):
+def run_record(resolved: PretrainConfig, loader, status: str = "running",
+               device_info: dict | None = None):
     """The run record of a pretraining (clip settings are what the loader feeds the model)."""
     from dalivssl import record as rec
 
@@ -296,10 +301,11 @@ def run_record(resolved: PretrainConfig, loader, status: str = "running"):
         clip=rec.ClipSettings(resolved.clip_len, resolved.size, loader.normalize),
         data=data, data_hash=data_hash, device=resolved.device,
         decoder=rec.decoder_name(resolved.device), seed=resolved.seed,
-        versions=rec.versions(), settings=to_dict(resolved), status=status)
+        versions=rec.versions(), settings={**to_dict(resolved), "device_info": device_info or {}},
+        status=status)
 
 
-def _run(cfg, task, dist, run_dir, ckpt, resume):
+def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
     from dalivssl import record as rec
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -313,7 +319,7 @@ def _run(cfg, task, dist, run_dir, ckpt, resume):
     elif cfg.device == "gpu":
         torch.backends.cudnn.benchmark = True
     loader, model, optimizer, scheduler, resolved, opt, total_steps = _build(cfg, task, dist)
-    record = run_record(resolved, loader)
+    record = run_record(resolved, loader, device_info=dev.record())
     seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
     step, notes = 0, []
     if ckpt is not None:
@@ -328,6 +334,7 @@ def _run(cfg, task, dist, run_dir, ckpt, resume):
         from dalivssl.console import stderr_console
 
         con = stderr_console()
+        con.print(f"device: {dev.reason}", highlight=False)
         note = (f"resuming {run_dir / ck.CKPT_NAME} at step {step}" if ckpt is not None else
                 f"no checkpoint in {run_dir}: starting from step 0" if resume else
                 f"run dir {run_dir}")
@@ -340,7 +347,7 @@ def _run(cfg, task, dist, run_dir, ckpt, resume):
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[dist.local_rank] if cfg.device == "gpu" else None)
+        net = DDP(model, device_ids=[dist.gpu_index] if cfg.device == "gpu" else None)
 
     def fields() -> dict:
         return dict(kind="pretrain", arch=cfg.arch, task=cfg.task, record=record.to_dict(),

@@ -260,7 +260,7 @@ def test_cli_end_to_end_and_resume(tiny_synth, tmp_path, monkeypatch, capsys):
     assert _main(other) == 2
     err = capsys.readouterr().err
     assert "swept with other settings or data (data_hash:" in err
-    assert len(err.strip().splitlines()) == 1
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1
     # so is a re-finetuned checkpoint at the same path (content, not path)
     _finetune_ckpt(tmp_path / "ft.pt", seed=1)
     assert _main(argv) == 2

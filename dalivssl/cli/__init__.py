@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "distill": ("distill", "distill", "Multi-teacher knowledge distillation into a student."),
     "export-logits": ("distill", "export_logits", "Export a checkpoint's logits to HDF5."),
     "bench": ("bench", "bench", "Throughput benchmarks (loader, noise, CKA, sweep)."),
+    "study": ("study", "study", "Run the paper's experiment grids and make its tables."),
 }
 
 

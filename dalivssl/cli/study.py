@@ -74,10 +74,15 @@ def plan(study_file, out, show_runs):
     click.echo(f"\n{p.study.name}: {len(p.cells)} cells, {len(p.runs)} runs ("
                + ", ".join(f"{n} {k}" for k, n in by_step.items()) + ")"
                + (f"; {done} done in {out}" if out else ""))
-    missing = sorted({f for d in p.study.datasets.values() for f in (d.train, d.test)
-                      if f and not Path(f).is_file()})
-    for f in missing:
-        click.echo(f"note: manifest {f} not found (needed before `study run`)", err=True)
+    missing = _missing_manifests(p.study)
+    if missing:
+        click.echo(f"note: {len(missing)} manifest(s) not found, e.g. {missing[0]} (needed by "
+                   "`study run`; set $DALIVSSL_DATA or edit data:)", err=True)
+
+
+def _missing_manifests(study) -> list[str]:
+    return sorted({f for d in study.datasets.values() for f in (d.train, d.test)
+                   if f and not Path(f).is_file()})
 
 
 @study.command("run")
@@ -110,10 +115,10 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
     from dalivssl.study.spec import expand, load_study
 
     p = expand(load_study(study_file))
-    missing = sorted({f for d in p.study.datasets.values() for f in (d.train, d.test)
-                      if f and not Path(f).is_file()})
+    missing = _missing_manifests(p.study)
     if missing:
-        raise DalivsslError(f"manifest {missing[0]} not found")
+        raise DalivsslError(f"manifest {missing[0]} not found"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     if executor == "slurm" and not partition:
         raise DalivsslError("--executor slurm needs --partition")
     say = click.echo

@@ -228,8 +228,7 @@ def parse_study(raw: dict, base=".", source=None) -> Study:
             if level is not None:
                 _need(level in complexity.get(task, {}), f"axes.complexity: task {task!r} has "
                       f"no level {level!r}; levels: {', '.join(complexity.get(task, {})) or 'none'}")
-    refs = {str(k): str(Path(base, os.path.expandvars(str(v)))) for k, v in
-            dict(raw.get("references") or {}).items()}
+    refs = {str(k): _path(Path(base), v) for k, v in dict(raw.get("references") or {}).items()}
     pretrain = _check_options("pretrain", dict(raw.get("pretrain") or {}))
     steps = _parse_steps(raw.get("steps") or {}, datasets, axes, refs)
     per = _parse_per(raw.get("per") or {}, axes)
@@ -246,9 +245,16 @@ def _parse_datasets(raw: dict, base: Path) -> dict:
         _need(name != EMBEDDED, f"data: {EMBEDDED!r} is the embedded dataset; pick another name")
         _need(isinstance(d, dict) and set(d) == {"train", "test"},
               f"data.{name}: expected {{train: PATH, test: PATH}}")
-        paths = [os.path.abspath(base / os.path.expandvars(str(d[k]))) for k in ("train", "test")]
+        paths = [_path(base, d[k]) for k in ("train", "test")]
         out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])))
     return out
+
+
+def _path(base: Path, given) -> str:
+    """Absolute path of ``given`` ($VARS expanded; relative to ``base``); left as written when a
+    variable is unset (reported as a missing manifest before any run)."""
+    p = os.path.expandvars(str(given))
+    return p if "$" in p else os.path.abspath(base / p)
 
 
 def _parse_axes(raw: dict, datasets: dict) -> dict:
@@ -558,9 +564,8 @@ class _Expander:
                 return None
             a, b = sorted((cell, b), key=lambda c: c.label)
             ra, rb = self.add(self.pretrain(a)), self.add(self.pretrain(b))
-            label, ref, paths = f"{a.label}_vs_{b.label}", b.label, [f"{{run:{ra}}}",
-                                                                     f"{{run:{rb}}}"]
-            deps = (ra, rb)
+            ref = ",".join(f"{k}={getattr(b, k)}" for k in AXES if getattr(a, k) != getattr(b, k))
+            label, paths, deps = f"{a.label}_vs_{b.label}", [f"{{run:{ra}}}", f"{{run:{rb}}}"], (ra, rb)
         elif against in MODEL_STEPS:  # how far finetuning moved the representation
             target = (self.s.step(against).targets or (cell.data,))[0] if self.s.step(
                 against) else None

@@ -144,10 +144,11 @@ def write_table(rows: list[dict], out_dir) -> dict:
     except ImportError:
         pass
     else:
-        cols = {k: [_plain(r[k]) for r in rows] for k in FIELDS}
-        pq.write_table(pa.table({k: pa.array(v, type=pa.float64() if k == "value" else
-                                             pa.string()) for k, v in cols.items()}),
-                       out_dir / "results.parquet")
+        types = {"subset": pa.int64(), "seed": pa.int64(), "severity": pa.int64(),
+                 "value": pa.float64()}
+        pq.write_table(pa.table({k: pa.array([r[k] if k in types else _text(r[k])
+                                              for r in rows], type=types.get(k, pa.string()))
+                                 for k in FIELDS}), out_dir / "results.parquet")
         paths["parquet"] = out_dir / "results.parquet"
     summary = summarize(rows)
     paths["summary"] = write_csv(out_dir / "summary.csv", summary,
@@ -155,8 +156,8 @@ def write_table(rows: list[dict], out_dir) -> dict:
     return paths
 
 
-def _plain(v):
-    return None if v is None else (v if isinstance(v, float) else str(v))
+def _text(v):
+    return None if v is None else str(v)
 
 
 def write_csv(path: Path, rows, fields) -> Path:

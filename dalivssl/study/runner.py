@@ -231,56 +231,80 @@ def prepare(plan: Plan, out) -> tuple[Path, RunLock, list[Run], Outcome]:
 def run_local(plan: Plan, out, jobs: int = 1, gpus=(), gpus_per_run: int = 1,
               threads: int | None = None, max_runs: int | None = None, say=print) -> Outcome:
     """Run what is not done, ``jobs`` commands at a time, children after their parents. With
-    ``gpus`` each command gets ``gpus_per_run`` of them (CUDA_VISIBLE_DEVICES)."""
+    ``gpus`` each pretraining gets ``gpus_per_run`` of them (torchrun), other runs one
+    (CUDA_VISIBLE_DEVICES). SIGTERM or Ctrl-C stops the running commands and the study."""
     out, lock, todo, res = prepare(plan, out)
-    free = list(gpus)
-    if free and len(free) < gpus_per_run:
+    if gpus and len(gpus) < gpus_per_run:
         lock.release()
-        raise DalivsslError(f"--gpus-per-run {gpus_per_run} but only {len(free)} GPU(s)")
-    slots = min(jobs, len(free) // gpus_per_run) if free else jobs
-    budget, waiting, failed = _Budget(max_runs), list(todo), set()
-    running: dict = {}
+        raise DalivsslError(f"--gpus-per-run {gpus_per_run} but only {len(gpus)} GPU(s)")
+    local = _Local(plan, out, todo, res, jobs, list(gpus), gpus_per_run, threads, max_runs, say)
     previous = _on_sigterm()
     try:
-        with ThreadPoolExecutor(max(1, slots)) as pool:
-            while waiting or running:
-                for r in [r for r in waiting if any(p in failed for p in r.deps)]:
-                    waiting.remove(r)
-                    failed.add(r.name)
-                    res.blocked.append(r.name)
-                ready = [r for r in waiting if all(status(out, plan.runs[p]) == "done"
-                                                   for p in r.deps)]
-                while ready and len(running) < slots and budget.take():
-                    r = ready.pop(0)
-                    waiting.remove(r)
-                    ids = [free.pop(0) for _ in range(gpus_per_run)] if free else []
-                    env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, ids))} if ids else {}
-                    job = make_job(plan, out, r, threads, len(ids) or 1, env)
-                    running[pool.submit(execute, job)] = (r, ids, time.time())
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    r, ids, t0 = running.pop(fut)
-                    free.extend(ids)
-                    rc = fut.result()
-                    n = len(res.ran) + len(res.failed) + 1
-                    if rc == 0 and run_done(run_dir(out, r), r.step):
-                        res.ran.append(r.name)
-                        say(f"[{n}/{len(todo)}] done {r.name} ({time.time() - t0:.1f}s)")
-                    else:
-                        failed.add(r.name)
-                        res.failed.append((r.name, rc, _last_line(run_dir(out, r))))
-                        say(f"[{n}/{len(todo)}] FAILED {r.name} (exit {rc}): "
-                            f"{_last_line(run_dir(out, r))}")
-        res.left = [r.name for r in waiting]
-    except KeyboardInterrupt:
-        _stop_children()
-        raise
+        local.run()
     finally:
-        signal.signal(signal.SIGTERM, previous) if previous is not None else None
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         lock.release()
     return res
+
+
+class _Local:
+    """The local executor's state: runs waiting, running (future -> run, GPUs, start), failed."""
+
+    def __init__(self, plan, out, todo, res, jobs, gpus, gpus_per_run, threads, max_runs, say):
+        self.plan, self.out, self.todo, self.res, self.say = plan, out, todo, res, say
+        self.free, self.per_run, self.threads = gpus, gpus_per_run, threads
+        self.gpu_mode = bool(gpus)
+        self.slots = max(1, min(jobs, len(gpus)) if gpus else jobs)
+        self.budget, self.waiting, self.failed = _Budget(max_runs), list(todo), set()
+        self.running: dict = {}
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(self.slots) as pool:
+            try:
+                while self.waiting or self.running:
+                    self.start_ready(pool)
+                    if not self.running:
+                        break
+                    finished, _ = wait(self.running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        self.finish(fut)
+            except KeyboardInterrupt:  # stop the commands before the pool waits for them
+                _stop_children()
+                raise
+        self.res.left = [r.name for r in self.waiting]
+
+    def start_ready(self, pool) -> None:
+        for r in [r for r in self.waiting if any(p in self.failed for p in r.deps)]:
+            self.waiting.remove(r)
+            self.failed.add(r.name)
+            self.res.blocked.append(r.name)
+        ready = [r for r in self.waiting
+                 if all(status(self.out, self.plan.runs[p]) == "done" for p in r.deps)]
+        for r in ready:
+            n_gpus = (self.per_run if r.step == "pretrain" else 1) if self.gpu_mode else 0
+            if len(self.running) >= self.slots or len(self.free) < n_gpus or \
+                    not self.budget.take():
+                break
+            self.waiting.remove(r)
+            ids = [self.free.pop(0) for _ in range(n_gpus)]
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(ids)} if ids else {}
+            job = make_job(self.plan, self.out, r, self.threads, max(1, len(ids)), env)
+            self.running[pool.submit(execute, job)] = (r, ids, time.time())
+
+    def finish(self, fut) -> None:
+        r, ids, t0 = self.running.pop(fut)
+        self.free.extend(ids)
+        rc = fut.result()
+        d = run_dir(self.out, r)
+        n = f"[{len(self.res.ran) + len(self.res.failed) + 1}/{len(self.todo)}]"
+        if rc == 0 and run_done(d, r.step):
+            self.res.ran.append(r.name)
+            self.say(f"{n} done {r.name} ({time.time() - t0:.1f}s)")
+        else:
+            self.failed.add(r.name)
+            self.res.failed.append((r.name, rc, _last_line(d)))
+            self.say(f"{n} FAILED {r.name} (exit {rc}): {_last_line(d)}")
 
 
 def _on_sigterm():
@@ -321,8 +345,6 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
         ex = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
         params = {"timeout_min": time_min, "name": f"study-{plan.study.name}",
                   "cpus_per_task": threads or 2}
-        if plan.study.device == "gpu":
-            params["gpus_per_node"] = gpus_per_run
         if cluster == "slurm":
             params.update(slurm_partition=partition, **dict(slurm_extra or {}))
         ex.update_parameters(**params)
@@ -336,8 +358,10 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
             if cluster == "slurm":
                 ex.update_parameters(slurm_additional_parameters={
                     "dependency": "afterok:" + ":".join(after)} if after else {})
-            job = make_job(plan, out, r, threads, 1 if gpus_per_run > 1 and
-                           r.step != "pretrain" else gpus_per_run, wait_deps=True)
+            n_gpus = gpus_per_run if r.step == "pretrain" else 1
+            if plan.study.device == "gpu":
+                ex.update_parameters(gpus_per_node=n_gpus)
+            job = make_job(plan, out, r, threads, n_gpus, wait_deps=True)
             jobs[r.name] = ex.submit(execute, job)
             res.submitted[r.name] = jobs[r.name].job_id
         say(f"submitted {len(jobs)} job(s) to {cluster}" + (f"; {len(res.left)} left" if

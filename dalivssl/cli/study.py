@@ -104,9 +104,10 @@ def _missing_manifests(study) -> list[str]:
               help="CPU threads per run (default: the study's, else cores / jobs).")
 @click.option("--max-runs", type=click.IntRange(0), default=None,
               help="Start at most N runs, then stop (rerun to continue).")
-@click.option("--no-wait", is_flag=True, help="submitit: return after submitting.")
+@click.option("--wait/--no-wait", "wait", default=None,
+              help="submitit: wait for the jobs (default: wait, except on slurm).")
 def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min, threads,
-        max_runs, no_wait):
+        max_runs, wait):
     """Run STUDY_FILE's runs that are not done yet into --out (resumes killed runs)."""
     import os
 
@@ -127,7 +128,7 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
             runner.local_gpus() if p.study.device == "gpu" else [])
         if p.study.device == "gpu" and not ids:
             raise DalivsslError("the study's device is gpu but no GPU is visible")
-        jobs = jobs or max(1, len(ids) // gpus_per_run)
+        jobs = jobs or max(1, len(ids))  # GPUs bound how many run at once
         threads = threads or p.study.threads or max(1, (os.cpu_count() or 1) // jobs)
         res = runner.run_local(p, out, jobs=jobs, gpus=ids, gpus_per_run=gpus_per_run,
                                threads=threads, max_runs=max_runs, say=say)
@@ -141,11 +142,14 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
         res = runner.run_submitit(p, out, cluster=cluster, partition=partition,
                                   gpus_per_run=gpus_per_run, threads=threads or p.study.threads,
                                   time_min=time_min, max_runs=max_runs,
-                                  wait_jobs=not no_wait, say=say)
+                                  wait_jobs=executor != "slurm" if wait is None else wait,
+                                  say=say)
     total = len(p.runs)
+    unfinished = len(res.submitted) - len(res.ran) - len(res.failed) - len(res.blocked)
     click.echo(f"{p.study.name}: {res.done_before + len(res.ran)}/{total} runs done"
                f" ({len(res.ran)} now, {res.done_before} before)"
-               + (f"; {len(res.submitted)} submitted" if res.submitted and no_wait else "")
+               + (f"; {unfinished} submitted, not finished (`dalivssl study plan "
+                  f"{study_file} --out {out}` shows progress)" if unfinished else "")
                + (f"; {len(res.failed)} failed" if res.failed else "")
                + (f"; {len(res.blocked)} not run (a parent failed)" if res.blocked else "")
                + (f"; {len(res.left)} left (rerun to continue)" if res.left else ""))

@@ -283,7 +283,11 @@ def _plot_subset(summary, out_dir):
             rs = sorted(rs, key=lambda r: int(r["subset"]))
             ax.errorbar([int(r["subset"]) for r in rs], [r["mean"] for r in rs],
                         yerr=[r["std"] or 0 for r in rs], marker="o", capsize=3, label=task[0])
+        sizes = sorted({int(r["subset"]) for r in rows})
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+                              for n in sizes])
         ax.set_title(" ".join(str(k) for k in key if k is not None), fontsize=9)
         ax.set_xlabel("pretraining videos")
         ax.set_ylabel("video top-1")
@@ -323,10 +327,12 @@ def _plot_severity(summary, out_dir):
     panels = _panels(sel, ("arch", "target"))
     plt, fig, axes = _figure(len(panels))
     for ax, (key, rows) in zip(axes, panels):
-        for task, rs in _panels(rows, ("task", "subset", "complexity")):
+        for (task, subset, level), rs in _panels(rows, ("task", "subset", "complexity")):
             rs = sorted(rs, key=lambda r: int(r["severity"]))
             ax.plot([int(r["severity"]) for r in rs], [r["mean"] for r in rs], marker="o",
-                    label=" ".join(str(t) for t in task if t is not None))
+                    label=" ".join([task] + ([f"n{subset}"] if subset else []) + ([level]
+                                                                           if level else [])))
+        ax.set_xticks(sorted({int(r["severity"]) for r in rows}))
         ax.set_title(" ".join(str(k) for k in key if k is not None), fontsize=9)
         ax.set_xlabel("severity")
         ax.set_ylabel("R_s (mean over noises)")

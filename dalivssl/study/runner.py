@@ -358,8 +358,9 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
             if cluster == "slurm":
                 ex.update_parameters(slurm_additional_parameters={
                     "dependency": "afterok:" + ":".join(after)} if after else {})
-            n_gpus = gpus_per_run if r.step == "pretrain" else 1
+            n_gpus = 1
             if plan.study.device == "gpu":
+                n_gpus = gpus_per_run if r.step == "pretrain" else 1
                 ex.update_parameters(gpus_per_node=n_gpus)
             job = make_job(plan, out, r, threads, n_gpus, wait_deps=True)
             jobs[r.name] = ex.submit(execute, job)

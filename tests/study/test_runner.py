@@ -29,8 +29,8 @@ def fake(monkeypatch):
     return calls
 
 
-def plan(tiny_data, **axes):
-    raw = study_dict(tiny_data)
+def plan(tiny_data, device="cpu", **axes):
+    raw = study_dict(tiny_data, device=device)
     raw["axes"].update(axes)
     if len(raw["axes"]["task"]) == 1:
         del raw["steps"]["cka"]  # against {task: vcop}
@@ -92,3 +92,36 @@ def test_command_line_flags(tmp_path, tiny_data):
     (d / "checkpoint.pt").write_bytes(b"")
     assert runner.status(tmp_path, pre) == "partial"
     assert "--resume" in runner.command_line(p, tmp_path, pre)
+
+
+def test_slurm_jobs_wait_for_their_parents(tmp_path, tiny_data, monkeypatch):
+    """One submitit job per run; a child's job gets afterok on its parents' job ids."""
+    submitit = pytest.importorskip("submitit")
+    submitted = []
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster):
+            assert cluster == "slurm"
+            self.params = {}
+
+        def update_parameters(self, **kw):
+            self.params.update(kw)
+
+        def submit(self, fn, job):
+            submitted.append((job, dict(self.params)))
+            return type("Job", (), {"job_id": str(100 + len(submitted))})()
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    p = plan(tiny_data, task=["rotnet"], subset=[8], device="gpu")
+    res = runner.run_submitit(p, tmp_path, cluster="slurm", partition="gpu", gpus_per_run=4,
+                              wait_jobs=False, say=lambda s: None)
+    assert len(submitted) == len(p.runs) == len(res.submitted)
+    ids = {job["name"]: str(101 + i) for i, (job, _) in enumerate(submitted)}
+    for job, params in submitted:
+        deps = p.runs[job["name"]].deps
+        assert params["slurm_partition"] == "gpu" and job["wait"]
+        assert params["gpus_per_node"] == (4 if job["step"] == "pretrain" else 1)
+        assert params["slurm_additional_parameters"] == (
+            {"dependency": "afterok:" + ":".join(ids[d] for d in deps)} if deps else {})
+        assert "--nproc_per_node=4" in job["cmd"] if job["step"] == "pretrain" else \
+            "torch.distributed.run" not in job["cmd"]

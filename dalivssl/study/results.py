@@ -349,7 +349,7 @@ def _save(plt, fig, path: Path) -> Path:
 
 # ------------------------------------------------------------------------------ compare
 def compare(a: list[dict], b: list[dict]) -> list[dict]:
-    """Two studies' summaries side by side: rows keyed by settings, mean of A and B, Δ = B − A."""
+    """Two studies' summaries side by side, keyed by settings: means of A and B, Δ = B − A."""
     def index(summary):
         return {tuple(s[k] for k in GROUP if k != "study"): s for s in summary}
 

@@ -20,7 +20,7 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       finetune: {data: [ucf101], epochs: 50}            # `dalivssl finetune`
       probe: {data: [ucf101]}                           # `dalivssl finetune --linear-probe`
       retrieve: {data: [ucf101], topk: [1, 5]}          # `dalivssl retrieve`
-      robustness: {data: [ucf101], model: finetune}     # `dalivssl robustness` of the finetuned model
+      robustness: {data: [ucf101], model: finetune}     # `dalivssl robustness` of finetuned models
       cka: {against: [finetune, {task: vcop}, my_ref]}  # `dalivssl cka` vs other models
       distill: {teachers: [{task: rotnet}, {task: vcop}], data: ucf101}   # `dalivssl distill`
     per:                        # options fixed per axis value: per.<axis>.<value>.<step>
@@ -226,8 +226,9 @@ def parse_study(raw: dict, base=".", source=None) -> Study:
     for task in axes["task"]:
         for level in axes["complexity"]:
             if level is not None:
-                _need(level in complexity.get(task, {}), f"axes.complexity: task {task!r} has "
-                      f"no level {level!r}; levels: {', '.join(complexity.get(task, {})) or 'none'}")
+                known = complexity.get(task, {})
+                _need(level in known, f"axes.complexity: task {task!r} has no level {level!r}; "
+                      f"levels: {', '.join(known) or 'none'}")
     refs = {str(k): _path(Path(base), v) for k, v in dict(raw.get("references") or {}).items()}
     pretrain = _check_options("pretrain", dict(raw.get("pretrain") or {}))
     steps = _parse_steps(raw.get("steps") or {}, datasets, axes, refs)
@@ -395,6 +396,8 @@ def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
             extra["baseline"] = bool(body.get("baseline", True))
         options = {k: v for k, v in body.items() if k not in STRUCTURE[kind]}
         steps[kind] = Step(kind, targets, _check_options(kind, options, where), **extra)
+    for a in steps["cka"].against if "cka" in steps else ():
+        _need(a not in MODEL_STEPS or a in steps, f"steps.cka.against: {a!r} needs a {a!r} step")
     for kind in ("robustness", "distill"):
         if kind in steps:
             model = steps[kind].model if kind == "robustness" else "finetune"
@@ -471,6 +474,7 @@ class _Expander:
         self.cells = [Cell(*v) for v in itertools.product(*(study.axes[a] for a in AXES))]
         self.labels = {c.label for c in self.cells}
         self.runs: dict[str, Run] = {}
+        self.device = ["--device", study.device]
 
     def add(self, run: Run) -> str:
         self.runs.setdefault(run.name, run)
@@ -487,9 +491,6 @@ class _Expander:
         cols["step"] = step
         return Run(name, step, tuple(argv), tuple(deps), cols)
 
-    def common(self, cell: Cell, step: str) -> list[str]:
-        return ["--device", self.s.device]
-
     def pretrain(self, cell: Cell) -> Run:
         opts = self.options(cell, "pretrain", self.s.pretrain)
         if cell.complexity is not None:
@@ -499,7 +500,7 @@ class _Expander:
         argv = ["pretrain", "--task", cell.task, "--arch", cell.arch,
                 *self.s.datasets[cell.data].flags("pretrain"),
                 *(["--subset", str(cell.subset)] if cell.subset else []),
-                "--seed", str(cell.seed), *self.common(cell, "pretrain"),
+                "--seed", str(cell.seed), *self.device,
                 *option_argv("pretrain", opts)]
         return self.make("pretrain", cell.label, argv, (), cell.columns(), [cell.data])
 
@@ -510,7 +511,7 @@ class _Expander:
         opts = self.options(cell, kind, step.options)
         argv = ["finetune", "--checkpoint", f"{{run:{pre}}}",
                 *self.s.datasets[target].flags(kind), "--seed", str(cell.seed),
-                *self.common(cell, kind), *(["--linear-probe"] if kind == "probe" else []),
+                *self.device, *(["--linear-probe"] if kind == "probe" else []),
                 *option_argv(kind, opts)]
         tag = "ft" if kind == "finetune" else "probe"
         return self.make(kind, f"{cell.label}_{tag}-{target}", argv, (pre,),
@@ -532,7 +533,7 @@ class _Expander:
             pre = self.add(self.pretrain(cell))
             for t in targets:
                 argv = ["retrieve", "--checkpoint", f"{{run:{pre}}}",
-                        *self.s.datasets[t].flags("retrieve"), *self.common(cell, "retrieve"),
+                        *self.s.datasets[t].flags("retrieve"), *self.device,
                         *option_argv("retrieve", self.options(cell, "retrieve", step.options))]
                 out.append(self.make("retrieve", f"{cell.label}_ret-{t}", argv, (pre,),
                                      {**cell.columns(), "target": t}, [cell.data, t]))
@@ -541,7 +542,7 @@ class _Expander:
                 m = self.add(self.model(cell, step.model, t))
                 argv = ["robustness", "--checkpoint", f"{{run:{m}}}",
                         *self.s.datasets[t].flags("robustness"), "--seed", str(cell.seed),
-                        *self.common(cell, "robustness"),
+                        *self.device,
                         *option_argv("robustness", self.options(cell, "robustness",
                                                                 step.options))]
                 out.append(self.make("robustness", f"{cell.label}_rob-{step.model}-{t}", argv,
@@ -565,12 +566,10 @@ class _Expander:
             a, b = sorted((cell, b), key=lambda c: c.label)
             ra, rb = self.add(self.pretrain(a)), self.add(self.pretrain(b))
             ref = ",".join(f"{k}={getattr(b, k)}" for k in AXES if getattr(a, k) != getattr(b, k))
-            label, paths, deps = f"{a.label}_vs_{b.label}", [f"{{run:{ra}}}", f"{{run:{rb}}}"], (ra, rb)
+            label, deps = f"{a.label}_vs_{b.label}", (ra, rb)
+            paths = [f"{{run:{ra}}}", f"{{run:{rb}}}"]
         elif against in MODEL_STEPS:  # how far finetuning moved the representation
-            target = (self.s.step(against).targets or (cell.data,))[0] if self.s.step(
-                against) else None
-            if target is None:
-                raise DalivsslError(f"steps.cka.against: {against!r} needs a {against!r} step")
+            target = (self.s.step(against).targets or (cell.data,))[0]
             ra, rb = self.add(self.pretrain(cell)), self.add(self.model(cell, against, target))
             label, ref = f"{cell.label}_vs_{against}-{target}", f"{against}-{target}"
             paths, deps = [f"{{run:{ra}}}", f"{{run:{rb}}}"], (ra, rb)
@@ -584,7 +583,7 @@ class _Expander:
         opts = {**{k: v for k, v in clip.items() if k in params}, **opts}
         argv = ["cka", *(x for p in paths for x in ("--checkpoint", p)),
                 *self.s.datasets[data].flags("cka"), "--seed", str(a.seed),
-                *self.common(a, "cka"), *option_argv("cka", opts)]
+                *self.device, *option_argv("cka", opts)]
         return self.make("cka", label, argv, deps, {**a.columns(), "target": data, "ref": ref},
                          [a.data, data])
 
@@ -592,7 +591,7 @@ class _Expander:
         student = step.student or cell.arch
         opts = self.options(cell, "distill", step.options)
         head = ["distill", "--student", student, *self.s.datasets[target].flags("distill"),
-                "--seed", str(cell.seed), *self.common(cell, "distill")]
+                "--seed", str(cell.seed), *self.device]
         if baseline:
             argv = head + option_argv("distill", opts)
             return self.make("distill", f"kd_{student}_{target}_s{cell.seed}_none", argv, (),

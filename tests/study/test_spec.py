@@ -30,7 +30,8 @@ def test_cells_and_run_names(tiny_data):
         "vcop_squeezenet_synth_n8_s0", "vcop_squeezenet_synth_n16_s0"]
     assert labels(p) == [
         "rotnet_squeezenet_synth_n8_s0", "rotnet_squeezenet_synth_n8_s0_ft-synth",
-        "rotnet_squeezenet_synth_n8_s0_ret-synth", "rotnet_squeezenet_synth_n8_s0_rob-finetune-synth",
+        "rotnet_squeezenet_synth_n8_s0_ret-synth",
+        "rotnet_squeezenet_synth_n8_s0_rob-finetune-synth",
         "vcop_squeezenet_synth_n8_s0",
         "rotnet_squeezenet_synth_n8_s0_vs_vcop_squeezenet_synth_n8_s0",
         "rotnet_squeezenet_synth_n16_s0", "rotnet_squeezenet_synth_n16_s0_ft-synth",
@@ -99,8 +100,8 @@ def test_complexity_per_axis_and_shared_runs(tiny_data):
         + [f"{t}_squeezenet_synth_n8_{c}_s0_vs_finetune-synth" for t in ("rotnet", "vcop")
            for c in ("C1", "C2")])
     # one distilled student per teacher set (each cell asks for it) and one shared baseline
-    assert sorted(labels(p, "distill")) == ["kd_squeezenet_synth_2t_s0", "kd_squeezenet_synth_2t_s0",
-                                            "kd_squeezenet_synth_s0_none"]
+    assert sorted(labels(p, "distill")) == [
+        "kd_squeezenet_synth_2t_s0", "kd_squeezenet_synth_2t_s0", "kd_squeezenet_synth_s0_none"]
     kd = [r for r in p.runs.values() if r.step == "distill" and r.deps]
     assert {r.columns["complexity"] for r in kd} == {"C1", "C2"}
     assert all(r.argv.count("--teacher") == 2 for r in kd)
@@ -108,10 +109,12 @@ def test_complexity_per_axis_and_shared_runs(tiny_data):
 
 BAD = [
     ({"bogus": 1}, "unknown key 'bogus'"),
-    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "colour": [1]}}, "unknown axis 'colour'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "colour": [1]}},
+     "unknown axis 'colour'"),
     ({"axes": {"task": ["rotnot"], "arch": ["squeezenet"]}}, "unknown task 'rotnot'"),
     ({"axes": {"task": ["rotnet"], "arch": ["resnet9000"]}}, "unknown arch 'resnet9000'"),
-    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "data": ["ucf"]}}, "unknown data 'ucf'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "data": ["ucf"]}},
+     "unknown data 'ucf'"),
     ({"axes": {"task": ["cvrl"], "arch": ["squeezenet"], "complexity": ["C2"]}},
      "task 'cvrl' has no level 'C2'"),
     ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "subset": [0]}}, "axes.subset"),
@@ -124,6 +127,7 @@ BAD = [
     ({"steps": {"robustness": {}}}, "needs a 'finetune' step"),
     ({"steps": {"cka": {"against": ["someone"]}}}, "'someone' is neither"),
     ({"steps": {"cka": {"against": [{"task": "prp"}]}}}, "not a cell of this study"),
+    ({"steps": {"cka": {"against": ["probe"]}}}, "'probe' needs a 'probe' step"),
     ({"per": {"task": {"prp": {"pretrain": {}}}}}, "'prp' is not a value of axes.task"),
     ({"device": "tpu"}, "device: expected cpu or gpu"),
 ]
@@ -141,7 +145,8 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, tiny_data):
     res = subprocess.run([sys.executable, "-m", "dalivssl", "study", "plan", path],
                          capture_output=True, text=True)
     assert res.returncode == 2
-    assert res.stderr.strip().count("\n") == 0 and "bad.yaml: pretrain: unknown option" in res.stderr
+    assert res.stderr.strip().count("\n") == 0
+    assert "bad.yaml: pretrain: unknown option" in res.stderr
 
 
 @pytest.mark.parametrize("name", preset_names())

@@ -42,7 +42,8 @@ def presets(name):
     rows = []
     for n in preset_names():
         raw = yaml.safe_load((PRESETS_DIR / f"{n}.yaml").read_text())
-        rows.append([n, str(raw.get("description", "")).strip().splitlines()[0]])
+        text = " ".join(str(raw.get("description", "")).split())
+        rows.append([n, text if len(text) <= 90 else text[:89].rstrip() + "…"])
     click.echo(_columns(["preset", "description"], rows))
 
 

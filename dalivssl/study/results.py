@@ -187,6 +187,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------- tables
 def _fmt(mean, std) -> str:
+    mean = 0.0 if abs(mean) < 5e-4 else mean  # no "-0.000"
     return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-EXECUTORS = ("local", "slurm", "submitit-local", "debug")  # runner.EXECUTORS (lazily imported)
+from dalivssl.study.runner import EXECUTORS  # light: torch and submitit load in the commands
 
 
 def _columns(header, rows) -> str:

@@ -23,6 +23,8 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    package_data={"dalivssl.study": ["tasks.yaml", "presets/*.yaml"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "submitit", "pyarrow"],
+                    "study": ["submitit", "pyarrow"]},
     entry_points={"console_scripts": ["dalivssl=dalivssl.cli:main"]},
 )

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export-logits": ("distill", "export_logits", "Export a checkpoint's logits to HDF5."),
     "bench": ("bench", "bench", "Throughput benchmarks (loader, noise, CKA, sweep)."),
     "doctor": ("doctor", "doctor", "Check this machine: versions, GPUs, NVDEC, what DALI decodes."),
+    "study": ("study", "study", "Run the paper's experiment grids and make its tables."),
 }
 
 

@@ -1,0 +1,394 @@
+"""Executing a study's runs: each an ordinary ``dalivssl`` command in its own directory.
+
+``OUT/<step>/<run name>/`` holds what the command writes, plus the study's own three files:
+``study.json`` (the run's settings and command), ``study.log`` (the command's output, one
+``$ command`` line per start) and ``study_attempts.jsonl`` (one line per finished attempt: start,
+end, exit code). A run is done when the command says so (:func:`run_done`); a rerun of the study
+skips done runs and restarts the others with ``--resume`` where the command supports it, so a
+killed run continues from its checkpoint.
+
+Executors: ``local`` (N commands at a time, one GPU each via CUDA_VISIBLE_DEVICES, torchrun for
+multi-GPU pretraining) and submitit's (``slurm``: one job per run, ``afterok`` dependencies;
+``submitit-local`` and ``debug``: the same code path on this machine).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dalivssl.errors import DalivsslError
+from dalivssl.record import RunLock, read_run_record
+from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options
+
+RUN_FILE = "study.json"
+LOG_FILE = "study.log"
+ATTEMPTS_FILE = "study_attempts.jsonl"
+STUDY_FILES = {RUN_FILE, LOG_FILE, ATTEMPTS_FILE, ".lock"}
+EXECUTORS = ("local", "slurm", "submitit-local", "debug")
+DEP_FAILED = 3  # exit code of a run whose parent failed (submitit jobs waiting on a parent)
+
+# Until every command writes record.json (issue 11), the file each writes last when it finishes.
+# Delete with the fallback in run_done once they do.
+_FINISHED_FILE = {"pretrain": "summary.json", "finetune": "finetune.h5", "probe": "finetune.h5",
+                  "retrieve": "retrieval.csv", "robustness": "robustness.csv", "cka": "cka.csv",
+                  "distill": "losses.csv"}
+
+
+def run_done(run_dir, step: str) -> bool:
+    """The run in ``run_dir`` finished: its record says complete (or, for commands that write no
+    record yet, the file it writes last exists)."""
+    rec = read_run_record(run_dir)
+    if rec is not None:
+        return rec.status == "complete"
+    return (Path(run_dir) / _FINISHED_FILE[step]).is_file()
+
+
+def run_dir(out, run: Run) -> Path:
+    return Path(out) / run.step / run.name
+
+
+def status(out, run: Run) -> str:
+    """'done' | 'partial' (started, not finished) | 'pending'."""
+    d = run_dir(out, run)
+    if run_done(d, run.step):
+        return "done"
+    started = d.is_dir() and any(p.name not in STUDY_FILES for p in d.iterdir())
+    return "partial" if started else "pending"
+
+
+def attempts(d) -> list[dict]:
+    p = Path(d) / ATTEMPTS_FILE
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] \
+        if p.is_file() else []
+
+
+# --------------------------------------------------------------------------- command lines
+def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per_run: int = 1
+                 ) -> list[str]:
+    """The full command of ``run``: parents' checkpoints resolved, plus the flags the study sets
+    per machine (--name, threads, --resume) where the command has them."""
+    argv = []
+    for a in run.argv:
+        if a.startswith("{run:") and a.endswith("}"):
+            parent = plan.runs[a[5:-1]]
+            a = str(run_dir(out, parent).resolve() / CHECKPOINTS[parent.step])
+        elif a.startswith("{data:") and a.endswith("}"):
+            name, split = a[6:-1].rsplit(":", 1)
+            a = getattr(plan.study.datasets[name], split)
+        argv.append(a)
+    params = command_options(run.step)
+    argv += name_flag(params, run)
+    for key in ("threads", "num_threads"):
+        if threads and key in params:
+            argv += [next(o for o in params[key].opts if o.startswith("--")), str(threads)]
+            break
+    if status(out, run) == "partial":
+        argv += ["--resume"] if "resume" in params else \
+            ["--overwrite"] if "overwrite" in params else []
+    argv += ["--out", str(run_dir(out, run).resolve())]
+    head = [sys.executable, "-m"]
+    if gpus_per_run > 1 and run.step == "pretrain":
+        head += ["torch.distributed.run", "--standalone", f"--nproc_per_node={gpus_per_run}",
+                 "-m"]
+    return head + ["dalivssl", *argv]
+
+
+def name_flag(params: dict, run: Run) -> list[str]:
+    """``--name`` (the human name tables use) where the command has it."""
+    return ["--name", run.name.rsplit("-", 1)[0]] if "name" in params else []
+
+
+def write_run_files(plan: Plan, out) -> None:
+    """``study.json`` of every run (settings and command): what ``study results`` reads."""
+    for run in plan.runs.values():
+        d = run_dir(out, run)
+        d.mkdir(parents=True, exist_ok=True)
+        info = {"name": run.name, "study": plan.study.name, "step": run.step,
+                "columns": run.columns, "argv": list(run.argv), "deps": list(run.deps)}
+        p = d / RUN_FILE
+        if not p.is_file() or json.loads(p.read_text()) != info:
+            p.write_text(json.dumps(info, indent=1))
+
+
+# ------------------------------------------------------------------------------- one run
+_CHILDREN: set = set()
+_CHILDREN_LOCK = threading.Lock()
+
+
+def execute(job: dict) -> int:
+    """Run one command (a job dict from :func:`make_job`); returns its exit code. With
+    ``job['wait']`` it first waits for its parents (submitit jobs started before them)."""
+    d = Path(job["dir"])
+    d.mkdir(parents=True, exist_ok=True)
+    if job.get("wait") and not _wait_for(job["deps"], job["since"]):
+        _append_attempt(d, time.time(), DEP_FAILED, job, note="a parent run failed")
+        return DEP_FAILED
+    if run_done(d, job["step"]):
+        return 0
+    start = time.time()
+    env = {**os.environ, **job.get("env", {})}
+    with open(d / LOG_FILE, "a") as log:
+        log.write(f"$ {shlex.join(job['cmd'])}\n")
+        log.flush()
+        proc = subprocess.Popen(job["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        with _CHILDREN_LOCK:
+            _CHILDREN.add(proc)
+        try:
+            rc = proc.wait()
+        finally:
+            with _CHILDREN_LOCK:
+                _CHILDREN.discard(proc)
+    _append_attempt(d, start, rc, job)
+    return rc
+
+
+def _append_attempt(d: Path, start: float, rc: int, job: dict, note: str | None = None):
+    entry = {"start": start, "end": time.time(), "rc": rc, "host": socket.gethostname(),
+             "gpus": job.get("env", {}).get("CUDA_VISIBLE_DEVICES"),
+             "resumed": "--resume" in job["cmd"], **({"note": note} if note else {})}
+    with open(d / ATTEMPTS_FILE, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def _wait_for(deps: list, since: float, poll: float = 2.0) -> bool:
+    """Wait until every parent (dir, step) is done; False once one failed after ``since``."""
+    while True:
+        pending = [(d, s) for d, s in deps if not run_done(d, s)]
+        if not pending:
+            return True
+        for d, _ in pending:
+            if any(a["rc"] != 0 and a["start"] >= since for a in attempts(d)):
+                return False
+        time.sleep(poll)
+
+
+def make_job(plan: Plan, out, run: Run, threads=None, gpus_per_run=1, env=None,
+             wait_deps=False) -> dict:
+    """What :func:`execute` needs, as plain data (submitit pickles it)."""
+    return {"name": run.name, "step": run.step, "dir": str(run_dir(out, run)),
+            "cmd": command_line(plan, out, run, threads, gpus_per_run), "env": dict(env or {}),
+            "deps": [(str(run_dir(out, plan.runs[p])), plan.runs[p].step) for p in run.deps],
+            "wait": wait_deps, "since": time.time()}
+
+
+def _last_line(d) -> str:
+    p = Path(d) / LOG_FILE
+    lines = [ln for ln in p.read_text(errors="replace").splitlines() if ln.strip()] \
+        if p.is_file() else []
+    return lines[-1].strip() if lines else ""
+
+
+# ------------------------------------------------------------------------------ executors
+@dataclass
+class Outcome:
+    done_before: int = 0
+    ran: list = field(default_factory=list)
+    failed: list = field(default_factory=list)     # (name, exit code, last log line)
+    blocked: list = field(default_factory=list)    # names whose parent failed
+    left: list = field(default_factory=list)       # names not started (run budget)
+    submitted: dict = field(default_factory=dict)  # name -> job id (slurm)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.blocked)
+
+
+class _Budget:
+    def __init__(self, max_runs):
+        self.left = max_runs
+
+    def take(self) -> bool:
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
+def prepare(plan: Plan, out) -> tuple[Path, RunLock, list[Run], Outcome]:
+    """Lock OUT, copy the study file there, write each run's study.json; the runs to do."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out).acquire()
+    if plan.study.source:
+        (out / "study.yaml").write_text(Path(plan.study.source).read_text())
+    write_run_files(plan, out)
+    todo = [r for r in plan.runs.values() if status(out, r) != "done"]
+    return out, lock, todo, Outcome(done_before=len(plan.runs) - len(todo))
+
+
+def run_local(plan: Plan, out, jobs: int = 1, gpus=(), gpus_per_run: int = 1,
+              threads: int | None = None, max_runs: int | None = None, say=print) -> Outcome:
+    """Run what is not done, ``jobs`` commands at a time, children after their parents. With
+    ``gpus`` each pretraining gets ``gpus_per_run`` of them (torchrun), other runs one
+    (CUDA_VISIBLE_DEVICES). SIGTERM or Ctrl-C stops the running commands and the study."""
+    out, lock, todo, res = prepare(plan, out)
+    if gpus and len(gpus) < gpus_per_run:
+        lock.release()
+        raise DalivsslError(f"--gpus-per-run {gpus_per_run} but only {len(gpus)} GPU(s)")
+    local = _Local(plan, out, todo, res, jobs, list(gpus), gpus_per_run, threads, max_runs, say)
+    previous = _on_sigterm()
+    try:
+        local.run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        lock.release()
+    return res
+
+
+class _Local:
+    """The local executor's state: runs waiting, running (future -> run, GPUs, start), failed."""
+
+    def __init__(self, plan, out, todo, res, jobs, gpus, gpus_per_run, threads, max_runs, say):
+        self.plan, self.out, self.todo, self.res, self.say = plan, out, todo, res, say
+        self.free, self.per_run, self.threads = gpus, gpus_per_run, threads
+        self.gpu_mode = bool(gpus)
+        self.slots = max(1, min(jobs, len(gpus)) if gpus else jobs)
+        self.budget, self.waiting, self.failed = _Budget(max_runs), list(todo), set()
+        self.running: dict = {}
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(self.slots) as pool:
+            try:
+                while self.waiting or self.running:
+                    self.start_ready(pool)
+                    if not self.running:
+                        break
+                    finished, _ = wait(self.running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        self.finish(fut)
+            except KeyboardInterrupt:  # stop the commands before the pool waits for them
+                _stop_children()
+                raise
+        self.res.left = [r.name for r in self.waiting]
+
+    def start_ready(self, pool) -> None:
+        for r in [r for r in self.waiting if any(p in self.failed for p in r.deps)]:
+            self.waiting.remove(r)
+            self.failed.add(r.name)
+            self.res.blocked.append(r.name)
+        ready = [r for r in self.waiting
+                 if all(status(self.out, self.plan.runs[p]) == "done" for p in r.deps)]
+        for r in ready:
+            n_gpus = (self.per_run if r.step == "pretrain" else 1) if self.gpu_mode else 0
+            if len(self.running) >= self.slots or len(self.free) < n_gpus or \
+                    not self.budget.take():
+                break
+            self.waiting.remove(r)
+            ids = [self.free.pop(0) for _ in range(n_gpus)]
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(ids)} if ids else {}
+            job = make_job(self.plan, self.out, r, self.threads, max(1, len(ids)), env)
+            self.running[pool.submit(execute, job)] = (r, ids, time.time())
+
+    def finish(self, fut) -> None:
+        r, ids, t0 = self.running.pop(fut)
+        self.free.extend(ids)
+        rc = fut.result()
+        d = run_dir(self.out, r)
+        n = f"[{len(self.res.ran) + len(self.res.failed) + 1}/{len(self.todo)}]"
+        if rc == 0 and run_done(d, r.step):
+            self.res.ran.append(r.name)
+            self.say(f"{n} done {r.name} ({time.time() - t0:.1f}s)")
+        else:
+            self.failed.add(r.name)
+            self.res.failed.append((r.name, rc, _last_line(d)))
+            self.say(f"{n} FAILED {r.name} (exit {rc}): {_last_line(d)}")
+
+
+def _on_sigterm():
+    """SIGTERM stops the study like Ctrl-C (children terminated); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_children():
+    with _CHILDREN_LOCK:
+        procs = list(_CHILDREN)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None = None,
+                 gpus_per_run: int = 1, threads: int | None = None, time_min: int = 24 * 60,
+                 max_runs: int | None = None, wait_jobs: bool = True, slurm_extra=None,
+                 say=print) -> Outcome:
+    """One submitit job per run, in dependency order. On SLURM a child waits for its parents
+    with ``--dependency=afterok:…``; every job also waits for its parents' completion itself, so
+    submitit's local executor (all jobs at once) keeps the order too. ``cluster``: 'slurm',
+    'local' or 'debug' (submitit's in-process executor, one job after the other)."""
+    import submitit
+
+    out, lock, todo, res = prepare(plan, out)
+    try:
+        ex = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
+        params = {"timeout_min": time_min, "name": f"study-{plan.study.name}",
+                  "cpus_per_task": threads or 2}
+        if cluster == "slurm":
+            params.update(slurm_partition=partition, **dict(slurm_extra or {}))
+        ex.update_parameters(**params)
+        budget, jobs = _Budget(max_runs), {}
+        for r in todo:
+            if not all(p in jobs or status(out, plan.runs[p]) == "done" for p in r.deps) \
+                    or not budget.take():
+                res.left.append(r.name)
+                continue
+            after = [jobs[p].job_id for p in r.deps if p in jobs]
+            if cluster == "slurm":
+                ex.update_parameters(slurm_additional_parameters={
+                    "dependency": "afterok:" + ":".join(after)} if after else {})
+            n_gpus = 1
+            if plan.study.device == "gpu":
+                n_gpus = gpus_per_run if r.step == "pretrain" else 1
+                ex.update_parameters(gpus_per_node=n_gpus)
+            job = make_job(plan, out, r, threads, n_gpus, wait_deps=True)
+            jobs[r.name] = ex.submit(execute, job)
+            res.submitted[r.name] = jobs[r.name].job_id
+        say(f"submitted {len(jobs)} job(s) to {cluster}" + (f"; {len(res.left)} left" if
+                                                           res.left else ""))
+        if wait_jobs:
+            for name, job in jobs.items():
+                rc = job.result()
+                r = plan.runs[name]
+                if rc == 0 and run_done(run_dir(out, r), r.step):
+                    res.ran.append(name)
+                    say(f"done {name}")
+                elif rc == DEP_FAILED:
+                    res.blocked.append(name)
+                else:
+                    res.failed.append((name, rc, _last_line(run_dir(out, r))))
+                    say(f"FAILED {name} (exit {rc}): {_last_line(run_dir(out, r))}")
+    finally:
+        lock.release()
+    return res
+
+
+def local_gpus() -> list[str]:
+    """GPU ids for local runs: those CUDA_VISIBLE_DEVICES lists, else every GPU torch sees."""
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return [v.strip() for v in vis.split(",") if v.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]

@@ -1,0 +1,639 @@
+"""Study files: read and validate them (one-line errors, before any work), expand them into cells
+and runs.
+
+A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
+
+    name: tiny-cpu
+    device: cpu                 # every command's --device
+    threads: 2                  # --threads of every command that has it
+    data:                       # named datasets: manifests relative to this file ($VARS expanded)
+      ucf101: {train: $DATA/ucf101/train.jsonl, test: $DATA/ucf101/test.jsonl}
+    axes:                       # the grid: one cell per combination ('embedded' needs no entry)
+      task: [rotnet, vcop]      # dalivssl.tasks.TASKS
+      arch: [r21d]              # models.BACKBONES
+      data: [ucf101]            # pretraining data
+      subset: [null, 1000]      # training videos (nested subsets); null = all
+      complexity: [null, C2]    # C1..C3 of the task's knob (tasks.yaml); null = the task default
+      seed: [0, 1]
+    pretrain: {epochs: 100, clip_len: 16, size: 112}   # options of `dalivssl pretrain`
+    steps:                      # downstream of every pretrained cell (options of each command)
+      finetune: {data: [ucf101], epochs: 50}            # `dalivssl finetune`
+      probe: {data: [ucf101]}                           # `dalivssl finetune --linear-probe`
+      retrieve: {data: [ucf101], topk: [1, 5]}          # `dalivssl retrieve`
+      robustness: {data: [ucf101], model: finetune}     # `dalivssl robustness` of finetuned models
+      cka: {against: [finetune, {task: vcop}, my_ref]}  # `dalivssl cka` vs other models
+      distill: {teachers: [{task: rotnet}, {task: vcop}], data: ucf101}   # `dalivssl distill`
+    per:                        # options fixed per axis value: per.<axis>.<value>.<step>
+      task: {vcop: {pretrain: {batch_size: 16}}}
+    references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
+
+Each run's name is its readable settings plus a short hash of its whole command line, so a
+changed option gives new runs (the unchanged ones are reused) and a rerun skips what is done.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dalivssl.errors import DalivsslError
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+TASK_PRESETS = Path(__file__).parent / "tasks.yaml"
+AXES = ("task", "arch", "data", "subset", "complexity", "seed")
+EMBEDDED = "embedded"  # the embedded synthetic dataset: commands run without data flags
+TOP_KEYS = ("name", "description", "device", "threads", "data", "axes", "pretrain", "steps",
+            "per", "complexity", "references")
+# step -> the dalivssl command it runs; downstream steps run in this order
+STEP_COMMANDS = {"pretrain": "pretrain", "finetune": "finetune", "probe": "finetune",
+                 "retrieve": "retrieve", "robustness": "robustness", "cka": "cka",
+                 "distill": "distill"}
+DOWNSTREAM = tuple(STEP_COMMANDS)[1:]
+MODEL_STEPS = ("finetune", "probe")  # steps whose checkpoint is a classifier
+# keys of a step that shape the study (not command options)
+STRUCTURE = {"pretrain": (), "finetune": ("data",), "probe": ("data",), "retrieve": ("data",),
+             "robustness": ("data", "model"), "cka": ("data", "against"),
+             "distill": ("data", "teachers", "student", "baseline")}
+# command options the study sets itself: an error when a study file gives them
+RESERVED = {"out", "out_dir", "resume", "overwrite", "name", "checkpoint", "checkpoints", "data",
+            "test_data", "eval_data", "train", "test", "task", "arch", "subset", "seed",
+            "device", "threads", "num_threads", "workers", "teacher", "teachers",
+            "teacher_logits", "student", "random_init", "config", "config_path", "linear_probe",
+            "help"}
+# the file each step's checkpoint lands in (what a downstream run reads)
+CHECKPOINTS = {"pretrain": "checkpoint.pt", "finetune": "checkpoint.pt",
+               "probe": "checkpoint.pt", "distill": "student.pt"}
+COLUMNS = ("step", "task", "arch", "data", "subset", "complexity", "seed", "target", "ref")
+
+
+# ------------------------------------------------------------------------------- types
+@dataclass(frozen=True)
+class Dataset:
+    """A named dataset: train and test manifests (both None for the embedded dataset)."""
+
+    name: str
+    train: str | None = None
+    test: str | None = None
+    given: tuple = ()  # the paths as the file wrote them (part of run hashes)
+
+    def flags(self, step: str) -> list[str]:
+        """The data options of ``step``'s command for this dataset, paths as ``{data:NAME:split}``
+        (resolved by the runner, so run names do not depend on where the data lies)."""
+        if self.train is None:
+            return []
+        tr, te = f"{{data:{self.name}:train}}", f"{{data:{self.name}:test}}"
+        return {"pretrain": ["--data", tr], "finetune": ["--data", tr, "--test-data", te],
+                "probe": ["--data", tr, "--test-data", te], "retrieve": ["--train", tr,
+                "--test", te], "robustness": ["--data", te], "cka": ["--data", te],
+                "distill": ["--data", tr, "--eval-data", te]}[step]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A downstream step: its datasets and options, and for cka/distill whom it compares with."""
+
+    kind: str
+    targets: tuple[str, ...] = ()
+    options: dict = field(default_factory=dict)
+    model: str = "finetune"                 # robustness: the model step it stresses
+    against: tuple = ()                     # cka: 'finetune' | 'probe' | reference | selector
+    teachers: tuple = ()                    # distill: selectors of teacher cells
+    student: str | None = None              # distill: student arch (default: the cell's)
+    baseline: bool = True                   # distill: also train the student without teachers
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    device: str
+    threads: int | None
+    datasets: dict
+    axes: dict
+    pretrain: dict
+    steps: tuple
+    per: dict
+    complexity: dict
+    references: dict
+    source: str | None = None
+
+    def step(self, kind: str) -> Step | None:
+        return next((s for s in self.steps if s.kind == kind), None)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid."""
+
+    task: str
+    arch: str
+    data: str
+    subset: int | None
+    complexity: str | None
+    seed: int
+
+    @property
+    def label(self) -> str:
+        parts = [self.task, self.arch, self.data]
+        parts += [f"n{self.subset}"] if self.subset else []
+        parts += [self.complexity] if self.complexity else []
+        return "_".join(parts + [f"s{self.seed}"])
+
+    def columns(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ordinary command in its own directory. ``argv`` follows ``dalivssl``; ``{run:NAME}``
+    stands for run NAME's checkpoint (resolved by the runner)."""
+
+    name: str
+    step: str
+    argv: tuple
+    deps: tuple
+    columns: dict
+
+    @property
+    def command(self) -> str:
+        return STEP_COMMANDS[self.step]
+
+
+@dataclass(frozen=True)
+class Plan:
+    study: Study
+    cells: tuple
+    runs: dict          # name -> Run, parents before children
+    by_cell: dict       # cell label -> run names
+
+
+# ------------------------------------------------------------------------------ loading
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def find_study(name_or_path) -> Path:
+    """A study file path, or the shipped preset of that name."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise DalivsslError(f"{name_or_path}: no such study file or preset; presets: "
+                        f"{', '.join(preset_names())}")
+
+
+def load_study(name_or_path) -> Study:
+    """Read and validate a study file (or preset): one-line DalivsslError on any problem."""
+    from dalivssl.config import load_yaml
+
+    path = find_study(name_or_path)
+    try:
+        return parse_study(load_yaml(path), base=path.parent, source=str(path))
+    except DalivsslError as exc:
+        raise DalivsslError(f"{path}: {exc}") from None
+
+
+def _need(cond, msg):
+    if not cond:
+        raise DalivsslError(msg)
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def parse_study(raw: dict, base=".", source=None) -> Study:
+    """A :class:`Study` from a study file's mapping (paths relative to ``base``)."""
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    _need(not unknown, f"unknown key {unknown[0] if unknown else ''!r}; valid: "
+          f"{', '.join(TOP_KEYS)}")
+    _need(isinstance(raw.get("axes"), dict), "needs 'axes:' (a mapping of axis: [values])")
+    device = raw.get("device", "cpu")
+    _need(device in ("cpu", "gpu"), f"device: expected cpu or gpu, got {device!r}")
+    threads = raw.get("threads")
+    _need(threads is None or (isinstance(threads, int) and threads >= 1),
+          f"threads: expected an integer >= 1, got {threads!r}")
+    datasets = _parse_datasets(raw.get("data") or {}, Path(base))
+    axes = _parse_axes(raw["axes"], datasets)
+    complexity = _complexity_levels(raw.get("complexity"))
+    for task in axes["task"]:
+        for level in axes["complexity"]:
+            if level is not None:
+                known = complexity.get(task, {})
+                _need(level in known, f"axes.complexity: task {task!r} has no level {level!r}; "
+                      f"levels: {', '.join(known) or 'none'}")
+    refs = {str(k): _path(Path(base), v) for k, v in dict(raw.get("references") or {}).items()}
+    pretrain = _check_options("pretrain", dict(raw.get("pretrain") or {}))
+    steps = _parse_steps(raw.get("steps") or {}, datasets, axes, refs)
+    per = _parse_per(raw.get("per") or {}, axes)
+    return Study(name=str(raw.get("name") or Path(source or "study").stem),
+                 description=str(raw.get("description") or "").strip(), device=device,
+                 threads=threads, datasets=datasets, axes=axes, pretrain=pretrain,
+                 steps=steps, per=per, complexity=complexity, references=refs, source=source)
+
+
+def _parse_datasets(raw: dict, base: Path) -> dict:
+    _need(isinstance(raw, dict), "data: expected a mapping of name: {train: PATH, test: PATH}")
+    out = {EMBEDDED: Dataset(EMBEDDED)}
+    for name, d in raw.items():
+        _need(name != EMBEDDED, f"data: {EMBEDDED!r} is the embedded dataset; pick another name")
+        _need(isinstance(d, dict) and set(d) == {"train", "test"},
+              f"data.{name}: expected {{train: PATH, test: PATH}}")
+        paths = [_path(base, d[k]) for k in ("train", "test")]
+        out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])))
+    return out
+
+
+def _path(base: Path, given) -> str:
+    """Absolute path of ``given`` ($VARS expanded; relative to ``base``); left as written when a
+    variable is unset (reported as a missing manifest before any run)."""
+    p = os.path.expandvars(str(given))
+    return p if "$" in p else os.path.abspath(base / p)
+
+
+def _parse_axes(raw: dict, datasets: dict) -> dict:
+    from dalivssl.tasks import TASKS
+    from models import BACKBONES
+
+    unknown = sorted(set(raw) - set(AXES))
+    _need(not unknown, f"axes: unknown axis {unknown[0] if unknown else ''!r}; valid: "
+          f"{', '.join(AXES)}")
+    _need("task" in raw and "arch" in raw, "axes: needs at least 'task' and 'arch'")
+    defaults = {"data": [EMBEDDED], "subset": [None], "complexity": [None], "seed": [0]}
+    axes = {}
+    for axis in AXES:
+        values = _as_list(raw.get(axis, defaults.get(axis)))
+        _need(values, f"axes.{axis}: needs at least one value")
+        _need(len(set(map(str, values))) == len(values), f"axes.{axis}: repeated value")
+        axes[axis] = tuple(values)
+    for kind, names, valid in (("task", axes["task"], TASKS), ("arch", axes["arch"], BACKBONES),
+                               ("data", axes["data"], datasets)):
+        for v in names:
+            _need(v in valid, f"axes.{kind}: unknown {kind} {v!r}; valid: "
+                  f"{', '.join(sorted(valid))}")
+    for v in axes["subset"]:
+        _need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+              f"axes.subset: expected integers >= 1 or null, got {v!r}")
+    for v in axes["seed"]:
+        _need(isinstance(v, int) and not isinstance(v, bool),
+              f"axes.seed: expected integers, got {v!r}")
+    return axes
+
+
+def _complexity_levels(override) -> dict:
+    """task -> {level: value of the task's knob (SPEC['complexity'])}: tasks.yaml, then the
+    study's own ``complexity:``."""
+    from dalivssl.config import load_yaml
+    from dalivssl.tasks import TASKS
+
+    levels = {t: dict(v) for t, v in (load_yaml(TASK_PRESETS).get("complexity") or {}).items()}
+    for task, lv in dict(override or {}).items():
+        _need(isinstance(lv, dict), f"complexity.{task}: expected {{C1: value, ...}}")
+        levels.setdefault(task, {}).update(lv)
+    for task in levels:
+        _need(task in TASKS, f"complexity: unknown task {task!r}; valid: "
+              f"{', '.join(sorted(TASKS))}")
+        _need(TASKS[task].SPEC.get("complexity"), f"complexity.{task}: the task has no "
+              "complexity knob (SPEC['complexity'] is None)")
+    return levels
+
+
+def command_options(step: str) -> dict:
+    """YAML key -> click option of ``step``'s command (its own parameter table: no copy)."""
+    import click
+
+    from dalivssl.cli import COMMANDS
+
+    module, attr, _ = COMMANDS[STEP_COMMANDS[step]]
+    cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
+    out = {}
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            for key in {p.name, *(o.lstrip("-").replace("-", "_") for o in p.opts)}:
+                out[key] = p
+    return out
+
+
+def _check_options(step: str, options: dict, where: str | None = None) -> dict:
+    """Keys and values of ``options`` checked against the command's own option types."""
+    import click
+
+    where = where or step
+    _need(isinstance(options, dict), f"{where}: expected a mapping of option: value")
+    params = command_options(step)
+    valid = sorted({p.name for k, p in params.items()} - RESERVED)
+    for key, value in options.items():
+        key = str(key).replace("-", "_")
+        _need(key not in RESERVED, f"{where}: {key!r} is set by the study, not by the file")
+        _need(key in params, f"{where}: unknown option {key!r} of `dalivssl "
+              f"{STEP_COMMANDS[step]}`; valid: {', '.join(valid)}")
+        p = params[key]
+        if p.name == "sets":
+            _need(isinstance(value, dict), f"{where}.set: expected a mapping of key: value")
+            continue
+        if p.is_flag:
+            _need(isinstance(value, bool), f"{where}.{key}: expected true or false")
+            continue
+        for v in _as_list(value) if p.multiple else [value]:
+            text = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+            try:
+                p.type.convert(text, p, None)
+            except click.BadParameter as exc:
+                raise DalivsslError(f"{where}.{key}: {exc.message}") from None
+    return {str(k).replace("-", "_"): v for k, v in options.items()}
+
+
+def _selector(sel, where) -> tuple:
+    _need(isinstance(sel, dict) and sel and set(sel) <= set(AXES),
+          f"{where}: expected a mapping of axis: value (axes: {', '.join(AXES)})")
+    return tuple(sorted(sel.items()))
+
+
+def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
+    from models import BACKBONES
+
+    _need(isinstance(raw, dict), "steps: expected a mapping of step: {options}")
+    steps = {}
+    for kind, body in raw.items():
+        _need(kind in DOWNSTREAM, f"steps: unknown step {kind!r}; valid: {', '.join(DOWNSTREAM)}")
+        body = dict(body or {})
+        where = f"steps.{kind}"
+        targets = tuple(str(t) for t in _as_list(body.get("data", [])))
+        for t in targets:
+            _need(t in datasets, f"{where}.data: unknown dataset {t!r}; valid: "
+                  f"{', '.join(sorted(datasets))}")
+        extra = {}
+        if kind == "robustness":
+            extra["model"] = body.get("model", "finetune")
+            _need(extra["model"] in MODEL_STEPS, f"{where}.model: expected finetune or probe")
+        if kind == "cka":
+            _need(len(targets) <= 1, f"{where}.data: one dataset (the clips the maps use)")
+            against = []
+            for a in _as_list(body.get("against", [])):
+                if isinstance(a, dict):
+                    against.append(_selector(a, f"{where}.against"))
+                else:
+                    _need(a in MODEL_STEPS or a in refs, f"{where}.against: {a!r} is neither "
+                          f"finetune, probe, a selector nor a reference ({', '.join(refs)})")
+                    against.append(str(a))
+            _need(against, f"{where}: needs 'against:' (finetune, probe, selectors, references)")
+            extra["against"] = tuple(against)
+        if kind == "distill":
+            teachers = [_selector(t, f"{where}.teachers") for t in _as_list(body.get("teachers",
+                                                                               []))]
+            _need(teachers, f"{where}: needs 'teachers:' (selectors of teacher cells)")
+            extra["teachers"] = tuple(teachers)
+            extra["student"] = body.get("student")
+            _need(extra["student"] is None or extra["student"] in BACKBONES,
+                  f"{where}.student: unknown arch {extra['student']!r}")
+            extra["baseline"] = bool(body.get("baseline", True))
+        options = {k: v for k, v in body.items() if k not in STRUCTURE[kind]}
+        steps[kind] = Step(kind, targets, _check_options(kind, options, where), **extra)
+    for a in steps["cka"].against if "cka" in steps else ():
+        _need(a not in MODEL_STEPS or a in steps, f"steps.cka.against: {a!r} needs a {a!r} step")
+    for kind in ("robustness", "distill"):
+        if kind in steps:
+            model = steps[kind].model if kind == "robustness" else "finetune"
+            _need(model in steps, f"steps.{kind}: needs a '{model}' step (its models)")
+            have = steps[model].targets or tuple(axes["data"])
+            want = steps[kind].targets or have
+            missing = [t for t in want if t not in have]
+            _need(not missing, f"steps.{kind}: dataset {missing[0] if missing else ''!r} has "
+                  f"no {model} step (steps.{model}.data)")
+            steps[kind] = dataclasses.replace(steps[kind], targets=want)
+    return tuple(steps[k] for k in DOWNSTREAM if k in steps)
+
+
+def _parse_per(raw: dict, axes: dict) -> dict:
+    _need(isinstance(raw, dict), "per: expected per.<axis>.<value>.<step>: {options}")
+    out = {}
+    for axis, by_value in raw.items():
+        _need(axis in AXES, f"per: unknown axis {axis!r}; valid: {', '.join(AXES)}")
+        _need(isinstance(by_value, dict), f"per.{axis}: expected a mapping value: {{step: ...}}")
+        for value, by_step in by_value.items():
+            _need(str(value) in map(str, axes[axis]),
+                  f"per.{axis}: {value!r} is not a value of axes.{axis}")
+            _need(isinstance(by_step, dict), f"per.{axis}.{value}: expected step: {{options}}")
+            for step, opts in by_step.items():
+                _need(step in STEP_COMMANDS, f"per.{axis}.{value}: unknown step {step!r}; "
+                      f"valid: {', '.join(STEP_COMMANDS)}")
+                out[(axis, str(value), step)] = _check_options(
+                    step, dict(opts or {}), f"per.{axis}.{value}.{step}")
+    return out
+
+
+# ---------------------------------------------------------------------------- expansion
+def _short_hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:6]
+
+
+def _merge(*dicts) -> dict:
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k),
+                                                                            dict) else v
+    return out
+
+
+def option_argv(step: str, options: dict) -> list[str]:
+    """``options`` (YAML keys) as command-line flags of ``step``'s command, sorted by key."""
+    params = command_options(step)
+    argv: list[str] = []
+    for key in sorted(options):
+        value, p = options[key], params[key]
+        flag = next(o for o in p.opts if o.startswith("--"))
+        if p.name == "sets":
+            argv += [x for k in sorted(value) for x in ("--set", f"{k}={json.dumps(value[k])}")]
+        elif p.is_flag:
+            if value:
+                argv.append(flag)
+            elif p.secondary_opts:
+                argv.append(p.secondary_opts[0])
+        elif p.multiple:
+            for v in _as_list(value):
+                argv += [flag, str(v)]
+        else:
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple))
+                     else str(value)]
+    return argv
+
+
+class _Expander:
+    """Builds runs as pure functions of (study, cell); equal runs from two cells are one run."""
+
+    def __init__(self, study: Study):
+        self.s = study
+        self.cells = [Cell(*v) for v in itertools.product(*(study.axes[a] for a in AXES))]
+        self.labels = {c.label for c in self.cells}
+        self.runs: dict[str, Run] = {}
+        self.device = ["--device", study.device]
+
+    def add(self, run: Run) -> str:
+        self.runs.setdefault(run.name, run)
+        return run.name
+
+    def options(self, cell: Cell, step: str, base: dict) -> dict:
+        per = [self.s.per.get((a, str(getattr(cell, a)), step), {}) for a in AXES]
+        return _merge(base, *per)
+
+    def make(self, step, label, argv, deps, columns, data_names) -> Run:
+        given = {d: self.s.datasets[d].given for d in data_names}
+        name = f"{label}-{_short_hash({'step': step, 'argv': argv, 'data': given})}"
+        cols = {k: columns.get(k) for k in COLUMNS}
+        cols["step"] = step
+        return Run(name, step, tuple(argv), tuple(deps), cols)
+
+    def pretrain(self, cell: Cell) -> Run:
+        opts = self.options(cell, "pretrain", self.s.pretrain)
+        if cell.complexity is not None:
+            knob = _task_knob(cell.task)
+            level = self.s.complexity[cell.task][cell.complexity]
+            opts = _merge(opts, {"set": {f"sampler.{knob}": level}})
+        argv = ["pretrain", "--task", cell.task, "--arch", cell.arch,
+                *self.s.datasets[cell.data].flags("pretrain"),
+                *(["--subset", str(cell.subset)] if cell.subset else []),
+                "--seed", str(cell.seed), *self.device,
+                *option_argv("pretrain", opts)]
+        return self.make("pretrain", cell.label, argv, (), cell.columns(), [cell.data])
+
+    def model(self, cell: Cell, kind: str, target: str) -> Run:
+        """The finetuned (or probed) model of ``cell`` on ``target``."""
+        pre = self.add(self.pretrain(cell))
+        step = self.s.step(kind)
+        opts = self.options(cell, kind, step.options)
+        argv = ["finetune", "--checkpoint", f"{{run:{pre}}}",
+                *self.s.datasets[target].flags(kind), "--seed", str(cell.seed),
+                *self.device, *(["--linear-probe"] if kind == "probe" else []),
+                *option_argv(kind, opts)]
+        tag = "ft" if kind == "finetune" else "probe"
+        return self.make(kind, f"{cell.label}_{tag}-{target}", argv, (pre,),
+                         {**cell.columns(), "target": target}, [cell.data, target])
+
+    def other(self, cell: Cell, selector: tuple, where: str) -> Cell:
+        other = dataclasses.replace(cell, **dict(selector))
+        if other.label not in self.labels:
+            raise DalivsslError(f"{where}: {dict(selector)} selects {other.label}, which is not "
+                                "a cell of this study")
+        return other
+
+    def downstream(self, cell: Cell, step: Step) -> list[Run]:
+        targets = step.targets or (cell.data,)
+        out = []
+        if step.kind in MODEL_STEPS:
+            out = [self.model(cell, step.kind, t) for t in targets]
+        elif step.kind == "retrieve":
+            pre = self.add(self.pretrain(cell))
+            for t in targets:
+                argv = ["retrieve", "--checkpoint", f"{{run:{pre}}}",
+                        *self.s.datasets[t].flags("retrieve"), *self.device,
+                        *option_argv("retrieve", self.options(cell, "retrieve", step.options))]
+                out.append(self.make("retrieve", f"{cell.label}_ret-{t}", argv, (pre,),
+                                     {**cell.columns(), "target": t}, [cell.data, t]))
+        elif step.kind == "robustness":
+            for t in targets:
+                m = self.add(self.model(cell, step.model, t))
+                argv = ["robustness", "--checkpoint", f"{{run:{m}}}",
+                        *self.s.datasets[t].flags("robustness"), "--seed", str(cell.seed),
+                        *self.device,
+                        *option_argv("robustness", self.options(cell, "robustness",
+                                                                step.options))]
+                out.append(self.make("robustness", f"{cell.label}_rob-{step.model}-{t}", argv,
+                                     (m,), {**cell.columns(), "target": t, "ref": step.model},
+                                     [cell.data, t]))
+        elif step.kind == "cka":
+            out = [r for a in step.against if (r := self.cka(cell, step, a)) is not None]
+        elif step.kind == "distill":
+            out = [self.distill(cell, step, t) for t in targets]
+            if step.baseline:
+                out += [self.distill(cell, step, t, baseline=True) for t in targets]
+        return out
+
+    def cka(self, cell: Cell, step: Step, against) -> Run | None:
+        data = step.targets[0] if step.targets else cell.data
+        a = cell
+        if isinstance(against, tuple):  # another cell's pretrained model; one run per pair
+            b = self.other(cell, against, "steps.cka.against")
+            if b == cell:
+                return None
+            a, b = sorted((cell, b), key=lambda c: c.label)
+            ra, rb = self.add(self.pretrain(a)), self.add(self.pretrain(b))
+            ref = ",".join(f"{k}={getattr(b, k)}" for k in AXES if getattr(a, k) != getattr(b, k))
+            label, deps = f"{a.label}_vs_{b.label}", (ra, rb)
+            paths = [f"{{run:{ra}}}", f"{{run:{rb}}}"]
+        elif against in MODEL_STEPS:  # how far finetuning moved the representation
+            target = (self.s.step(against).targets or (cell.data,))[0]
+            ra, rb = self.add(self.pretrain(cell)), self.add(self.model(cell, against, target))
+            label, ref = f"{cell.label}_vs_{against}-{target}", f"{against}-{target}"
+            paths, deps = [f"{{run:{ra}}}", f"{{run:{rb}}}"], (ra, rb)
+        else:
+            ra = self.add(self.pretrain(cell))
+            label, ref = f"{cell.label}_vs_{against}", against
+            paths, deps = [f"{{run:{ra}}}", self.s.references[against]], (ra,)
+        opts = self.options(a, "cka", step.options)
+        clip = _clip_of(self.options(a, "pretrain", self.s.pretrain))
+        params = command_options("cka")
+        opts = {**{k: v for k, v in clip.items() if k in params}, **opts}
+        argv = ["cka", *(x for p in paths for x in ("--checkpoint", p)),
+                *self.s.datasets[data].flags("cka"), "--seed", str(a.seed),
+                *self.device, *option_argv("cka", opts)]
+        return self.make("cka", label, argv, deps, {**a.columns(), "target": data, "ref": ref},
+                         [a.data, data])
+
+    def distill(self, cell: Cell, step: Step, target: str, baseline=False) -> Run:
+        student = step.student or cell.arch
+        opts = self.options(cell, "distill", step.options)
+        head = ["distill", "--student", student, *self.s.datasets[target].flags("distill"),
+                "--seed", str(cell.seed), *self.device]
+        if baseline:
+            argv = head + option_argv("distill", opts)
+            return self.make("distill", f"kd_{student}_{target}_s{cell.seed}_none", argv, (),
+                             {"arch": student, "task": "none", "seed": cell.seed,
+                              "target": target, "ref": "none"}, [target])
+        teachers = sorted({self.other(cell, sel, "steps.distill.teachers")
+                           for sel in step.teachers}, key=lambda c: c.label)
+        models = [self.add(self.model(c, "finetune", target)) for c in teachers]
+        argv = head + [x for m in models for x in ("--teacher", f"{{run:{m}}}")]
+        argv += option_argv("distill", opts)
+        shared = {a: getattr(teachers[0], a) for a in ("data", "subset", "complexity")
+                  if len({getattr(c, a) for c in teachers}) == 1}
+        tasks = "+".join(sorted({c.task for c in teachers}))
+        label = f"kd_{student}_{target}_{len(teachers)}t_s{cell.seed}"
+        return self.make("distill", label, argv, tuple(models),
+                         {**shared, "arch": student, "task": tasks, "seed": cell.seed,
+                          "target": target, "ref": ",".join(c.label for c in teachers)},
+                         [target, *{c.data for c in teachers}])
+
+
+def _task_knob(task: str) -> str:
+    from dalivssl.tasks import TASKS
+
+    return TASKS[task].SPEC["complexity"]
+
+
+def _clip_of(pretrain_opts: dict) -> dict:
+    """clip_len and size a cell pretrains with (the file's, else PretrainConfig's defaults)."""
+    from dalivssl.config import PretrainConfig
+
+    d = PretrainConfig()
+    return {"clip_len": pretrain_opts.get("clip_len", d.clip_len),
+            "size": pretrain_opts.get("size", d.size)}
+
+
+def expand(study: Study) -> Plan:
+    """Cells (the axes' product, in file order) and their runs, parents before children."""
+    ex = _Expander(study)
+    by_cell = {}
+    for cell in ex.cells:
+        names = [ex.add(ex.pretrain(cell))]
+        for step in study.steps:
+            names += [ex.add(r) for r in ex.downstream(cell, step)]
+        by_cell[cell.label] = tuple(dict.fromkeys(names))
+    return Plan(study, tuple(ex.cells), dict(ex.runs), by_cell)

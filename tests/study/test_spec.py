@@ -1,0 +1,159 @@
+"""Study files: expansion into cells and runs (names exact), reuse of runs across edits, and
+one-line validation errors."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from dalivssl.errors import DalivsslError
+from dalivssl.study.spec import expand, load_study, parse_study, preset_names
+from tests.study.conftest import study_dict, write_study
+
+HASHED = re.compile(r"^(.*)-[0-9a-f]{6}$")
+
+
+def plan_of(raw, tmp_path=None):
+    return expand(parse_study(raw, base=tmp_path or "."))
+
+
+def labels(plan, step=None):
+    return [HASHED.match(n).group(1) for n, r in plan.runs.items() if step in (None, r.step)]
+
+
+def test_cells_and_run_names(tiny_data):
+    p = plan_of(study_dict(tiny_data))
+    assert [c.label for c in p.cells] == [
+        "rotnet_squeezenet_synth_n8_s0", "rotnet_squeezenet_synth_n16_s0",
+        "vcop_squeezenet_synth_n8_s0", "vcop_squeezenet_synth_n16_s0"]
+    assert labels(p) == [
+        "rotnet_squeezenet_synth_n8_s0", "rotnet_squeezenet_synth_n8_s0_ft-synth",
+        "rotnet_squeezenet_synth_n8_s0_ret-synth",
+        "rotnet_squeezenet_synth_n8_s0_rob-finetune-synth",
+        "vcop_squeezenet_synth_n8_s0",
+        "rotnet_squeezenet_synth_n8_s0_vs_vcop_squeezenet_synth_n8_s0",
+        "rotnet_squeezenet_synth_n16_s0", "rotnet_squeezenet_synth_n16_s0_ft-synth",
+        "rotnet_squeezenet_synth_n16_s0_ret-synth",
+        "rotnet_squeezenet_synth_n16_s0_rob-finetune-synth", "vcop_squeezenet_synth_n16_s0",
+        "rotnet_squeezenet_synth_n16_s0_vs_vcop_squeezenet_synth_n16_s0",
+        "vcop_squeezenet_synth_n8_s0_ft-synth", "vcop_squeezenet_synth_n8_s0_ret-synth",
+        "vcop_squeezenet_synth_n8_s0_rob-finetune-synth",
+        "vcop_squeezenet_synth_n16_s0_ft-synth", "vcop_squeezenet_synth_n16_s0_ret-synth",
+        "vcop_squeezenet_synth_n16_s0_rob-finetune-synth"]
+    pre = p.runs[next(n for n in p.runs if n.startswith("rotnet_squeezenet_synth_n8_s0-"))]
+    assert pre.argv == ("pretrain", "--task", "rotnet", "--arch", "squeezenet", "--data",
+                        "{data:synth:train}", "--subset", "8", "--seed", "0", "--device", "cpu",
+                        "--batch-size", "4", "--clip-len", "8", "--max-steps", "2",
+                        "--no-progress", "--size", "32")
+    # names do not depend on where the data lies, only on the settings
+    moved = {"train": "/elsewhere/train.jsonl", "test": "/elsewhere/test.jsonl"}
+    assert list(plan_of(study_dict(tiny_data)).runs) == list(p.runs)
+    assert list(plan_of(study_dict(moved)).runs) != list(p.runs)  # the paths as written differ
+    ft = [r for r in p.runs.values() if r.step == "finetune"][0]
+    assert ft.argv[1:3] == ("--checkpoint", f"{{run:{pre.name}}}") and ft.deps == (pre.name,)
+    rob = [r for r in p.runs.values() if r.step == "robustness"][0]
+    assert rob.deps == (ft.name,) and "--severities" in rob.argv
+    assert rob.argv[rob.argv.index("--severities") + 1] == "1,3"
+    cka = [r for r in p.runs.values() if r.step == "cka"][0]
+    assert cka.columns["ref"] == "task=vcop" and len(cka.deps) == 2
+    assert cka.argv[cka.argv.index("--clip-len") + 1] == "8"  # the pretraining clips
+    assert p.by_cell["vcop_squeezenet_synth_n8_s0"][0].startswith("vcop_squeezenet_synth_n8_s0-")
+
+
+def test_editing_the_file_only_adds_runs(tiny_data):
+    base = plan_of(study_dict(tiny_data))
+    raw = study_dict(tiny_data)
+    raw["axes"]["subset"] = [8, 16, 24]
+    more = plan_of(raw)
+    assert set(base.runs) < set(more.runs) and len(more.cells) == 6
+    raw = study_dict(tiny_data)
+    raw["steps"]["finetune"]["max_steps"] = 3  # new finetunes (and their robustness runs)
+    changed = plan_of(raw)
+    same = {r.step for n, r in changed.runs.items() if n in base.runs}
+    new = {r.step for n, r in changed.runs.items() if n not in base.runs}
+    assert same == {"pretrain", "retrieve", "cka"} and new == {"finetune", "robustness"}
+
+
+def test_complexity_per_axis_and_shared_runs(tiny_data):
+    raw = study_dict(tiny_data, per={"task": {"vcop": {"pretrain": {"batch_size": 2}}}})
+    raw["axes"].update(subset=[8], complexity=["C1", "C2"])
+    raw["steps"] = {"finetune": {"max_steps": 2},
+                    "cka": {"against": ["finetune", {"task": "vcop"}, {"task": "rotnet"}]},
+                    "distill": {"teachers": [{"task": "rotnet"}, {"task": "vcop"}],
+                                "max_steps": 2}}
+    p = plan_of(raw)
+    pre = {HASHED.match(n).group(1): r for n, r in p.runs.items() if r.step == "pretrain"}
+    assert set(pre) == {f"{t}_squeezenet_synth_n8_{c}_s0" for t in ("rotnet", "vcop")
+                        for c in ("C1", "C2")}
+    argv = pre["vcop_squeezenet_synth_n8_C2_s0"].argv
+    assert argv[argv.index("--set") + 1] == "sampler.num_clips=4"
+    assert argv[argv.index("--batch-size") + 1] == "2"
+    argv = pre["rotnet_squeezenet_synth_n8_C1_s0"].argv
+    assert argv[argv.index("--set") + 1] == "sampler.num_rotations=2"
+    assert argv[argv.index("--batch-size") + 1] == "4"
+    # one cka run per pair of cells (asked from both sides), and one per pretrain-vs-finetune
+    assert sorted(labels(p, "cka")) == sorted(
+        [f"rotnet_squeezenet_synth_n8_{c}_s0_vs_vcop_squeezenet_synth_n8_{c}_s0"
+         for c in ("C1", "C2")]
+        + [f"{t}_squeezenet_synth_n8_{c}_s0_vs_finetune-synth" for t in ("rotnet", "vcop")
+           for c in ("C1", "C2")])
+    # one distilled student per teacher set (each cell asks for it) and one shared baseline
+    assert sorted(labels(p, "distill")) == [
+        "kd_squeezenet_synth_2t_s0", "kd_squeezenet_synth_2t_s0", "kd_squeezenet_synth_s0_none"]
+    kd = [r for r in p.runs.values() if r.step == "distill" and r.deps]
+    assert {r.columns["complexity"] for r in kd} == {"C1", "C2"}
+    assert all(r.argv.count("--teacher") == 2 for r in kd)
+
+
+BAD = [
+    ({"bogus": 1}, "unknown key 'bogus'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "colour": [1]}},
+     "unknown axis 'colour'"),
+    ({"axes": {"task": ["rotnot"], "arch": ["squeezenet"]}}, "unknown task 'rotnot'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["resnet9000"]}}, "unknown arch 'resnet9000'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "data": ["ucf"]}},
+     "unknown data 'ucf'"),
+    ({"axes": {"task": ["cvrl"], "arch": ["squeezenet"], "complexity": ["C2"]}},
+     "task 'cvrl' has no level 'C2'"),
+    ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "subset": [0]}}, "axes.subset"),
+    ({"pretrain": {"lr": 0.1}}, "unknown option 'lr' of `dalivssl pretrain`"),
+    ({"pretrain": {"task": "vcop"}}, "'task' is set by the study"),
+    ({"pretrain": {"batch_size": "many"}}, "pretrain.batch_size: 'many' is not a valid integer"),
+    ({"steps": {"finetune": {"optimizer": "lion"}}}, "steps.finetune.optimizer"),
+    ({"steps": {"finetune": {"data": ["nope"]}}}, "unknown dataset 'nope'"),
+    ({"steps": {"train": {}}}, "unknown step 'train'"),
+    ({"steps": {"robustness": {}}}, "needs a 'finetune' step"),
+    ({"steps": {"cka": {"against": ["someone"]}}}, "'someone' is neither"),
+    ({"steps": {"cka": {"against": [{"task": "prp"}]}}}, "not a cell of this study"),
+    ({"steps": {"cka": {"against": ["probe"]}}}, "'probe' needs a 'probe' step"),
+    ({"per": {"task": {"prp": {"pretrain": {}}}}}, "'prp' is not a value of axes.task"),
+    ({"device": "tpu"}, "device: expected cpu or gpu"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD, ids=[m for _, m in BAD])
+def test_validation_errors(tiny_data, change, message):
+    with pytest.raises(DalivsslError) as exc:
+        plan_of(study_dict(tiny_data, **change))
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cli_reports_a_bad_file_in_one_line(tmp_path, tiny_data):
+    path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, pretrain={"lr": 0.1}))
+    res = subprocess.run([sys.executable, "-m", "dalivssl", "study", "plan", path],
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "bad.yaml: pretrain: unknown option" in res.stderr
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_presets_validate_and_expand(name):
+    p = expand(load_study(name))
+    assert p.cells and p.runs
+    steps = {r.step for r in p.runs.values()}
+    assert "pretrain" in steps and len(steps) >= 2
+    if name != "tiny-cpu":
+        assert p.study.device == "gpu"

@@ -1,6 +1,6 @@
 """`dalivssl distill` (multi-teacher knowledge distillation) and `dalivssl export-logits`.
 
-distill writes ``<out>/student.pt`` (a finetune checkpoint, contract C7), ``<out>/distill.h5``
+distill writes ``<out>/checkpoint.pt`` (a finetune checkpoint, contract C7), ``<out>/distill.h5``
 (groups ``distill``: per-step loss/ce/kd/kd_teachers; ``eval``: accuracy) and
 ``<out>/losses.csv``. export-logits writes the HDF5 logits file that ``--teacher-logits`` reads
 (layout in dalivssl.analysis.distill). Torch and DALI load only when a command runs.

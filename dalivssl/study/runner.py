@@ -37,20 +37,12 @@ STUDY_FILES = {RUN_FILE, LOG_FILE, ATTEMPTS_FILE, ".lock"}
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
 DEP_FAILED = 3  # exit code of a run whose parent failed (submitit jobs waiting on a parent)
 
-# Until every command writes record.json (issue 11), the file each writes last when it finishes.
-# Delete with the fallback in run_done once they do.
-_FINISHED_FILE = {"pretrain": "summary.json", "finetune": "finetune.h5", "probe": "finetune.h5",
-                  "retrieve": "retrieval.csv", "robustness": "robustness.csv", "cka": "cka.csv",
-                  "distill": "losses.csv"}
-
-
-def run_done(run_dir, step: str) -> bool:
-    """The run in ``run_dir`` finished: its record says complete (or, for commands that write no
-    record yet, the file it writes last exists)."""
+def run_done(run_dir, step: str = "") -> bool:
+    """The run in ``run_dir`` finished: its run record says complete (every command writes
+    ``record.json`` with status 'running' when it starts and 'complete' when its outputs are
+    written)."""
     rec = read_run_record(run_dir)
-    if rec is not None:
-        return rec.status == "complete"
-    return (Path(run_dir) / _FINISHED_FILE[step]).is_file()
+    return rec is not None and rec.status == "complete"
 
 
 def run_dir(out, run: Run) -> Path:
@@ -93,8 +85,8 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
             argv += [next(o for o in params[key].opts if o.startswith("--")), str(threads)]
             break
     if status(out, run) == "partial":
-        argv += ["--resume"] if "resume" in params else \
-            ["--overwrite"] if "overwrite" in params else []
+        # robustness has no --resume: a rerun into its dir resumes its content-keyed cells
+        argv += ["--resume"] if "resume" in params else []
     argv += ["--out", str(run_dir(out, run).resolve())]
     head = [sys.executable, "-m"]
     if gpus_per_run > 1 and run.step == "pretrain":

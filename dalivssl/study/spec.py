@@ -67,7 +67,7 @@ RESERVED = {"out", "out_dir", "resume", "overwrite", "name", "checkpoint", "chec
             "help"}
 # the file each step's checkpoint lands in (what a downstream run reads)
 CHECKPOINTS = {"pretrain": "checkpoint.pt", "finetune": "checkpoint.pt",
-               "probe": "checkpoint.pt", "distill": "student.pt"}
+               "probe": "checkpoint.pt", "distill": "checkpoint.pt"}
 COLUMNS = ("step", "task", "arch", "data", "subset", "complexity", "seed", "target", "ref")
 
 

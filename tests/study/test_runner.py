@@ -86,7 +86,7 @@ def test_command_line_flags(tmp_path, tiny_data):
     assert cmd[cmd.index("--threads") + 1] == "3" and "--resume" not in cmd
     assert cmd[cmd.index("--out") + 1] == str(runner.run_dir(tmp_path, ft).resolve())
     rob = next(r for r in p.runs.values() if r.step == "robustness")
-    assert "--num-threads" in runner.command_line(p, tmp_path, rob, threads=3)
+    assert "--threads" in runner.command_line(p, tmp_path, rob, threads=3)
     d = runner.run_dir(tmp_path, pre)  # a killed run: files but not done -> --resume
     d.mkdir(parents=True)
     (d / "checkpoint.pt").write_bytes(b"")

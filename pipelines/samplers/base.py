@@ -40,13 +40,16 @@ COLOUR_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
 class TooShort(ValueError):
-    """The video has fewer usable frames than the task needs (the loader skips and counts it)."""
+    """The video has fewer usable frames than the task needs. ``permanent`` (default): it never
+    will have (the loader skips it for the rest of the run and counts it); False: only this draw
+    needs more (e.g. PRP's rate), so the loader replaces it for this sample only."""
 
-    def __init__(self, path, need: int, have: int, task: str = ""):
+    def __init__(self, path, need: int, have: int, task: str = "", permanent: bool = True):
         self.path = str(path)
         self.need = int(need)
         self.have = int(have)
         self.task = task
+        self.permanent = bool(permanent)
         what = f" for {task}" if task else ""
         super().__init__(f"{self.path}: too short{what}: needs {self.need} usable frames, "
                          f"has {self.have}")

@@ -397,6 +397,61 @@ def test_prp_start_rule_and_too_short():
     assert ok == {1, 2} and short > 20
 
 
+def test_prp_too_short_is_permanent_only_below_every_rate():
+    """D1: a video too short for the drawn rate is short for that draw only; too short for the
+    smallest rate (T·min(rates)+1) it is a bad video."""
+    d = SAMPLERS["prp"]()
+    flags = set()
+    for r in rngs(60):
+        try:
+            d.plan(Rec("p.webm", 40), r)
+        except TooShort as e:
+            flags.add(e.permanent)
+    assert flags == {False}
+    for r in rngs(10):
+        with pytest.raises(TooShort) as info:
+            d.plan(Rec("p.webm", 16), r)
+        assert info.value.permanent
+    with pytest.raises(TooShort) as info:  # {2, 4}: 32 frames serve no rate (needs 33)
+        SAMPLERS["prp"](rates=(2, 4)).plan(Rec("p.webm", 32), sample_rng(0, 0, 0))
+    assert info.value.permanent
+
+
+def test_prp_short_videos_survive_four_epochs_at_the_rates_they_serve(tmp_path):
+    """D1 through the loader's planning: 20 videos of 100 frames (rates 1, 2, 4 but not 8) among
+    20 long ones stay in the run for 4 epochs and are planned only at the rates they can serve;
+    a 10-frame video (no rate) is the only one skipped. A sample whose video is too short for its
+    rate takes the next video at the same rate (the original draws another video at that rate)."""
+    from dalivssl.data.manifest import Manifest
+    from pipelines.loader import PretextLoader
+
+    lengths = [100] * 20 + [400] * 20 + [10]
+    recs = []
+    for i, n in enumerate(lengths):
+        (tmp_path / f"v{i}.webm").write_bytes(b"x")  # planning reads the bytes, never decodes
+        recs.append(VideoRecord(f"v{i}.webm", n, label=0))
+    loader = PretextLoader("prp", Manifest(tmp_path, recs), batch_size=4, seed=3)
+    rates_of_short: dict[int, set] = {}
+    for epoch in range(4):
+        for b in range(len(loader)):
+            for idx, plan in loader.batch_plans(epoch, b):
+                rate = int(plan.extras["rate"])
+                assert lengths[idx] >= 16 * rate + 1
+                if lengths[idx] == 100:
+                    rates_of_short.setdefault(idx, set()).add(rate)
+        assert loader.skipped == {"too short for the task": 1}, epoch
+    assert set(loader._bad) == {40}
+    assert len(rates_of_short) == 20  # every short video still trains in epoch 4's run
+    assert set().union(*rates_of_short.values()) == {1, 2, 4}
+    # the replacement keeps the sample's rate: same rate as the rng's first draw
+    order = loader.shard_order(0)
+    for pos in range(8):
+        idx, plan, _ = loader._plan_one(order, pos, 0)
+        g = pos
+        drawn = (1, 2, 4, 8)[int(sample_rng(3, 0, g).integers(4))]
+        assert int(plan.extras["rate"]) == drawn
+
+
 def test_prp_centre_crop_always():
     p = SAMPLERS["prp"]().plan(LONG, sample_rng(0, 0, 0))
     np.testing.assert_allclose(p.params["crop"][0], [8 / 128, 29.5 / 171, 112 / 128, 112 / 171],

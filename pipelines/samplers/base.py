@@ -158,13 +158,25 @@ def hue_degrees(rng: np.random.Generator, turn_fraction: float) -> float:
     return float(rng.uniform(-turn_fraction, turn_fraction) * 360.0)
 
 
+JITTER_MODES = ("all", "one_of")
+
+
 def colour_jitter(rng: np.random.Generator, brightness: float, contrast: float,
-                  saturation: float, hue: float, p: float = 1.0) -> dict[str, float]:
+                  saturation: float, hue: float, p: float = 1.0,
+                  mode: str = "all") -> dict[str, float]:
     """SimCLR/torchvision colour jitter values, applied with probability p (identity otherwise).
-    The values are always drawn so the rng stream is the same whether or not it applies."""
+    mode "all": the four ops; "one_of": one op drawn uniformly, the other three identity (what
+    TDL's released ColorJitter does: each shuffled op is applied to the untouched frame, so only
+    the last one survives). The values are always drawn so the rng stream is the same whether or
+    not it applies."""
     applied = coin(rng, p)
     vals = {"brightness": jitter_factor(rng, brightness), "contrast": jitter_factor(rng, contrast),
             "saturation": jitter_factor(rng, saturation), "hue": hue_degrees(rng, hue)}
+    if mode == "one_of":
+        keep = COLOUR_KEYS[int(rng.integers(len(COLOUR_KEYS)))]
+        vals = {k: v if k == keep else IDENTITY[k] for k, v in vals.items()}
+    elif mode != "all":
+        raise ValueError(f"jitter mode must be one of {', '.join(JITTER_MODES)}, got {mode!r}")
     return vals if applied else {k: IDENTITY[k] for k in COLOUR_KEYS}
 
 

@@ -560,23 +560,69 @@ class ScriptedRng:
         return getattr(self.real, name)
 
 
+def original_walk(start0: int, n: int, length: int = 16, stride: int = 4) -> np.ndarray:
+    """TDL dataset.py ``get`` in its own 1-based terms (p += stride while p < N − stride + 1,
+    else p = 1), returned 0-based."""
+    p, out = start0 + 1, []
+    for _ in range(length):
+        out.append(p - 1)
+        p = p + stride if p < n - stride + 1 else 1
+    return np.array(out)
+
+
 @pytest.mark.parametrize("anchor,neg,n,expect", [
-    (50, 51, 300, 151),  # within 2 → shifted by N//3
-    (50, 48, 300, 148),
-    (50, 53, 300, 53),   # 3 away: kept
-    (150, 260, 300, 260),
-    (0, 250, 260, 250),
-    (0, 2, 260, 88),
+    (50, 51, 300, 151),  # |Δ| < 2 → shifted by N//3
+    (50, 50, 300, 150),
+    (50, 48, 300, 48),   # |Δ| = 2: kept (the original's threshold is strict)
+    (50, 53, 300, 53),
+    (150, 172, 300, 172),  # 172 = N − 128, the last anchor start
+    (0, 2, 260, 2),
     (130, 131, 260, 217),
-    (0, 1, 40, 14),
+    (0, 0, 61, 20),      # N = 61: one start (0) for both; the negative is always shifted
+    (0, 0, 40, 13),
+    (253, 253, 381, 0),  # 1-based (254 + 127) % 381 = 0 → frame 1, i.e. 0 (not 380)
 ])
 def test_tdl_negative_shift_rule(anchor, neg, n, expect):
+    """D2: the negative start is drawn from the anchor's range (ScriptedRng asserts the range),
+    shifted only when |neg − anchor| < 2, by the original's 1-based rule; clips walk as the
+    original's ``get``."""
     s = SAMPLERS["tdl"](augment=False)
     p = s.plan(Rec("t.webm", n), ScriptedRng([anchor, neg]))
-    np.testing.assert_array_equal(p.frames[0], (anchor + 4 * np.arange(16)) % n)
+    np.testing.assert_array_equal(p.frames[0], original_walk(anchor, n))
     np.testing.assert_array_equal(p.frames[1], p.frames[0])
-    np.testing.assert_array_equal(p.frames[2], (expect + 4 * np.arange(16)) % n)
+    np.testing.assert_array_equal(p.frames[2], original_walk(expect, n))
     assert int(p.extras["neg_start"]) == expect
+
+
+@pytest.mark.parametrize("n", [300, 61])
+def test_tdl_negatives_come_from_the_anchor_range(n):
+    """D2 at N = 300 and N = 61: a negative that is not shifted starts in the anchor range and
+    its clip never runs past the end; only the shifted ones (|Δ| < 2, as the original) may.
+    Before the fix 44 % of the negatives started past the anchor range at N = 300 and 20 %
+    wrapped over the end."""
+    s = SAMPLERS["tdl"](augment=False)
+    last = max(n - 128, 0)
+    shifted = past = wrapped = 0
+    m = 2000
+    for rng in rngs(m):
+        p = s.plan(Rec("t.webm", n), rng)
+        a, g = int(p.extras["anchor_start"]), int(p.extras["neg_start"])
+        assert 0 <= a <= last
+        assert np.all(np.diff(p.frames[0]) == 4)  # the anchor never wraps once N ≥ 61
+        crosses = bool(np.any(np.diff(p.frames[2]) != 4))
+        if g <= last and not crosses:
+            continue
+        # only a shifted negative leaves the range: it is N//3 (1-based rule) from a start in it
+        assert any(abs(x - a) < 2 and g == max((x + 1 + n // 3) % n, 1) - 1
+                   for x in range(0, last + 1)), (a, g)
+        shifted += 1
+        past += g > last
+        wrapped += crosses
+    if n == 61:
+        assert shifted == past == wrapped == m  # one start: always shifted to 20, walks past 60
+    else:
+        # P(|Δ| < 2) ≈ 3/173 over 173 starts
+        assert past / m < 0.03 and wrapped / m < 0.01
 
 
 def test_tdl_anchor_positive_negative_random():
@@ -589,7 +635,7 @@ def test_tdl_anchor_positive_negative_random():
         a, n = int(p.extras["anchor_start"]), int(p.extras["neg_start"])
         assert 0 <= a <= 260 - 128 and 0 <= n < 260
         assert p.frames[0, 0] == 20 + a and p.frames[2, 0] == 20 + n
-        assert abs(n - a) > 2 or 260 // 3 <= 2
+        assert abs(n - a) >= 2
         anchors.add(a)
         assert np.all(np.diff(p.frames[0]) == 4)
     assert len(anchors) > 80
@@ -610,6 +656,16 @@ def test_tdl_parameters():
     assert st["contrast"].min() >= 0.5 and st["contrast"].max() <= 1.5
     assert st["saturation"].min() >= 0.75 and st["saturation"].max() <= 1.25
     assert np.abs(st["hue"]).max() <= 180 and np.abs(st["hue"]).max() > 150
+    # D3: one colour op per clip, as the released ColorJitter (each op with p 1/4)
+    changed = np.stack([st[k] != IDENTITY[k] for k in ("brightness", "contrast", "saturation",
+                                                        "hue")], axis=-1)  # 300×3×4
+    assert np.all(changed.sum(-1) == 1)
+    assert np.all(np.abs(changed.reshape(-1, 4).mean(0) - 0.25) < 0.05)
+    assert s.jitter == "one_of"
+    every = SAMPLERS["tdl"](jitter="all").plan(LONG, sample_rng(0, 0, 0)).params
+    assert all(np.all(every[k] != IDENTITY[k]) for k in ("brightness", "contrast", "hue"))
+    with pytest.raises(ValueError, match="jitter must be one of all, one_of"):
+        SAMPLERS["tdl"](jitter="some")
     # short side 240 → 128, long side 320 → 170.67; crop 112
     np.testing.assert_allclose(st["crop"][:, :, 2:].reshape(-1, 2),
                                [[112 / 128, 112 / (128 * 4 / 3)]] * 900, rtol=1e-5)

@@ -53,7 +53,9 @@ class TDLHead(nn.Module):
 
 
 def build_head(backbone, queue_size: int = 5000, dim: int = 128, momentum: float = 0.999,
-               temperature: float = 0.07, shuffle_groups: int = 2):
+               temperature: float = 0.07, shuffle_groups: int = 1):
+    """``shuffle_groups`` 1: the original trains on one GPU, where its ShuffleBN is a permutation
+    only, so key BN statistics cover the whole key batch (2 would split them, as RSPNet's)."""
     return TDLHead(backbone, dim, queue_size, momentum, temperature, shuffle_groups)
 
 

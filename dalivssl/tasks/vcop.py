@@ -3,12 +3,15 @@
 K clips of one tuple are shuffled in the loader; the label is the index of the permutation in
 lexicographic ``itertools.permutations(range(K))`` order.
 Batch: clips B×K×C×T×H×W in [0,1], labels B ∈ [0, K!).
-Head: PairwiseOrderHead: shared backbone feature per clip (the backbone runs on B·K clips), for
-each pair i<j Linear(2D,512)+ReLU, concat the C(K,2) pairs, Dropout 0.5, Linear(512·C(K,2), K!).
-Loss: cross-entropy.
+Backbone: one pass per tuple position k over the B clips at that position (the original's
+VCOPN.forward loops over the tuple), so BN statistics come from B clips, never from a tuple's
+K clips together.
+Head: PairwiseOrderHead: shared backbone feature per clip, for each pair i<j Linear(2D,512)+ReLU,
+concat the C(K,2) pairs, Dropout 0.5, Linear(512·C(K,2), K!). Loss: cross-entropy.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from models.heads import PairwiseOrderHead
@@ -35,8 +38,8 @@ def build_head(backbone, num_clips: int = 3, hidden: int = 512, dropout: float =
 
 
 def step(backbone, head, batch) -> dict:
-    b, k = batch.clips.shape[:2]
-    feats = backbone.forward_features(batch.clips.flatten(0, 1)).view(b, k, -1)  # B×K×D
+    k = batch.clips.shape[1]
+    feats = torch.stack([backbone.forward_features(batch.clips[:, i]) for i in range(k)], 1)
     logits = head(feats)
     loss = F.cross_entropy(logits, batch.labels)
     acc = (logits.argmax(1) == batch.labels).float().mean()

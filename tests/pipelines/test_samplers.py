@@ -681,6 +681,9 @@ def test_rspnet_windows():
     assert s.clip_len == 32 and s.input_len == 16 and s.num_clips == 2 and s.num_classes == 0
     assert SAMPLERS["rspnet"](max_speed=4).clip_len == 64
     assert SAMPLERS["rspnet"](speeds=(4, 2, 1)).clip_len == 64
+    assert SAMPLERS["rspnet"](speeds=(4, 2, 1), max_speed=4).clip_len == 64
+    with pytest.raises(ValueError, match=r"max_speed 2 disagrees with speeds \[4\]; set speeds"):
+        SAMPLERS["rspnet"](speeds=(4,), max_speed=2)
     rec = Rec("r.webm", 200, start_frame=10)
     differ = 0
     for rng in rngs(50):

@@ -16,7 +16,7 @@ from tests.tasks.fakes import TinyBackbone, fake_batch
 MOCO = ("tdl", "rspnet")  # fast-moving EMA (m 0.5) below: 15 steps are too few for 0.999
 HEAD_OPTS = {"vcop": {"num_clips": 3}, "prp": {"clip_len": 8, "size": 32, "width": 32},
              "cvrl": {"hidden": 64}, "tdl": {"queue_size": 256, "momentum": 0.5},
-             "rspnet": {"queue_size": 256, "batch_size": 4, "momentum": 0.5}}
+             "rspnet": {"queue_size": 256, "batch_size": 4, "momentum": 0.5, "clip_len": 8}}
 
 
 def test_registry_matches_samplers_and_contract():
@@ -189,6 +189,60 @@ def test_rspnet_speed_split_exact_frames():
             expect_slow if fast[i] else expect_fast)
 
 
+def test_rspnet_speed_set_gives_the_original_input_lengths():
+    """D6: speeds [4, 2, 1] at T = 16 → 64-frame windows; the input is 64 // r frames for the
+    drawn r (the original's T_real = T // r): the first 64 // r frames at normal speed, every
+    r-th frame at speed r."""
+    from dalivssl.tasks.rspnet import split_speeds
+
+    b, w = 4, 64
+    q_win = torch.arange(w, dtype=torch.float32).view(1, 1, w, 1, 1).repeat(b, 1, 1, 1, 1)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(30):
+        q, kp, kn, fast = split_speeds(q_win, 100 + q_win, (4, 2, 1), clip_len=16)
+        t = q.shape[2]
+        r = w // t
+        seen.add(t)
+        for i in range(b):
+            fq = q[i, 0, :, 0, 0].tolist()
+            assert fq == (list(range(0, w, r)) if fast[i] else list(range(t)))
+            assert [v - 100 for v in kp[i, 0, :, 0, 0].tolist()] == fq
+        assert kn.shape[2] == t
+    assert seen == {16, 32, 64}
+
+
+def test_rspnet_speeds_are_one_setting(tmp_path, tiny_synth, capsys):
+    """D7: the head takes the sampler's speeds; a head speed set that does not fit the window is
+    a one-line error at the first step, never 8-frame clips; sampler.speeds alone changes both."""
+    from dalivssl.cli import main
+    from dalivssl.tasks.rspnet import build_head, split_speeds
+
+    assert TASKS["rspnet"].SPEC["sampler_opts"]["speeds"] == (2,)
+    win = torch.zeros(2, 3, 32, 4, 4)
+    with pytest.raises(DalivsslError, match=r"rspnet: the clips hold 32 frames but speeds \[4\] "
+                                            r"at clip_len 16 need 64; set the speed set once"):
+        split_speeds(win, win, (4,), clip_len=16)
+    head = build_head(TinyBackbone(), queue_size=8, speeds=(4, 2, 1), clip_len=8)
+    assert head.speeds == (4, 2, 1) and head.clip_len == 8
+    base = ["pretrain", "--task", "rspnet", "--arch", "r21d", "--clip-len", "8", "--size", "32",
+            "--batch-size", "2", "--max-steps", "1", "--threads", "1", "--no-progress",
+            "--data", str(tiny_synth["train"]), "--set", "tensorboard=false",
+            "--set", "head.queue_size=8"]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "a"), "--set", "head.speeds=[4]"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "rspnet: the clips hold 16 frames but speeds [4] at clip_len 8 need 32" in err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "b"), "--set", "sampler.speeds=[4,2,1]"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert cfg["sampler"]["speeds"] == [4, 2, 1] and cfg["head"]["speeds"] == [4, 2, 1]
+
+
 @pytest.mark.parametrize("name", MOCO)
 def test_moco_state_round_trips(name, tmp_path):
     """Queue, pointer and EMA encoder live in the head's state dict."""
@@ -219,6 +273,8 @@ def test_loss_falls_real_backbone(name, arch, t, s):
     opts = dict(HEAD_OPTS.get(name, {}))
     if name == "prp":
         opts.update(clip_len=t, size=s)
+    if name == "rspnet":
+        opts.update(clip_len=t)
     head = TASKS[name].build_head(bb, **opts)
     probe = fake_batch(name, b=4, t=t, s=s, seed=999)
     initial_queue = copy.deepcopy(head.state_dict()).get("queue.keys")

@@ -346,7 +346,10 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
     from pipelines.loader import LoaderError, PretextLoader
     from pipelines.samplers import SAMPLERS
 
-    sampler_opts = {**spec.get("sampler_opts", {}), **cfg.sampler}
+    from dalivssl.tasks import resolve_options
+
+    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < config
+    sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
     manifest = _manifest(cfg)
@@ -363,11 +366,11 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
 
     # model: identical init on every rank (seed, not seed + rank) ------------------------
     _seed_all(cfg.seed)
-    backbone = create_backbone(cfg.arch)
+    backbone = create_backbone(cfg.arch, **opts["backbone"])
     _check_input_size(backbone, cfg)
     ctx = head_context(task.build_head, cfg, sampler, sampler_opts, dist.world)
     check_options(f"{cfg.task} head", task.build_head, cfg.head)
-    head_opts = {**ctx, **spec.get("head_opts", {}), **cfg.head}
+    head_opts = {**ctx, **opts["head"]}
     try:
         head = task.build_head(backbone, **head_opts)
     except ValueError as exc:  # a head option of the right name but a bad value
@@ -381,7 +384,7 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
         weight_decay=opt["weight_decay"], schedule=opt["schedule"],
         warmup_steps=opt["warmup_steps"], milestones=opt["milestones"], gamma=opt["gamma"],
         min_lr_ratio=opt["min_lr_ratio"], grad_clip=opt["grad_clip"], sampler=sampler_opts,
-        head=dict(head_opts))
+        head=dict(head_opts), backbone=opts["backbone"])
     _seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
 
     step = 0
@@ -406,11 +409,18 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
                     f"run dir {run_dir}")
             Console(stderr=True).print(f"[dim]{note}; {total_steps} steps, "
                                        f"{len(loader)} batches/epoch, lr {opt['lr']:.3g}[/dim]")
+            if opts["demo"]:
+                from dalivssl.tasks.explain import demo_note
+
+                Console(stderr=True).print(f"[yellow]{demo_note(opts['demo'])}[/yellow]")
 
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if spec.get("sync_bn"):  # BN statistics over the global batch, as the original
+            from dalivssl.engine.syncbn import convert_sync_batchnorm
+            convert_sync_batchnorm(model)
         net = DDP(model, device_ids=[dist.local_rank] if cfg.device == "gpu" else None)
 
     def save(final: bool):
@@ -420,6 +430,7 @@ def _run(cfg, task, spec, create_backbone, dist, run_dir, ckpt_path, ckpt, resum
         ck.save_checkpoint(
             ckpt_path, kind="pretrain", arch=cfg.arch, task=cfg.task,
             backbone=model.backbone.state_dict(), head=model.head.state_dict(),
+            backbone_kwargs=opts["backbone"],
             config=to_dict(resolved), versions=ck.versions(), step=step,
             epoch=loader.epoch, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(), final=final)

@@ -37,6 +37,22 @@ SPEC = {
     "schedule": {"name": "cosine", "min_lr_ratio": 1e-3},
 }
 
+# The original's settings (PeihaoChen/RSPNet config/pretrain, pretrain.py; spec §6).
+ORIGINAL = {
+    "clip_len": 16, "size": 112, "batch_size": "64/GPU × 4", "epochs": 200, "optimizer": "sgd",
+    "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
+    "min_lr_ratio": 1e-3, "sampler.speeds": (2,), "sampler.stride": 1,
+    "head.queue_size": 16384, "head.dim": 128, "head.momentum": 0.999,
+    "head.temperature": 0.07, "head.margin": 2.0, "head.speeds": (2,),
+    "head.shuffle_groups": "2 (ShuffleBN across 4 GPUs)",
+}
+DIFFERENCES = (
+    "Under DDP the key shuffle stays within each process (the original shuffles across GPUs).",
+    "Gray (p 0.2) after a fixed-order jitter (the original: gray first, then a randomly "
+    "ordered ColorJitter).",
+    "Stride mixtures of the ablations (random_stride / weighted_stride) are not supported.",
+)
+
 
 class RSPNetHead(nn.Module):
     """``avid`` and ``rsp`` heads, their EMA copies, the EMA backbone and the A-VID queue."""

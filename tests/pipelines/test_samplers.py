@@ -228,13 +228,15 @@ def test_rotnet_scale_crop_boxes_and_photometric_rates():
     seen = {(round(float(p["crop"][0, 2]), 5), round(float(p["crop"][0, 3]), 5)) for p in ps}
     assert seen == sizes
     b = np.array([p["brightness"][0] for p in ps])
-    c = np.array([p["contrast"][0] for p in ps])
     sat = np.array([p["saturation"][0] for p in ps])
     hue = np.array([p["hue"][0] for p in ps])
-    for v in (b, c, sat):
-        assert 0.13 < np.mean(v != 1.0) < 0.27
-    assert np.all(np.abs(b - 1) <= 0.25) and np.all(np.abs(c - 1) <= 0.2)
-    assert np.all(np.abs(sat - 1) <= 0.1) and np.all(np.abs(hue) <= 12)
+    assert "contrast" not in ps[0]  # CtP's contrast is a gain without mean: in the brightness
+    assert 0.30 < np.mean(b != 1.0) < 0.42  # brightness (p 0.2) or contrast (p 0.2): 0.36
+    assert np.all(b >= 0.75 * np.exp(-0.2) - 1e-6) and np.all(b <= 1.25 * np.exp(0.2) + 1e-6)
+    assert b.max() > 1.25 and b.min() < 0.75  # both on: product of the two
+    assert 0.13 < np.mean(sat != 1.0) < 0.27
+    assert np.all(np.abs(np.log(sat)) <= 0.1 + 1e-6)  # exp(U(±0.1))
+    assert np.all(np.abs(hue) <= 24) and np.abs(hue).max() > 20  # ±12 OpenCV H units = ±24°
     assert np.array_equal(sat != 1.0, hue != 0.0)  # hue and saturation go together
     assert 0.45 < np.mean([p["flip"][0] for p in ps]) < 0.55
 

@@ -32,8 +32,11 @@ TASK_NAMES = "rotnet, vcop, prp, cvrl, tdl, rspnet"
 @click.option("--threads", "--workers", "threads", type=int, default=None,
               help="CPU threads for torch and DALI (default 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
+@click.option("--explain", is_flag=True, help="Print the resolved settings beside the original's "
+              "and the task's known differences, then exit.")
 def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
-             config_path, sets, device, out, resume, overwrite, seed, threads, no_progress):
+             config_path, sets, device, out, resume, overwrite, seed, threads, no_progress,
+             explain):
     """Pretrain a backbone on a pretext task (Kumar et al., arXiv 2306.06010).
 
     Writes checkpoint.pt, config.yaml, log.csv, tb/ and summary.json into the run dir. Under
@@ -47,6 +50,11 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
                  progress=False if no_progress else None)
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
+    if explain:
+        from dalivssl.tasks.explain import explain as explain_text
+
+        click.echo(explain_text(cfg))
+        return
 
     from dalivssl.engine.trainer import pretrain as run
 

@@ -189,6 +189,32 @@ def test_rspnet_speed_split_exact_frames():
             expect_slow if fast[i] else expect_fast)
 
 
+def test_shuffle_bn_groups_tdl_one_rspnet_two():
+    """D8: TDL's original trains on one GPU (key BN over the whole key batch); RSPNet's shuffles
+    across 4 GPUs (two groups here)."""
+    bb = TinyBackbone()
+    assert TASKS["tdl"].build_head(bb, queue_size=8).shuffle_groups == 1
+    assert TASKS["rspnet"].build_head(bb, queue_size=8).shuffle_groups == 2
+
+
+def test_vcop_backbone_runs_once_per_tuple_position():
+    """D9: K passes of the B clips at each position (VCOPN.forward), so BN statistics come from
+    B clips of one position, never from one tuple's K clips together."""
+    seen = []
+
+    class Recorder(TinyBackbone):
+        def forward_features(self, x):
+            seen.append(x)
+            return super().forward_features(x)
+
+    bb = Recorder()
+    batch = fake_batch("vcop", b=4, num_clips=3)
+    TASKS["vcop"].step(bb, TASKS["vcop"].build_head(bb, num_clips=3), batch)
+    assert len(seen) == 3
+    for k, x in enumerate(seen):
+        assert torch.equal(x, batch.clips[:, k])
+
+
 def test_rspnet_speed_set_gives_the_original_input_lengths():
     """D6: speeds [4, 2, 1] at T = 16 → 64-frame windows; the input is 64 // r frames for the
     drawn r (the original's T_real = T // r): the first 64 // r frames at normal speed, every
@@ -267,9 +293,13 @@ REAL = [("shufflenet", 16, 40), ("r21d", 8, 32)]  # shufflenet needs >= 16x40x40
 def test_loss_falls_real_backbone(name, arch, t, s):
     from models import create_backbone
 
+    from dalivssl.tasks import demo_overrides
+
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    bb = create_backbone(arch)
+    # ShuffleNet with zero-γ (the demo preset's, the default when this test was written): with
+    # the reference init its |f| ≈ 66 makes SGD at the tasks' lrs overshoot in 12 steps
+    bb = create_backbone(arch, **demo_overrides(name, arch)["backbone"])
     opts = dict(HEAD_OPTS.get(name, {}))
     if name == "prp":
         opts.update(clip_len=t, size=s)
@@ -319,11 +349,15 @@ def test_vcop_feature_norm_makes_the_order_head_scale_invariant(norm):
     assert torch.allclose(normed(f), normed(f + offset), atol=1e-3) == (norm == "batch")
 
 
-def test_vcop_default_head_standardises_features_and_rejects_unknown_norms():
+def test_vcop_default_head_is_the_original_and_rejects_unknown_norms():
+    """The default head is VCOPN's (no feature standardisation; "batch" is the demo preset's,
+    tests/tasks/test_demo_preset.py)."""
     from models.heads import PairwiseOrderHead
 
     head = TASKS["vcop"].build_head(TinyBackbone())
-    assert isinstance(head.norm, torch.nn.BatchNorm1d)
+    assert isinstance(head.norm, torch.nn.Identity)
+    assert isinstance(TASKS["vcop"].build_head(TinyBackbone(), feature_norm="batch").norm,
+                      torch.nn.BatchNorm1d)
     with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch"):
         PairwiseOrderHead(16, 3, feature_norm="group")
     with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch, got True"):

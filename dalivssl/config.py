@@ -58,7 +58,7 @@ class PretrainConfig:
     progress: bool = True
     sampler: dict = field(default_factory=dict)  # task sampler options (over SPEC defaults)
     head: dict = field(default_factory=dict)     # task head options (over SPEC defaults)
-    backbone: dict = field(default_factory=dict)  # create_backbone options (e.g. zero_init_residual)
+    backbone: dict = field(default_factory=dict)  # create_backbone options (zero_init_residual…)
 
     @property
     def run_dir(self) -> Path:

@@ -46,7 +46,8 @@ class CPUSyncBatchNorm(_BatchNorm):
         dims = [0, *range(2, x.dim())]
         shape = (1, -1) + (1,) * (x.dim() - 2)
         # sum and count over every process, then the centred sum of squares (stable variance)
-        total = _AllReduceSum.apply(torch.cat([x.sum(dims), x.new_tensor([x.numel() // x.shape[1]])]))
+        count = x.new_tensor([x.numel() // x.shape[1]])
+        total = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         n = total[-1]
         mean = total[:-1] / n
         xc = x - mean.view(shape)

@@ -33,7 +33,7 @@ SPEC = {
 # The original's settings (tensorflow/models video_ssl, cvrl_pretrain_k600_200ep.yaml; spec §4).
 ORIGINAL = {
     "clip_len": 16, "size": 224, "batch_size": 1024, "epochs": 200, "optimizer": "sgd",
-    "lr": 0.32, "momentum": 0.9, "weight_decay": "1e-6 (L2 on kernels only)",
+    "lr": "0.32 at batch 1024", "momentum": 0.9, "weight_decay": "1e-6 (L2 on kernels only)",
     "schedule": "cosine", "warmup": 0.025, "sync_bn": True, "sampler.stride": 2,
     "head.hidden": 2048, "head.out_dim": 128, "head.layers": 3,
 }

@@ -40,8 +40,8 @@ SPEC = {
 # The original's settings (PeihaoChen/RSPNet config/pretrain, pretrain.py; spec §6).
 ORIGINAL = {
     "clip_len": 16, "size": 112, "batch_size": "64/GPU × 4", "epochs": 200, "optimizer": "sgd",
-    "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "cosine",
-    "min_lr_ratio": 1e-3, "sampler.speeds": (2,), "sampler.stride": 1,
+    "lr": "0.1 × world·batch/64 (the same rule here)", "momentum": 0.9, "weight_decay": 1e-4,
+    "schedule": "cosine", "min_lr_ratio": 1e-3, "sampler.speeds": (2,), "sampler.stride": 1,
     "head.queue_size": 16384, "head.dim": 128, "head.momentum": 0.999,
     "head.temperature": 0.07, "head.margin": 2.0, "head.speeds": (2,),
     "head.shuffle_groups": "2 (ShuffleBN across 4 GPUs)",

@@ -24,8 +24,8 @@ class PRPSampler(Sampler):
     video is drawn); start uniform in [0, N−16s−1], minus 1 if > 0; input = every s-th frame of
     the 16s-frame window; recon target (32 frames, recon rate 2): every (s/2)-th frame for s ≥ 2;
     for s = 1 the 16 real frames interleaved with synthetic averages of neighbours (flags 1 at the
-    even positions only; the loss ignores the synthetic ones). Motion mask (DPAU): per 16-frame chunk of the window, frames 0,5,10,15.
-    Resize 128×171, centre crop 112, no flip, values in [0,1].
+    even positions only; the loss ignores the synthetic ones). Motion mask (DPAU): per 16-frame
+    chunk of the window, frames 0,5,10,15. Resize 128×171, centre crop 112, no flip, [0,1].
 
     Plan (T = clip_len): frames (1, T) = start + s·[0..T); label = rates.index(s);
     extra_frames["recon"] (2T,): start + (s/2)·[0..2T) for s ≥ 2; for s = 1 position 2i holds

@@ -13,15 +13,17 @@ from dalivssl.tasks import TASKS, demo_overrides, resolve_options
 
 def test_demo_preset_applies_only_without_data():
     demo = resolve_options(PretrainConfig(task="vcop"))
-    assert demo["head"] == {"feature_norm": "batch"}
+    assert demo["head"] == {"feature_norm": "batch", "backbone_pass": "joint"}
     assert demo["backbone"] == {"zero_init_residual": True}
-    assert demo["demo"] == {"head.feature_norm": "batch", "backbone.zero_init_residual": True}
+    assert demo["demo"] == {"head.feature_norm": "batch", "head.backbone_pass": "joint",
+                            "backbone.zero_init_residual": True}
     real = resolve_options(PretrainConfig(task="vcop", data="train.jsonl"))
     assert real == {"demo": {}, "sampler": {"num_clips": 3}, "head": {}, "backbone": {}}
     # explicit values win over the preset, and are then not reported as the preset's
     mine = resolve_options(PretrainConfig(task="vcop", head={"feature_norm": "none"},
                                           backbone={"zero_init_residual": False}))
-    assert mine["head"] == {"feature_norm": "none"} and mine["demo"] == {}
+    assert mine["head"] == {"feature_norm": "none", "backbone_pass": "joint"}
+    assert mine["demo"] == {"head.backbone_pass": "joint"}
     assert resolve_options(PretrainConfig(task="vcop", arch="r21d"))["backbone"] == {}
 
 
@@ -84,7 +86,8 @@ def test_trainer_records_the_preset(task, arch, clip_len, size, with_data, embed
     err = " ".join(capsys.readouterr().err.split())
     saved = yaml.safe_load((out / "config.yaml").read_text())
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    preset = {"vcop": "head.feature_norm=batch", "rotnet": "backbone.zero_init_residual=True"}
+    preset = {"vcop": "head.feature_norm=batch, head.backbone_pass=joint",
+              "rotnet": "backbone.zero_init_residual=True"}
     if with_data:
         assert saved["backbone"] == {} and ckpt["backbone_kwargs"] == {}
         assert "demo preset" not in err
@@ -94,6 +97,7 @@ def test_trainer_records_the_preset(task, arch, clip_len, size, with_data, embed
         assert f"demo preset (no --data): {preset[task]};" in err
         if task == "vcop":
             assert saved["head"]["feature_norm"] == "batch" and saved["backbone"] == {}
+            assert saved["head"]["backbone_pass"] == "joint"
         else:
             assert saved["backbone"] == {"zero_init_residual": True}
             assert ckpt["backbone_kwargs"] == {"zero_init_residual": True}
@@ -124,9 +128,11 @@ def test_explain_prints_settings_beside_the_originals(capsys):
     rows, text = _explain(["--task", "vcop"], capsys)
     assert rows["head.feature_norm"] == ["batch", "none", "≠"]
     assert rows["backbone.zero_init_residual"] == ["True", "False", "≠"]
-    assert ("demo preset (no --data): head.feature_norm=batch, backbone.zero_init_residual=True"
-            in text)
+    assert ("demo preset (no --data): head.feature_norm=batch, head.backbone_pass=joint, "
+            "backbone.zero_init_residual=True" in " ".join(text.split()))
+    assert rows["head.backbone_pass"] == ["joint", "position", "≠"]
     rows, text = _explain(["--task", "vcop", "--data", __file__], capsys)
     assert rows["head.feature_norm"] == ["none", "none"]
+    assert rows["head.backbone_pass"] == ["position", "position"]
     assert rows["backbone.zero_init_residual"] == ["False", "False"]
     assert "demo preset" not in text

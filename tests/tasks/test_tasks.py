@@ -213,6 +213,12 @@ def test_vcop_backbone_runs_once_per_tuple_position():
     assert len(seen) == 3
     for k, x in enumerate(seen):
         assert torch.equal(x, batch.clips[:, k])
+    seen.clear()  # the demo preset's "joint": one pass over the B·K clips, same features order
+    head = TASKS["vcop"].build_head(bb, num_clips=3, backbone_pass="joint")
+    TASKS["vcop"].step(bb, head, batch)
+    assert len(seen) == 1 and torch.equal(seen[0], batch.clips.flatten(0, 1))
+    with pytest.raises(ValueError, match="backbone_pass must be one of position, joint"):
+        TASKS["vcop"].build_head(bb, backbone_pass="tuple")
 
 
 def test_rspnet_speed_set_gives_the_original_input_lengths():

@@ -1,8 +1,8 @@
 """Typed, flat run configuration: one YAML per experiment + ``--set key=value`` overrides.
 
-A config is a frozen dataclass with flat fields (no nesting, no ``_base_`` chains). The two task
-sub-configs, ``sampler`` and ``head``, are plain option dicts passed to the pretext sampler and the
-task's ``build_head``; they are checked against those signatures when the run is built
+A config is a frozen dataclass with flat fields (no nesting, no ``_base_`` chains). The three
+sub-configs, ``sampler``, ``head`` and ``backbone``, are plain option dicts passed to the pretext
+sampler, the task's ``build_head`` and ``create_backbone``; they are checked when the run is built
 (:func:`check_options`). Unknown keys and wrongly typed values raise :class:`DalivsslError`.
 
 Precedence: dataclass defaults < YAML file < explicit CLI flags < ``--set`` overrides.
@@ -19,7 +19,7 @@ from pathlib import Path
 from dalivssl.errors import DalivsslError
 
 OPTIMIZERS = ("sgd", "adamw")  # names for pretraining and finetuning (engine.trainer.make_optimizer)
-SUB_CONFIGS = ("sampler", "head")  # dict-valued fields: task options, keys checked at build time
+SUB_CONFIGS = ("sampler", "head", "backbone")  # dict-valued fields, keys checked at build time
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class PretrainConfig:
     progress: bool = True
     sampler: dict = field(default_factory=dict)  # task sampler options (over SPEC defaults)
     head: dict = field(default_factory=dict)     # task head options (over SPEC defaults)
+    backbone: dict = field(default_factory=dict)  # create_backbone options (zero_init_residual…)
 
     @property
     def run_dir(self) -> Path:

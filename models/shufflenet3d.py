@@ -13,13 +13,13 @@ input has exactly 24 channels, so at 2.0x (48-channel stem) it is grouped too; t
 concatenates an AvgPool3d((2,3,3), s2, p(0,1,1)) shortcut to a main branch of ``out − in``
 channels. Head: Dropout(0.2) → Linear(1920, n).
 
-Init (not in the reference): the last BN γ of every residual (stride-1) block starts at zero
-("zero-γ", Goyal et al. 2017; torchvision's ``zero_init_residual``). With γ = 1 each of the 13
-residual adds, followed by a ReLU, grows the residual stream: untrained pooled features have
-|f| ≈ 66 at 16×64² (vs 9–18 for the other backbones), and SGD at VCOP's lr 1e-3 then overshoots
-on any linear head (its effective step scales with |f|²; the loss rises instead of falling).
-Zero-γ starts every block as the identity and gives |f| ≈ 18. ``zero_init_residual=False``
-restores the reference init.
+Init: the reference's (every BN γ = 1) by default. ``zero_init_residual=True`` (not in the
+reference; the demo preset of ``dalivssl.tasks`` uses it) starts the last BN γ of every residual
+(stride-1) block at zero ("zero-γ", Goyal et al. 2017; torchvision's ``zero_init_residual``).
+With γ = 1 each of the 13 residual adds, followed by a ReLU, grows the residual stream: untrained
+pooled features have |f| ≈ 66 at 16×64² (vs 9–18 for the other backbones), and SGD at VCOP's lr
+1e-3 then overshoots on any linear head (its effective step scales with |f|²; the loss rises
+instead of falling). Zero-γ starts every block as the identity and gives |f| ≈ 18.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ class ShuffleNet3D(Backbone):
     min_input = (16, 40, 40)
 
     def __init__(self, num_classes: int | None = None, groups: int = 3, width_mult: float = 2.0,
-                 dropout: float | None = None, zero_init_residual: bool = True):
+                 dropout: float | None = None, zero_init_residual: bool = False):
         super().__init__()
         if groups not in STAGE_WIDTHS:
             raise ValueError(f"shufflenet groups must be one of {sorted(STAGE_WIDTHS)}, got {groups}")

@@ -216,7 +216,8 @@ class PretextLoader:
                 plan = self.sampler.plan(rec, sample_rng(self.seed, epoch, g))
             except ValueError as exc:
                 if _is_too_short(exc):
-                    self._skip(idx, "too short for the task", str(exc))
+                    if getattr(exc, "permanent", True):  # else: too short for this draw only
+                        self._skip(idx, "too short for the task", str(exc))
                     continue
                 raise
             frames = plan.all_frames()

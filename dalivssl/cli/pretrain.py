@@ -22,7 +22,9 @@ import click
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (repeatable): lr=0.01, sampler.num_clips=4, "
                    "head.queue_size=500.")
-@click.option("--device", type=click.Choice(["cpu", "gpu"]), default=None, help="Default cpu.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
+              help="auto (default: the GPU when CUDA and NVDEC are usable, else the CPU; "
+                   "stated and recorded), cpu or gpu.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run dir (default runs/pretrain/<task>_<arch>).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
@@ -33,8 +35,11 @@ import click
 @click.option("--threads", "--workers", "threads", type=int, default=None,
               help="CPU threads for torch and DALI (default 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
+@click.option("--explain", is_flag=True, help="Print the resolved settings beside the original's "
+              "and the task's known differences, then exit.")
 def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
-             config_path, sets, device, out, resume, overwrite, seed, name, threads, no_progress):
+             config_path, sets, device, out, resume, overwrite, seed, name, threads, no_progress,
+             explain):
     """Pretrain a backbone on a pretext task (Kumar et al., arXiv 2306.06010).
 
     Writes checkpoint.pt, config.yaml, log.csv, tb/ and summary.json into the run dir. Under
@@ -48,6 +53,11 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
                  progress=False if no_progress else None)
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
+    if explain:
+        from dalivssl.tasks.explain import explain as explain_text
+
+        click.echo(explain_text(cfg))
+        return
 
     from dalivssl.engine.trainer import pretrain as run
 

@@ -248,7 +248,10 @@ def _build(cfg: PretrainConfig, task, dist):
     from pipelines.samplers import SAMPLERS
 
     spec = task.SPEC
-    sampler_opts = {**spec.get("sampler_opts", {}), **cfg.sampler}
+    from dalivssl.tasks import resolve_options
+
+    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < config
+    sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
     manifest = _manifest(cfg)
@@ -263,11 +266,11 @@ def _build(cfg: PretrainConfig, task, dist):
     total_steps = cfg.max_steps if cfg.max_steps else cfg.epochs * len(loader)
 
     seed_all(cfg.seed)  # identical init on every rank (seed, not seed + rank)
-    backbone = create_backbone(cfg.arch)
+    backbone = create_backbone(cfg.arch, **opts["backbone"])
     _check_input_size(backbone, cfg)
     ctx = head_context(task.build_head, cfg, loader.sampler, sampler_opts, dist.world)
     check_options(f"{cfg.task} head", task.build_head, cfg.head)
-    head_opts = {**ctx, **spec.get("head_opts", {}), **cfg.head}
+    head_opts = {**ctx, **opts["head"]}
     try:
         head = task.build_head(backbone, **head_opts)
     except ValueError as exc:  # a head option of the right name but a bad value
@@ -285,8 +288,8 @@ def _build(cfg: PretrainConfig, task, dist):
         weight_decay=opt["weight_decay"], schedule=opt["schedule"],
         warmup_steps=opt["warmup_steps"], milestones=opt["milestones"], gamma=opt["gamma"],
         min_lr_ratio=opt["min_lr_ratio"], grad_clip=opt["grad_clip"], sampler=sampler_opts,
-        head=dict(head_opts))
-    return loader, model, optimizer, scheduler, resolved, opt, total_steps
+        head=dict(head_opts), backbone=opts["backbone"])
+    return loader, model, optimizer, scheduler, resolved, opt, total_steps, opts
 
 
 def run_record(resolved: PretrainConfig, loader, status: str = "running",
@@ -318,7 +321,8 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
         torch.backends.cudnn.benchmark = False
     elif cfg.device == "gpu":
         torch.backends.cudnn.benchmark = True
-    loader, model, optimizer, scheduler, resolved, opt, total_steps = _build(cfg, task, dist)
+    loader, model, optimizer, scheduler, resolved, opt, total_steps, opts = _build(cfg, task,
+                                                                                  dist)
     record = run_record(resolved, loader, device_info=dev.record())
     seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
     step, notes = 0, []
@@ -342,17 +346,26 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
                   f"batches/epoch, lr {opt['lr']:.3g}", highlight=False)
         for n in notes:
             con.print(f"resume: {n}", highlight=False)
+        if opts["demo"]:
+            from dalivssl.tasks.explain import demo_note
+
+            con.print(f"[yellow]{demo_note(opts['demo'])}[/yellow]")
 
     net = model
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        if task.SPEC.get("sync_bn"):  # BN statistics over the global batch, as the original
+            from dalivssl.engine.syncbn import convert_sync_batchnorm
+
+            convert_sync_batchnorm(model)
         net = DDP(model, device_ids=[dist.gpu_index] if cfg.device == "gpu" else None)
 
     def fields() -> dict:
         return dict(kind="pretrain", arch=cfg.arch, task=cfg.task, record=record.to_dict(),
                     backbone=model.backbone.state_dict(), head=model.head.state_dict(),
-                    config=to_dict(resolved), clip_len=resolved.clip_len, size=resolved.size,
+                    backbone_kwargs=opts["backbone"], config=to_dict(resolved),
+                    clip_len=resolved.clip_len, size=resolved.size,
                     normalize=record.clip.normalize)
 
     clips_per_step = cfg.batch_size * loader.sampler.num_clips * dist.world

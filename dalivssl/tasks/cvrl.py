@@ -19,6 +19,9 @@ SPEC = {
     "sampler": "cvrl",
     "sampler_opts": {},
     "complexity": None,
+    # BN over the global batch under DDP (yaml: use_sync_bn true). Both views of a sample sit
+    # on one process: per-process BN would re-open SimCLR's local-BN shortcut.
+    "sync_bn": True,
     # CVRL: SGD 0.32 at global batch 1024, momentum 0.9 (no Nesterov), cosine, linear warmup of
     # 5 epochs (of 200 → 2.5 % of the run), L2 1e-6·½‖w‖² (= weight decay 1e-6). Small batches:
     # square-root lr scaling (SimCLR's advice below batch 1024) → 0.028 at batch 8.
@@ -26,6 +29,21 @@ SPEC = {
                   "ref_batch": 1024, "scaling": "sqrt"},
     "schedule": {"name": "cosine", "warmup": 0.025},
 }
+
+# The original's settings (tensorflow/models video_ssl, cvrl_pretrain_k600_200ep.yaml; spec §4).
+ORIGINAL = {
+    "clip_len": 16, "size": 224, "batch_size": 1024, "epochs": 200, "optimizer": "sgd",
+    "lr": "0.32 at batch 1024", "momentum": 0.9, "weight_decay": "1e-6 (L2 on kernels only)",
+    "schedule": "cosine", "warmup": 0.025, "sync_bn": True, "sampler.stride": 2,
+    "head.hidden": 2048, "head.out_dim": 128, "head.layers": 3,
+}
+DIFFERENCES = (
+    "lr scaled by √(B/1024) (0.028 at batch 8); the TF code has no rule (0.32 at 1024).",
+    "Weight decay on every parameter instead of an L2 term on kernels only.",
+    "Colour jitter in a fixed order clamped once at the end (the original: random order, a clip "
+    "to [0,1] after each op); contrast around the luma mean (TF: the per-channel mean).",
+    "Blur σ scaled by size/224 at CPU sizes.",
+)
 TEMPERATURE = 0.1
 
 

@@ -32,6 +32,23 @@ SPEC = {
     "schedule": {"name": "constant"},
     "lr_mult": {"cls.fc8": 10.0},
 }
+
+# The original's settings (yuanyao366/PRP train_predict.py; spec §3).
+ORIGINAL = {
+    "clip_len": 16, "size": 112, "batch_size": 8, "epochs": 300, "optimizer": "sgd",
+    "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+    "schedule": "plateau (factor 0.1, patience 50, on the validation loss)",
+    "sampler.rates": (1, 2, 4, 8), "head.num_classes": 4, "head.width": 512,
+}
+DIFFERENCES = (
+    "Constant lr: the original's ReduceLROnPlateau watches a validation loss that pretraining "
+    "here does not compute.",
+    "Decoder channel plan: ConvTranspose(c→c/2) then Conv(c/2→c/2) per ×2 step, and a "
+    "Conv-BN-ReLU after the last step (the original: ConvTranspose(c→c) then Conv(c→c/2), "
+    "a bare last ConvTranspose).",
+    "Motion mask: a static channel next to moving ones gets weight 1.0 (the original 2.0, "
+    "through its +1e-6 terms).",
+)
 CLS_WEIGHT = 0.1
 MOTION_PER_CHUNK = 4  # frames 0, 5, 10, 15 of every 16-frame chunk
 MOTION_RANGE = (0.8, 2.0)

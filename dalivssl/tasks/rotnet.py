@@ -15,12 +15,29 @@ SPEC = {
     # complexity knob (Kumar et al.): 2 / 3 / 4 rotations
     "sampler_opts": {"num_rotations": 4},
     "complexity": "num_rotations",
+    # BN over the global batch under DDP (CtP pretraining_runtime_ucf.py: syncbn = True)
+    "sync_bn": True,
     # CtP: SGD 0.01, momentum 0.9, wd 1e-4, grad-norm clip 40, ×0.1 at epochs 100/200 of 300
     # (batch 32); kept at batch 8: the step decay is expressed as fractions of the run.
     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
     "schedule": {"name": "step", "milestones": (1 / 3, 2 / 3), "gamma": 0.1},
     "grad_clip": 40.0,
 }
+
+# The original's settings (microsoft/CtP rot3d; spec §1), by the names of --explain.
+ORIGINAL = {
+    "clip_len": 16, "size": 112, "batch_size": "32 (4/GPU × 8)", "epochs": 300,
+    "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
+    "milestones": (1 / 3, 2 / 3), "gamma": 0.1, "grad_clip": 40.0, "sync_bn": True,
+    "sampler.num_rotations": 4, "sampler.strides": (1, 2, 3, 4, 5), "sampler.stride": None,
+    "sampler.temporal_jitter": True, "head.num_classes": 4, "head.dropout": 0.5,
+}
+DIFFERENCES = (
+    "No official 3DRotNet code exists: the reference is CtP's re-implementation.",
+    "Brightness is a factor 1 ± 0.25 (CtP adds ±32 grey levels); hue wraps round the colour "
+    "circle (CtP clips the OpenCV H channel).",
+    "lr 0.01 is kept at batch 8 (CtP: batch 32); the ×0.1 steps fall at 1/3 and 2/3 of the run.",
+)
 
 
 def build_head(backbone, num_classes: int = 4, dropout: float = 0.5):

@@ -1,16 +1,20 @@
 """RSPNet: relative speed perception (Chen et al., AAAI 2021; PeihaoChen/RSPNet,
 moco/builder_diffspeed_diffloss.py).
 
-The loader gives two independent windows (q and k) of max(speeds)·T consecutive frames.
-Batch: clips B×2×C×W×H×W (ImageNet-normalised), W = max(speeds)·T.
+The loader gives two independent windows (q and k) of W = max(speeds)·T consecutive frames.
+Batch: clips B×2×C×W×H×W (ImageNet-normalised).
 Per batch one speed r is drawn from ``speeds``; the batch is split at random into halves:
-half at normal speed (first T frames), half at r× (every r-th frame). q and k⁺ share the speed;
-k⁻ is the k window at the other speed.
+half at normal speed (the first W//r frames), half at r× (every r-th frame, W//r of them); the
+model input is W//r frames, as the original's ``_diff_speed`` (T_real = T // r): T for the
+default [2], 16 / 32 / 64 frames for [4, 2, 1] at T = 16. q and k⁺ share the speed; k⁻ is the
+k window at the other speed.
 Heads (on the pooled feature, each Linear(D,128) → L2): A-VID (appearance) and RSP (speed);
 keys come from EMA copies (m 0.999) of backbone and heads.
 Losses (T = 0.07): A-VID InfoNCE [q·k⁺, q·queue] + InfoNCE [q·k⁻, q·queue] (same video at any
 speed is positive; the queue enqueues k⁻_A); RSP MarginRanking(q_M·k⁺_M/T > q_M·k⁻_M/T, margin
 2.0). Total = CE₁ + CE₂ + rank. Queue K = 16384, trimmed to a multiple of the global batch.
+The speed set is one setting, ``sampler.speeds``: the trainer hands it to the head; a head whose
+speeds do not fit the window fails with one line instead of training on shorter clips.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from models.heads import EmbeddingHead
 SPEC = {
     "sampler": "rspnet",
     # complexity knob: the speed set ([2], [4], [4, 2, 1])
-    "sampler_opts": {},
+    "sampler_opts": {"speeds": (2,)},
     "complexity": "speeds",
     # RSPNet: SGD 0.1 × (world·batch/64), momentum 0.9, wd 1e-4, cosine to lr/1000.
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
@@ -33,12 +37,28 @@ SPEC = {
     "schedule": {"name": "cosine", "min_lr_ratio": 1e-3},
 }
 
+# The original's settings (PeihaoChen/RSPNet config/pretrain, pretrain.py; spec §6).
+ORIGINAL = {
+    "clip_len": 16, "size": 112, "batch_size": "64/GPU × 4", "epochs": 200, "optimizer": "sgd",
+    "lr": "0.1 × world·batch/64 (the same rule here)", "momentum": 0.9, "weight_decay": 1e-4,
+    "schedule": "cosine", "min_lr_ratio": 1e-3, "sampler.speeds": (2,), "sampler.stride": 1,
+    "head.queue_size": 16384, "head.dim": 128, "head.momentum": 0.999,
+    "head.temperature": 0.07, "head.margin": 2.0, "head.speeds": (2,),
+    "head.shuffle_groups": "2 (ShuffleBN across 4 GPUs)",
+}
+DIFFERENCES = (
+    "Under DDP the key shuffle stays within each process (the original shuffles across GPUs).",
+    "Gray (p 0.2) after a fixed-order jitter (the original: gray first, then a randomly "
+    "ordered ColorJitter).",
+    "Stride mixtures of the ablations (random_stride / weighted_stride) are not supported.",
+)
+
 
 class RSPNetHead(nn.Module):
     """``avid`` and ``rsp`` heads, their EMA copies, the EMA backbone and the A-VID queue."""
 
     def __init__(self, backbone, dim, queue_size, momentum, temperature, margin, speeds,
-                 shuffle_groups):
+                 shuffle_groups, clip_len):
         super().__init__()
         self.avid = EmbeddingHead(backbone.feature_dim, dim)
         self.rsp = EmbeddingHead(backbone.feature_dim, dim)
@@ -48,6 +68,7 @@ class RSPNetHead(nn.Module):
         self.queue = KeyQueue(queue_size, dim, init="normal")
         self.momentum, self.temperature, self.margin = momentum, temperature, margin
         self.speeds = tuple(int(s) for s in speeds)
+        self.clip_len = int(clip_len)  # T: input frames at the fastest speed
         self.shuffle_groups = shuffle_groups
 
     def forward(self, feats):
@@ -64,11 +85,16 @@ class RSPNetHead(nn.Module):
 
 
 def build_head(backbone, queue_size: int = 16384, dim: int = 128, momentum: float = 0.999,
-               temperature: float = 0.07, margin: float = 2.0, speeds=(2,),
+               temperature: float = 0.07, margin: float = 2.0, speeds=(2,), clip_len: int = 16,
                batch_size: int | None = None, world_size: int = 1, shuffle_groups: int = 2):
-    """``speeds`` must match the sampler's (the window is max(speeds)·T frames)."""
+    """``speeds`` (the trainer passes the sampler's) and ``clip_len`` T fix the window the step
+    expects: max(speeds)·T frames. ``shuffle_groups`` 2: the original shuffles keys across 4
+    GPUs, so key BN statistics never come from exactly the query's batch."""
+    if not speeds or any(int(s) < 1 for s in speeds):
+        raise ValueError(f"speeds must be positive integers, got {speeds!r}")
     size = trimmed_size(queue_size, batch_size, world_size)
-    return RSPNetHead(backbone, dim, size, momentum, temperature, margin, speeds, shuffle_groups)
+    return RSPNetHead(backbone, dim, size, momentum, temperature, margin, speeds, shuffle_groups,
+                      clip_len)
 
 
 def at_speed(x: torch.Tensor, speed: int, t: int) -> torch.Tensor:
@@ -76,11 +102,19 @@ def at_speed(x: torch.Tensor, speed: int, t: int) -> torch.Tensor:
     return x[:, :, : speed * t : speed]
 
 
-def split_speeds(q_win, k_win, speeds):
-    """Draw r and the random half split → (q, k⁺, k⁻), each B×C×T×H×W, and the fast mask B."""
+def split_speeds(q_win, k_win, speeds, clip_len: int | None = None):
+    """Draw r and the random half split → (q, k⁺, k⁻), each B×C×(W//r)×H×W, and the fast mask
+    B. ``clip_len`` T: the window must be max(speeds)·T frames (DalivsslError otherwise)."""
     b, window = q_win.shape[0], q_win.shape[2]
-    t = window // max(speeds)
+    if clip_len is not None and window != int(clip_len) * max(speeds):
+        from dalivssl.errors import DalivsslError
+
+        raise DalivsslError(
+            f"rspnet: the clips hold {window} frames but speeds {list(speeds)} at clip_len "
+            f"{clip_len} need {int(clip_len) * max(speeds)}; set the speed set once, as "
+            f"sampler.speeds (the head takes it from there)")
     r = speeds[int(torch.randint(len(speeds), ()))]
+    t = window // r
     fast = torch.zeros(b, dtype=torch.bool, device=q_win.device)
     fast[torch.randperm(b, device=q_win.device)[: b // 2]] = True
     m = fast.view(b, 1, 1, 1, 1)
@@ -91,7 +125,7 @@ def split_speeds(q_win, k_win, speeds):
 
 def step(backbone, head, batch) -> dict:
     q_clip, k_pos_clip, k_neg_clip, _ = split_speeds(batch.clips[:, 0], batch.clips[:, 1],
-                                                     head.speeds)
+                                                     head.speeds, head.clip_len)
     q_a, q_m = head(backbone.forward_features(q_clip))
     with torch.no_grad():
         head.momentum_update(backbone)

@@ -29,6 +29,23 @@ SPEC = {
     "optimizer": {"name": "sgd", "lr": 0.003, "momentum": 0.9, "weight_decay": 1e-4},
     "schedule": {"name": "step", "milestones": (0.5, 2 / 3, 5 / 6), "gamma": 0.1},
 }
+
+# The original's settings (the TDL repo's scripts/TemporalDis/ucf101.sh; spec §5).
+ORIGINAL = {
+    "clip_len": 16, "size": 224, "batch_size": 8, "epochs": 240, "optimizer": "sgd",
+    "lr": 0.003, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "step",
+    "milestones": (0.5, 2 / 3, 5 / 6), "gamma": 0.1, "sampler.stride": 4,
+    "sampler.jitter": "one_of", "head.queue_size": "5000 (UCF101 script; paper: 500)",
+    "head.dim": 128, "head.momentum": 0.999, "head.temperature": 0.07,
+    "head.shuffle_groups": 1,
+}
+DIFFERENCES = (
+    "Rotation after the crop (the original rotates the full frame first): black corners stay "
+    "in view, about 7 % of the pixels at 10°.",
+    "Default backbone init and linear resize (the original: Xavier-uniform with gain √2 on "
+    "convs, nearest-neighbour resize).",
+    "Contrast around the clip's mean (torchvision/PIL: each frame's mean).",
+)
 MIXUP_MAX = 0.1
 
 
@@ -53,7 +70,9 @@ class TDLHead(nn.Module):
 
 
 def build_head(backbone, queue_size: int = 5000, dim: int = 128, momentum: float = 0.999,
-               temperature: float = 0.07, shuffle_groups: int = 2):
+               temperature: float = 0.07, shuffle_groups: int = 1):
+    """``shuffle_groups`` 1: the original trains on one GPU, where its ShuffleBN is a permutation
+    only, so key BN statistics cover the whole key batch (2 would split them, as RSPNet's)."""
     return TDLHead(backbone, dim, queue_size, momentum, temperature, shuffle_groups)
 
 

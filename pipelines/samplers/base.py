@@ -40,13 +40,16 @@ COLOUR_KEYS = ("brightness", "contrast", "saturation", "hue")
 
 
 class TooShort(ValueError):
-    """The video has fewer usable frames than the task needs (the loader skips and counts it)."""
+    """The video has fewer usable frames than the task needs. ``permanent`` (default): it never
+    will have (the loader skips it for the rest of the run and counts it); False: only this draw
+    needs more (e.g. PRP's rate), so the loader replaces it for this sample only."""
 
-    def __init__(self, path, need: int, have: int, task: str = ""):
+    def __init__(self, path, need: int, have: int, task: str = "", permanent: bool = True):
         self.path = str(path)
         self.need = int(need)
         self.have = int(have)
         self.task = task
+        self.permanent = bool(permanent)
         what = f" for {task}" if task else ""
         super().__init__(f"{self.path}: too short{what}: needs {self.need} usable frames, "
                          f"has {self.have}")
@@ -155,13 +158,25 @@ def hue_degrees(rng: np.random.Generator, turn_fraction: float) -> float:
     return float(rng.uniform(-turn_fraction, turn_fraction) * 360.0)
 
 
+JITTER_MODES = ("all", "one_of")
+
+
 def colour_jitter(rng: np.random.Generator, brightness: float, contrast: float,
-                  saturation: float, hue: float, p: float = 1.0) -> dict[str, float]:
+                  saturation: float, hue: float, p: float = 1.0,
+                  mode: str = "all") -> dict[str, float]:
     """SimCLR/torchvision colour jitter values, applied with probability p (identity otherwise).
-    The values are always drawn so the rng stream is the same whether or not it applies."""
+    mode "all": the four ops; "one_of": one op drawn uniformly, the other three identity (what
+    TDL's released ColorJitter does: each shuffled op is applied to the untouched frame, so only
+    the last one survives). The values are always drawn so the rng stream is the same whether or
+    not it applies."""
     applied = coin(rng, p)
     vals = {"brightness": jitter_factor(rng, brightness), "contrast": jitter_factor(rng, contrast),
             "saturation": jitter_factor(rng, saturation), "hue": hue_degrees(rng, hue)}
+    if mode == "one_of":
+        keep = COLOUR_KEYS[int(rng.integers(len(COLOUR_KEYS)))]
+        vals = {k: v if k == keep else IDENTITY[k] for k, v in vals.items()}
+    elif mode != "all":
+        raise ValueError(f"jitter mode must be one of {', '.join(JITTER_MODES)}, got {mode!r}")
     return vals if applied else {k: IDENTITY[k] for k in COLOUR_KEYS}
 
 

@@ -46,7 +46,8 @@ class CVRLSampler(Sampler):
     pixel aspect uses the record's width/height), flip, brightness/contrast/saturation U(0.2,1.8),
     hue U(−72°, 72°) (0.2 of a turn), all identity when the p 0.8 jitter is off, gray,
     blur_sigma = U(0.1,2)·size/224 (σ in output pixels, same relative blur as the original at
-    224) or 0, solarize. The original's TF crop sampler draws the aspect uniformly; kept.
+    224) or 0, solarize. The crop box: aspect drawn uniformly and 100 attempts, as TF's
+    sample_distorted_bounding_box.
 
     No complexity knob. Options: ``stride`` (default 2). Default size is the ``size`` argument
     (the original uses 224). augment=False: centre crop (short side → size·128/112), no colour,
@@ -90,7 +91,8 @@ class CVRLSampler(Sampler):
             if not self.augment:
                 views.append({"crop": short_side_crop_box(None, aspect, self.size)})
                 continue
-            p = {"crop": random_resized_box(rng, aspect, (0.3, 1.0), (0.5, 2.0), log_ratio=False),
+            p = {"crop": random_resized_box(rng, aspect, (0.3, 1.0), (0.5, 2.0), log_ratio=False,
+                                           attempts=100),
                  "flip": coin(rng, 0.5)}
             p.update(colour_jitter(rng, 0.8, 0.8, 0.8, 0.2, p=0.8))
             p["gray"] = coin(rng, 0.2)

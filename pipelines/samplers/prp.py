@@ -24,13 +24,14 @@ class PRPSampler(Sampler):
     video is drawn); start uniform in [0, N−16s−1], minus 1 if > 0; input = every s-th frame of
     the 16s-frame window; recon target (32 frames, recon rate 2): every (s/2)-th frame for s ≥ 2;
     for s = 1 the 16 real frames interleaved with synthetic averages of neighbours (flags 1 at the
-    even positions only). Motion mask (DPAU): per 16-frame chunk of the window, frames 0,5,10,15.
-    Resize 128×171, centre crop 112, no flip, values in [0,1].
+    even positions only; the loss ignores the synthetic ones). Motion mask (DPAU): per 16-frame
+    chunk of the window, frames 0,5,10,15. Resize 128×171, centre crop 112, no flip, [0,1].
 
     Plan (T = clip_len): frames (1, T) = start + s·[0..T); label = rates.index(s);
     extra_frames["recon"] (2T,): start + (s/2)·[0..2T) for s ≥ 2; for s = 1 position 2i holds
-    start+i and the synthetic position 2i+1 holds its left neighbour start+i (the task step
-    averages neighbours; the loss ignores them); extras["recon_flags"] int32 (2T,), 1 = real frame;
+    start+i and the synthetic position 2i+1 holds a copy of its left neighbour start+i (not an
+    average: flags are 0 there and the loss ignores it); extras["recon_flags"] int32 (2T,),
+    1 = real frame;
     extra_frames["motion"] (4·max(rates),): chunk c's frames c·T + motion_positions(T), padded by
     repeating the last index; extras["motion_len"] = 4s, extras["rate"] = s (int64 scalars).
     params crop: the centre 112 box of the 128×171 frame. normalize 'unit'.
@@ -38,10 +39,14 @@ class PRPSampler(Sampler):
     Complexity knob: ``rates`` (1,2) / (1,2,4) / (1,2,4,8) → 2 / 3 / 4 classes. Every rate must be
     1 or even (the 2× target takes every (s/2)-th frame).
 
-    Short video: the original redraws another video, so plan() raises TooShort when the usable
-    range has fewer than T·s+1 frames for the drawn s (the loader skips it; which rates fail
-    depends on the draw). ``min_frames`` = T·max(rates)+1 never fails. augment has no effect
-    (PRP pretrains with a centre crop).
+    Short video: the original (predict_dataset.py ``loadcvvideo_Finsert``) loads another random
+    video at the same rate for that one draw, and uses the short video again at the rates it can
+    serve. So plan() raises TooShort(permanent=False) when the usable range has fewer than T·s+1
+    frames for the drawn s (the loader replaces the video for this sample only; the replacement
+    gets the same rate, the rate being the first draw of the sample's rng), and
+    TooShort(permanent=True) only when it has fewer than T·min(rates)+1, too short for every
+    rate (the loader then skips it for the run). ``min_frames`` = T·max(rates)+1 never fails.
+    augment has no effect (PRP pretrains with a centre crop).
     """
 
     name = "prp"
@@ -70,7 +75,8 @@ class PRPSampler(Sampler):
         s = self.rates[label]
         need = t * s + 1
         if length < need:
-            raise TooShort(record.path, need, length, f"prp at rate {s}")
+            raise TooShort(record.path, need, length, f"prp at rate {s}",
+                           permanent=length < t * min(self.rates) + 1)
         start = int(rng.integers(0, length - t * s))  # [0, N − Ts − 1] inclusive
         if start > 0:
             start -= 1

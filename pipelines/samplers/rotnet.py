@@ -8,10 +8,11 @@ from pipelines.types import ClipPlan
 
 # CtP's GroupScale sizes (w, h) = (149,112), (171,128), (192,144), stored here as (h, w) at 112.
 SCALES_HW = ((112.0, 149.0), (128.0, 171.0), (144.0, 192.0))
+# CtP pyvrl/datasets/transforms/color.py, each op with p 0.2:
 BRIGHTNESS_DELTA = 32.0 / 128.0  # additive ±32 on 0..255 ≈ factor 1 ± 0.25 at mid-grey
-CONTRAST_DELTA = 0.2
-SATURATION_DELTA = 0.1
-HUE_DELTA_DEG = 12.0
+CONTRAST_DELTA = 0.2  # a pure gain exp(U(±0.2)), no mean subtracted
+SATURATION_DELTA = 0.1  # factor exp(U(±0.1))
+HUE_DELTA_DEG = 24.0  # ±12 on OpenCV's 8-bit H channel (0–179 = degrees / 2)
 PHOTO_P = 0.2
 
 
@@ -23,12 +24,16 @@ class RotNetSampler(Sampler):
     stride s drawn from {1..5}; with temporal jitter every frame index gets its own offset
     U{0..s−1}; start uniform in [0, L − (s(T−1)+1)]; indices are clamped to the last frame.
     Augmentation (clip-consistent): scale to one of (h,w) 112×149 / 128×171 / 144×192, flip 0.5,
-    brightness (p 0.2, ±32 → factor 1±0.25), contrast (p 0.2, ±0.2), hue/saturation together
-    (p 0.2, hue ±12°, saturation ±0.1), random crop 112, rotation by 90°·label, ImageNet norm.
+    brightness (p 0.2, additive ±32 grey levels), contrast (p 0.2, a gain exp(U(±0.2)) with no
+    mean), hue/saturation together (p 0.2, hue ±12 in OpenCV units = ±24°, saturation
+    exp(U(±0.1))), random crop 112, rotation by 90°·label, ImageNet norm.
 
     Plan: frames (1, T); label r ∈ [0, num_rotations); params angle = 90·r (applied after the
     crop, like CtP), crop = the 112-crop inside the chosen scale as a relative box (sizes scale
-    with ``size``/112), flip, brightness, contrast, saturation, hue (identity when not applied).
+    with ``size``/112), flip, brightness = (1 ± 0.25 when on) · (contrast gain when on) (a gain
+    without mean is a brightness factor), saturation, hue (identity when not applied). Known
+    differences: brightness is a factor, 1 ± 0.25 (±32 at mid-grey), not an offset; hue wraps
+    round the colour circle where CtP clips the H channel.
 
     Complexity knob: ``num_rotations`` 2 / 3 / 4 → angles {0,90} / {0,90,180} / {0,90,180,270}.
     Options: ``strides`` (default (1,2,3,4,5)), ``stride`` (a fixed stride, overrides strides),
@@ -57,7 +62,7 @@ class RotNetSampler(Sampler):
         self.strides = tuple(int(s) for s in strides)
         self.temporal_jitter = bool(temporal_jitter)
         self.num_classes = int(num_rotations)
-        self.param_keys = (("crop", "angle", "flip", "brightness", "contrast", "saturation", "hue")
+        self.param_keys = (("crop", "angle", "flip", "brightness", "saturation", "hue")
                            if self.augment else ("crop", "angle"))
 
     def _plan(self, record, length, rng):
@@ -80,9 +85,8 @@ class RotNetSampler(Sampler):
             hs_on = coin(rng, PHOTO_P)
             sat = rng.uniform(-SATURATION_DELTA, SATURATION_DELTA)
             hue = rng.uniform(-HUE_DELTA_DEG, HUE_DELTA_DEG)
-            p["brightness"] = 1.0 + b if b_on else 1.0
-            p["contrast"] = 1.0 + c if c_on else 1.0
-            p["saturation"] = 1.0 + sat if hs_on else 1.0
+            p["brightness"] = (1.0 + b if b_on else 1.0) * (float(np.exp(c)) if c_on else 1.0)
+            p["saturation"] = float(np.exp(sat)) if hs_on else 1.0
             p["hue"] = hue if hs_on else 0.0
         else:
             k = self.size / 112.0

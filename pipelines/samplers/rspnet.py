@@ -33,11 +33,12 @@ class RSPNetSampler(Sampler):
     (first T frames at speed 1 or every r-th frame at speed r, one r per batch) happens in the
     model per batch, i.e. in the task step.
 
-    ``clip_len`` (argument) is the model input length T; the plan's windows, and this sampler's
-    ``clip_len`` attribute, are T·max_speed frames (``input_len`` keeps T). Options:
-    ``max_speed`` (default 2, the largest of diff_speed: the window must hold T frames at that
-    speed), or ``speeds`` (the task's speed set; its maximum is taken), ``stride`` (default 1;
-    the ablations' stride mixtures).
+    ``clip_len`` (argument) is the model input length T at the fastest speed; the plan's
+    windows, and this sampler's ``clip_len`` attribute, are T·max_speed frames (``input_len``
+    keeps T); the task feeds W//r frames at the drawn speed r, as the original. Options:
+    ``speeds`` (the task's speed set, diff_speed; the one setting the task's head also reads;
+    default [2]) or ``max_speed`` (its largest value; both given must agree), ``stride``
+    (default 1; the ablations' stride mixtures are not supported).
 
     Plan: frames (2, T·max_speed); label 0; params per window: crop (random resized box with
     the record's aspect; the output is size×size), gray, brightness/contrast/saturation
@@ -51,13 +52,18 @@ class RSPNetSampler(Sampler):
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
-                 max_speed: int = 2, speeds=None, stride: int = 1, **unknown):
+                 max_speed: int | None = None, speeds=None, stride: int = 1, **unknown):
         super().__init__(clip_len, size, augment)
         self._reject(unknown)
         if speeds is not None:  # the task's speed set: the window must hold its fastest speed
             if not tuple(speeds):
                 raise ValueError("rspnet sampler: speeds must not be empty")
-            max_speed = max(int(v) for v in speeds)
+            fastest = max(int(v) for v in speeds)
+            if max_speed is not None and int(max_speed) != fastest:
+                raise ValueError(f"rspnet sampler: max_speed {max_speed} disagrees with speeds "
+                                 f"{list(speeds)}; set speeds only")
+            max_speed = fastest
+        max_speed = 2 if max_speed is None else max_speed
         if int(max_speed) < 1 or int(stride) < 1:
             raise ValueError(f"rspnet sampler: max_speed and stride must be >= 1, got "
                              f"{max_speed}, {stride}")

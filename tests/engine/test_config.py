@@ -26,7 +26,7 @@ def test_precedence_and_types(tmp_path):
     ("batch_size=2.5", "expected int"),
     ("amp=3", "expected bool"),
     ("noequals", "expected key=value"),
-    ("optim.lr=1", "only sampler, head take dotted keys"),
+    ("optim.lr=1", "only sampler, head, backbone take dotted keys"),
 ])
 def test_bad_overrides(item, msg):
     with pytest.raises(DalivsslError, match=msg):

@@ -231,13 +231,15 @@ def test_rotnet_scale_crop_boxes_and_photometric_rates():
     seen = {(round(float(p["crop"][0, 2]), 5), round(float(p["crop"][0, 3]), 5)) for p in ps}
     assert seen == sizes
     b = np.array([p["brightness"][0] for p in ps])
-    c = np.array([p["contrast"][0] for p in ps])
     sat = np.array([p["saturation"][0] for p in ps])
     hue = np.array([p["hue"][0] for p in ps])
-    for v in (b, c, sat):
-        assert 0.13 < np.mean(v != 1.0) < 0.27
-    assert np.all(np.abs(b - 1) <= 0.25) and np.all(np.abs(c - 1) <= 0.2)
-    assert np.all(np.abs(sat - 1) <= 0.1) and np.all(np.abs(hue) <= 12)
+    assert "contrast" not in ps[0]  # CtP's contrast is a gain without mean: in the brightness
+    assert 0.30 < np.mean(b != 1.0) < 0.42  # brightness (p 0.2) or contrast (p 0.2): 0.36
+    assert np.all(b >= 0.75 * np.exp(-0.2) - 1e-6) and np.all(b <= 1.25 * np.exp(0.2) + 1e-6)
+    assert b.max() > 1.25 and b.min() < 0.75  # both on: product of the two
+    assert 0.13 < np.mean(sat != 1.0) < 0.27
+    assert np.all(np.abs(np.log(sat)) <= 0.1 + 1e-6)  # exp(U(±0.1))
+    assert np.all(np.abs(hue) <= 24) and np.abs(hue).max() > 20  # ±12 OpenCV H units = ±24°
     assert np.array_equal(sat != 1.0, hue != 0.0)  # hue and saturation go together
     assert 0.45 < np.mean([p["flip"][0] for p in ps]) < 0.55
 
@@ -400,6 +402,61 @@ def test_prp_start_rule_and_too_short():
     assert ok == {1, 2} and short > 20
 
 
+def test_prp_too_short_is_permanent_only_below_every_rate():
+    """D1: a video too short for the drawn rate is short for that draw only; too short for the
+    smallest rate (T·min(rates)+1) it is a bad video."""
+    d = SAMPLERS["prp"]()
+    flags = set()
+    for r in rngs(60):
+        try:
+            d.plan(Rec("p.webm", 40), r)
+        except TooShort as e:
+            flags.add(e.permanent)
+    assert flags == {False}
+    for r in rngs(10):
+        with pytest.raises(TooShort) as info:
+            d.plan(Rec("p.webm", 16), r)
+        assert info.value.permanent
+    with pytest.raises(TooShort) as info:  # {2, 4}: 32 frames serve no rate (needs 33)
+        SAMPLERS["prp"](rates=(2, 4)).plan(Rec("p.webm", 32), sample_rng(0, 0, 0))
+    assert info.value.permanent
+
+
+def test_prp_short_videos_survive_four_epochs_at_the_rates_they_serve(tmp_path):
+    """D1 through the loader's planning: 20 videos of 100 frames (rates 1, 2, 4 but not 8) among
+    20 long ones stay in the run for 4 epochs and are planned only at the rates they can serve;
+    a 10-frame video (no rate) is the only one skipped. A sample whose video is too short for its
+    rate takes the next video at the same rate (the original draws another video at that rate)."""
+    from dalivssl.data.manifest import Manifest
+    from pipelines.loader import PretextLoader
+
+    lengths = [100] * 20 + [400] * 20 + [10]
+    recs = []
+    for i, n in enumerate(lengths):
+        (tmp_path / f"v{i}.webm").write_bytes(b"x")  # planning reads the bytes, never decodes
+        recs.append(VideoRecord(f"v{i}.webm", n, label=0))
+    loader = PretextLoader("prp", Manifest(tmp_path, recs), batch_size=4, seed=3)
+    rates_of_short: dict[int, set] = {}
+    for epoch in range(4):
+        for b in range(len(loader)):
+            for idx, plan in loader.batch_plans(epoch, b):
+                rate = int(plan.extras["rate"])
+                assert lengths[idx] >= 16 * rate + 1
+                if lengths[idx] == 100:
+                    rates_of_short.setdefault(idx, set()).add(rate)
+        assert loader.skipped == {"too short for the task": 1}, epoch
+    assert set(loader._bad) == {40}
+    assert len(rates_of_short) == 20  # every short video still trains in epoch 4's run
+    assert set().union(*rates_of_short.values()) == {1, 2, 4}
+    # the replacement keeps the sample's rate: same rate as the rng's first draw
+    order = loader.shard_order(0)
+    for pos in range(8):
+        idx, plan, _ = loader._plan_one(order, pos, 0)
+        g = pos
+        drawn = (1, 2, 4, 8)[int(sample_rng(3, 0, g).integers(4))]
+        assert int(plan.extras["rate"]) == drawn
+
+
 def test_prp_centre_crop_always():
     p = SAMPLERS["prp"]().plan(LONG, sample_rng(0, 0, 0))
     np.testing.assert_allclose(p.params["crop"][0], [8 / 128, 29.5 / 171, 112 / 128, 112 / 171],
@@ -508,23 +565,69 @@ class ScriptedRng:
         return getattr(self.real, name)
 
 
+def original_walk(start0: int, n: int, length: int = 16, stride: int = 4) -> np.ndarray:
+    """TDL dataset.py ``get`` in its own 1-based terms (p += stride while p < N − stride + 1,
+    else p = 1), returned 0-based."""
+    p, out = start0 + 1, []
+    for _ in range(length):
+        out.append(p - 1)
+        p = p + stride if p < n - stride + 1 else 1
+    return np.array(out)
+
+
 @pytest.mark.parametrize("anchor,neg,n,expect", [
-    (50, 51, 300, 151),  # within 2 → shifted by N//3
-    (50, 48, 300, 148),
-    (50, 53, 300, 53),   # 3 away: kept
-    (150, 260, 300, 260),
-    (0, 250, 260, 250),
-    (0, 2, 260, 88),
+    (50, 51, 300, 151),  # |Δ| < 2 → shifted by N//3
+    (50, 50, 300, 150),
+    (50, 48, 300, 48),   # |Δ| = 2: kept (the original's threshold is strict)
+    (50, 53, 300, 53),
+    (150, 172, 300, 172),  # 172 = N − 128, the last anchor start
+    (0, 2, 260, 2),
     (130, 131, 260, 217),
-    (0, 1, 40, 14),
+    (0, 0, 61, 20),      # N = 61: one start (0) for both; the negative is always shifted
+    (0, 0, 40, 13),
+    (253, 253, 381, 0),  # 1-based (254 + 127) % 381 = 0 → frame 1, i.e. 0 (not 380)
 ])
 def test_tdl_negative_shift_rule(anchor, neg, n, expect):
+    """D2: the negative start is drawn from the anchor's range (ScriptedRng asserts the range),
+    shifted only when |neg − anchor| < 2, by the original's 1-based rule; clips walk as the
+    original's ``get``."""
     s = SAMPLERS["tdl"](augment=False)
     p = s.plan(Rec("t.webm", n), ScriptedRng([anchor, neg]))
-    np.testing.assert_array_equal(p.frames[0], (anchor + 4 * np.arange(16)) % n)
+    np.testing.assert_array_equal(p.frames[0], original_walk(anchor, n))
     np.testing.assert_array_equal(p.frames[1], p.frames[0])
-    np.testing.assert_array_equal(p.frames[2], (expect + 4 * np.arange(16)) % n)
+    np.testing.assert_array_equal(p.frames[2], original_walk(expect, n))
     assert int(p.extras["neg_start"]) == expect
+
+
+@pytest.mark.parametrize("n", [300, 61])
+def test_tdl_negatives_come_from_the_anchor_range(n):
+    """D2 at N = 300 and N = 61: a negative that is not shifted starts in the anchor range and
+    its clip never runs past the end; only the shifted ones (|Δ| < 2, as the original) may.
+    Before the fix 44 % of the negatives started past the anchor range at N = 300 and 20 %
+    wrapped over the end."""
+    s = SAMPLERS["tdl"](augment=False)
+    last = max(n - 128, 0)
+    shifted = past = wrapped = 0
+    m = 2000
+    for rng in rngs(m):
+        p = s.plan(Rec("t.webm", n), rng)
+        a, g = int(p.extras["anchor_start"]), int(p.extras["neg_start"])
+        assert 0 <= a <= last
+        assert np.all(np.diff(p.frames[0]) == 4)  # the anchor never wraps once N ≥ 61
+        crosses = bool(np.any(np.diff(p.frames[2]) != 4))
+        if g <= last and not crosses:
+            continue
+        # only a shifted negative leaves the range: it is N//3 (1-based rule) from a start in it
+        assert any(abs(x - a) < 2 and g == max((x + 1 + n // 3) % n, 1) - 1
+                   for x in range(0, last + 1)), (a, g)
+        shifted += 1
+        past += g > last
+        wrapped += crosses
+    if n == 61:
+        assert shifted == past == wrapped == m  # one start: always shifted to 20, walks past 60
+    else:
+        # P(|Δ| < 2) ≈ 3/173 over 173 starts
+        assert past / m < 0.03 and wrapped / m < 0.01
 
 
 def test_tdl_anchor_positive_negative_random():
@@ -537,7 +640,7 @@ def test_tdl_anchor_positive_negative_random():
         a, n = int(p.extras["anchor_start"]), int(p.extras["neg_start"])
         assert 0 <= a <= 260 - 128 and 0 <= n < 260
         assert p.frames[0, 0] == 20 + a and p.frames[2, 0] == 20 + n
-        assert abs(n - a) > 2 or 260 // 3 <= 2
+        assert abs(n - a) >= 2
         anchors.add(a)
         assert np.all(np.diff(p.frames[0]) == 4)
     assert len(anchors) > 80
@@ -558,6 +661,16 @@ def test_tdl_parameters():
     assert st["contrast"].min() >= 0.5 and st["contrast"].max() <= 1.5
     assert st["saturation"].min() >= 0.75 and st["saturation"].max() <= 1.25
     assert np.abs(st["hue"]).max() <= 180 and np.abs(st["hue"]).max() > 150
+    # D3: one colour op per clip, as the released ColorJitter (each op with p 1/4)
+    changed = np.stack([st[k] != IDENTITY[k] for k in ("brightness", "contrast", "saturation",
+                                                        "hue")], axis=-1)  # 300×3×4
+    assert np.all(changed.sum(-1) == 1)
+    assert np.all(np.abs(changed.reshape(-1, 4).mean(0) - 0.25) < 0.05)
+    assert s.jitter == "one_of"
+    every = SAMPLERS["tdl"](jitter="all").plan(LONG, sample_rng(0, 0, 0)).params
+    assert all(np.all(every[k] != IDENTITY[k]) for k in ("brightness", "contrast", "hue"))
+    with pytest.raises(ValueError, match="jitter must be one of all, one_of"):
+        SAMPLERS["tdl"](jitter="some")
     # short side 240 → 128, long side 320 → 170.67; crop 112
     np.testing.assert_allclose(st["crop"][:, :, 2:].reshape(-1, 2),
                                [[112 / 128, 112 / (128 * 4 / 3)]] * 900, rtol=1e-5)
@@ -573,6 +686,9 @@ def test_rspnet_windows():
     assert s.clip_len == 32 and s.input_len == 16 and s.num_clips == 2 and s.num_classes == 0
     assert SAMPLERS["rspnet"](max_speed=4).clip_len == 64
     assert SAMPLERS["rspnet"](speeds=(4, 2, 1)).clip_len == 64
+    assert SAMPLERS["rspnet"](speeds=(4, 2, 1), max_speed=4).clip_len == 64
+    with pytest.raises(ValueError, match=r"max_speed 2 disagrees with speeds \[4\]; set speeds"):
+        SAMPLERS["rspnet"](speeds=(4,), max_speed=2)
     rec = Rec("r.webm", 200, start_frame=10)
     differ = 0
     for rng in rngs(50):

@@ -16,7 +16,7 @@ from tests.tasks.fakes import TinyBackbone, fake_batch, tiny_backbone
 MOCO = ("tdl", "rspnet")  # fast-moving EMA (m 0.5) below: 15 steps are too few for 0.999
 HEAD_OPTS = {"vcop": {"num_clips": 3}, "prp": {"clip_len": 8, "size": 32, "width": 32},
              "cvrl": {"hidden": 64}, "tdl": {"queue_size": 256, "momentum": 0.5},
-             "rspnet": {"queue_size": 256, "batch_size": 4, "momentum": 0.5}}
+             "rspnet": {"queue_size": 256, "batch_size": 4, "momentum": 0.5, "clip_len": 8}}
 
 
 def test_registry_matches_samplers_and_contract():
@@ -189,6 +189,92 @@ def test_rspnet_speed_split_exact_frames():
             expect_slow if fast[i] else expect_fast)
 
 
+def test_shuffle_bn_groups_tdl_one_rspnet_two():
+    """D8: TDL's original trains on one GPU (key BN over the whole key batch); RSPNet's shuffles
+    across 4 GPUs (two groups here)."""
+    bb = TinyBackbone()
+    assert TASKS["tdl"].build_head(bb, queue_size=8).shuffle_groups == 1
+    assert TASKS["rspnet"].build_head(bb, queue_size=8).shuffle_groups == 2
+
+
+def test_vcop_backbone_runs_once_per_tuple_position():
+    """D9: K passes of the B clips at each position (VCOPN.forward), so BN statistics come from
+    B clips of one position, never from one tuple's K clips together."""
+    seen = []
+
+    class Recorder(TinyBackbone):
+        def forward_features(self, x):
+            seen.append(x)
+            return super().forward_features(x)
+
+    bb = Recorder()
+    batch = fake_batch("vcop", b=4, num_clips=3)
+    TASKS["vcop"].step(bb, TASKS["vcop"].build_head(bb, num_clips=3), batch)
+    assert len(seen) == 3
+    for k, x in enumerate(seen):
+        assert torch.equal(x, batch.clips[:, k])
+    seen.clear()  # the demo preset's "joint": one pass over the B·K clips, same features order
+    head = TASKS["vcop"].build_head(bb, num_clips=3, backbone_pass="joint")
+    TASKS["vcop"].step(bb, head, batch)
+    assert len(seen) == 1 and torch.equal(seen[0], batch.clips.flatten(0, 1))
+    with pytest.raises(ValueError, match="backbone_pass must be one of position, joint"):
+        TASKS["vcop"].build_head(bb, backbone_pass="tuple")
+
+
+def test_rspnet_speed_set_gives_the_original_input_lengths():
+    """D6: speeds [4, 2, 1] at T = 16 → 64-frame windows; the input is 64 // r frames for the
+    drawn r (the original's T_real = T // r): the first 64 // r frames at normal speed, every
+    r-th frame at speed r."""
+    from dalivssl.tasks.rspnet import split_speeds
+
+    b, w = 4, 64
+    q_win = torch.arange(w, dtype=torch.float32).view(1, 1, w, 1, 1).repeat(b, 1, 1, 1, 1)
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(30):
+        q, kp, kn, fast = split_speeds(q_win, 100 + q_win, (4, 2, 1), clip_len=16)
+        t = q.shape[2]
+        r = w // t
+        seen.add(t)
+        for i in range(b):
+            fq = q[i, 0, :, 0, 0].tolist()
+            assert fq == (list(range(0, w, r)) if fast[i] else list(range(t)))
+            assert [v - 100 for v in kp[i, 0, :, 0, 0].tolist()] == fq
+        assert kn.shape[2] == t
+    assert seen == {16, 32, 64}
+
+
+def test_rspnet_speeds_are_one_setting(tmp_path, tiny_synth, capsys):
+    """D7: the head takes the sampler's speeds; a head speed set that does not fit the window is
+    a one-line error at the first step, never 8-frame clips; sampler.speeds alone changes both."""
+    from dalivssl.cli import main
+    from dalivssl.tasks.rspnet import build_head, split_speeds
+
+    assert TASKS["rspnet"].SPEC["sampler_opts"]["speeds"] == (2,)
+    win = torch.zeros(2, 3, 32, 4, 4)
+    with pytest.raises(DalivsslError, match=r"rspnet: the clips hold 32 frames but speeds \[4\] "
+                                            r"at clip_len 16 need 64; set the speed set once"):
+        split_speeds(win, win, (4,), clip_len=16)
+    head = build_head(TinyBackbone(), queue_size=8, speeds=(4, 2, 1), clip_len=8)
+    assert head.speeds == (4, 2, 1) and head.clip_len == 8
+    base = ["pretrain", "--task", "rspnet", "--arch", "r21d", "--clip-len", "8", "--size", "32",
+            "--batch-size", "2", "--max-steps", "1", "--threads", "1", "--no-progress",
+            "--data", str(tiny_synth["train"]), "--set", "tensorboard=false",
+            "--set", "head.queue_size=8"]
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "a"), "--set", "head.speeds=[4]"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1
+    assert "rspnet: the clips hold 16 frames but speeds [4] at clip_len 8 need 32" in err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--out", str(tmp_path / "b"), "--set", "sampler.speeds=[4,2,1]"])
+    assert exc.value.code == 0, capsys.readouterr().err
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())
+    assert cfg["sampler"]["speeds"] == [4, 2, 1] and cfg["head"]["speeds"] == [4, 2, 1]
+
+
 @pytest.mark.parametrize("name", MOCO)
 def test_moco_state_round_trips(name, tmp_path):
     """Queue, pointer and EMA encoder live in the head's state dict."""
@@ -215,12 +301,18 @@ def test_loss_falls_real_backbone(name, arch, t, s):
 
     if TASKS[name].SPEC.get("masked_forward"):
         pytest.skip(f"{name} needs a backbone that drops tokens (tests/tasks/test_videomae.py)")
+    from dalivssl.tasks import demo_overrides
+
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    bb = create_backbone(arch)
+    # ShuffleNet with zero-γ (the demo preset's, the default when this test was written): with
+    # the reference init its |f| ≈ 66 makes SGD at the tasks' lrs overshoot in 12 steps
+    bb = create_backbone(arch, **demo_overrides(name, arch)["backbone"])
     opts = dict(HEAD_OPTS.get(name, {}))
     if name == "prp":
         opts.update(clip_len=t, size=s)
+    if name == "rspnet":
+        opts.update(clip_len=t)
     head = TASKS[name].build_head(bb, **opts)
     probe = fake_batch(name, b=4, t=t, s=s, seed=999)
     initial_queue = copy.deepcopy(head.state_dict()).get("queue.keys")
@@ -265,11 +357,15 @@ def test_vcop_feature_norm_makes_the_order_head_scale_invariant(norm):
     assert torch.allclose(normed(f), normed(f + offset), atol=1e-3) == (norm == "batch")
 
 
-def test_vcop_default_head_standardises_features_and_rejects_unknown_norms():
+def test_vcop_default_head_is_the_original_and_rejects_unknown_norms():
+    """The default head is VCOPN's (no feature standardisation; "batch" is the demo preset's,
+    tests/tasks/test_demo_preset.py)."""
     from models.heads import PairwiseOrderHead
 
     head = TASKS["vcop"].build_head(TinyBackbone())
-    assert isinstance(head.norm, torch.nn.BatchNorm1d)
+    assert isinstance(head.norm, torch.nn.Identity)
+    assert isinstance(TASKS["vcop"].build_head(TinyBackbone(), feature_norm="batch").norm,
+                      torch.nn.BatchNorm1d)
     with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch"):
         PairwiseOrderHead(16, 3, feature_norm="group")
     with pytest.raises(ValueError, match="feature_norm must be one of none, layer, batch, got True"):

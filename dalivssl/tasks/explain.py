@@ -1,0 +1,105 @@
+"""``dalivssl pretrain --explain``: the settings a run would use, each beside the original's
+value (the task's ``ORIGINAL``), then the task's known ``DIFFERENCES``."""
+from __future__ import annotations
+
+import inspect
+
+RUN_KEYS = ("clip_len", "size", "batch_size", "epochs")
+OPTIM_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "milestones",
+              "gamma", "min_lr_ratio", "grad_clip", "sync_bn")
+SKIP = {"self", "backbone", "clip_len", "size", "augment", "unknown", "num_classes", "net",
+        "kwargs", "kw"}
+
+
+def demo_note(demo: dict) -> str:
+    """One line saying which demo-preset values a run uses."""
+    items = ", ".join(f"{k}={_fmt(v)}" for k, v in demo.items())
+    return (f"demo preset (no --data): {items}; not the original's, to make the CPU demo learn "
+            f"in minutes. With --data every task runs with its original's settings.")
+
+
+def _defaults(fn, skip=SKIP) -> dict:
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if n not in skip and p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def settings(cfg) -> tuple[dict, dict]:
+    """({setting name: value this run uses}, demo-preset values in effect) for ``cfg`` (a
+    PretrainConfig), resolved as the trainer resolves them (one process)."""
+    from dalivssl.engine.trainer import head_context, resolve_optim
+    from dalivssl.tasks import get_task, resolve_options
+    from models import BACKBONES
+    from pipelines.samplers import SAMPLERS
+
+    task = get_task(cfg.task)
+    spec = task.SPEC
+    opts = resolve_options(cfg)
+    sampler = SAMPLERS[spec["sampler"]](clip_len=cfg.clip_len, size=cfg.size, **opts["sampler"])
+    out = {k: getattr(cfg, k) for k in RUN_KEYS}
+    o = resolve_optim(cfg, spec, cfg.batch_size, total_steps=1)
+    o["warmup"] = (f"{cfg.warmup_steps} steps" if cfg.warmup_steps is not None
+                   else spec.get("schedule", {}).get("warmup", 0.0))
+    o["sync_bn"] = bool(spec.get("sync_bn", False))
+    out.update({k: o[k] for k in OPTIM_KEYS})
+    sampler_vals = {**_defaults(type(sampler).__init__), **opts["sampler"]}
+    ctx = head_context(task.build_head, cfg, sampler, opts["sampler"], 1)
+    head_vals = {**_defaults(task.build_head, SKIP - {"clip_len", "size", "num_classes"}),
+                 **ctx, **opts["head"]}
+    builder = BACKBONES[cfg.arch]
+    backbone_vals = {**_defaults(builder.__init__ if inspect.isclass(builder) else builder,
+                                 SKIP | {"dropout"}), **opts["backbone"]}
+    for prefix, vals in (("sampler", sampler_vals), ("head", head_vals),
+                         ("backbone", backbone_vals)):
+        out.update({f"{prefix}.{k}": v for k, v in vals.items()})
+    return out, opts["demo"]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+def _same(a, b) -> bool:
+    """a (this run) equals b (the original; a string may add a note after the value)."""
+    if isinstance(b, str) and not isinstance(a, str):
+        return _fmt(a) == b.split(" ")[0]
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    return a == b
+
+
+def explain(cfg) -> str:
+    """Text table: setting, this run's value, the original's value, '≠' where they differ; then
+    the task's known differences and, without --data, the demo preset."""
+    from dalivssl.tasks import get_task
+    from models import BACKBONES
+
+    task = get_task(cfg.task)
+    vals, demo = settings(cfg)
+    original = dict(getattr(task, "ORIGINAL", {}))
+    builder = BACKBONES[cfg.arch]  # the backbone's original is its reference default
+    for k, v in _defaults(builder.__init__ if inspect.isclass(builder) else builder,
+                          SKIP | {"dropout"}).items():
+        original.setdefault(f"backbone.{k}", v)
+    rows = [("setting", "this run", "original", "")]
+    for k, v in vals.items():
+        if k in original:
+            mark = "" if _same(v, original[k]) else "≠"
+            rows.append((k, _fmt(v), _fmt(original[k]), mark))
+        else:
+            rows.append((k, _fmt(v), "–", ""))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    data = cfg.data or "the embedded synthetic dataset" + (" (demo preset)" if demo else "")
+    lines = [f"pretrain {cfg.task} / {cfg.arch} on {data}", ""]
+    lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    lines += ["", "Known differences from the original:"]
+    lines += [f"  - {d}" for d in getattr(task, "DIFFERENCES", ())]
+    if demo:
+        lines += ["", demo_note(demo)]
+    return "\n".join(lines)

@@ -37,6 +37,20 @@ SPEC = {
                   "no_decay_norm_bias": True, "ref_batch": 256, "scaling": "linear"},
     "schedule": {"name": "cosine", "warmup": 0.05, "min_lr_ratio": 1e-5 / 1.5e-4},
 }
+# The original's settings (MCG-NJU/VideoMAE run_mae_pretraining.py, K400 ViT-B; spec §7).
+ORIGINAL = {
+    "clip_len": 16, "size": 224, "batch_size": 256, "epochs": 800, "optimizer": "adamw",
+    "lr": 1.5e-4, "weight_decay": 0.05, "schedule": "cosine", "sampler.mask_ratio": 0.9,
+    "sampler.sampling_rate": 4, "sampler.tubelet": 2, "sampler.patch": 16,
+    "head.decoder_depth": 4,
+}
+DIFFERENCES = (
+    "One final LayerNorm before mean pooling for downstream use (VideoMAE's finetuning swaps it "
+    "for an fc_norm after pooling).",
+    "No stochastic depth (torchvision's EncoderBlock has none; VideoMAE pretrains with 0).",
+    "Multi-scale crop sides are clipped to the frame; the original pads a side that exceeds it.",
+    "Warmup is a fraction of the steps (5 %), not 40 epochs.",
+)
 EPS = 1e-6
 
 

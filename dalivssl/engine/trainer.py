@@ -249,6 +249,7 @@ def _build(cfg: PretrainConfig, task, dist):
 
     spec = task.SPEC
     from dalivssl.tasks import resolve_options
+    from dalivssl.tasks.explain import _defaults
 
     opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < config
     sampler_opts = opts["sampler"]
@@ -288,7 +289,9 @@ def _build(cfg: PretrainConfig, task, dist):
         weight_decay=opt["weight_decay"], schedule=opt["schedule"],
         warmup_steps=opt["warmup_steps"], milestones=opt["milestones"], gamma=opt["gamma"],
         min_lr_ratio=opt["min_lr_ratio"], grad_clip=opt["grad_clip"], sampler=sampler_opts,
-        head=dict(head_opts), backbone=opts["backbone"])
+        # every head setting in effect, defaults included: a config.yaml stays unambiguous when
+        # a default changes between versions
+        head={**_defaults(task.build_head), **head_opts}, backbone=opts["backbone"])
     return loader, model, optimizer, scheduler, resolved, opt, total_steps, opts
 
 

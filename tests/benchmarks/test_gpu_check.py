@@ -29,7 +29,9 @@ def test_gpu_check_runs_on_cpu_with_gpu_rows_skipped(tmp_path):
     rep = json.loads(out.read_text())
     assert rep["gpu"] is False and rep["tiny"] is True
     assert rep["device"]["reason"] == "auto: no CUDA device"
-    tasks = ["cvrl", "eval", "prp", "rotnet", "rspnet", "tdl", "vcop"]
+    from pipelines.samplers import SAMPLERS
+
+    tasks = sorted(SAMPLERS)  # every sampler (the six tasks, videomae, eval): the registry
     got = [(r["step"], r["device"], r["status"]) for r in rep["rows"]]
     skip = "skipped: no GPU"
     assert got == ([("doctor", "cpu", "ok"), ("doctor", "gpu", skip), ("pytest-gpu", "gpu", skip)]

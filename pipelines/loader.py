@@ -89,14 +89,20 @@ class PretextLoader:
     raw: yield uint8 clips (B, K, T, H, W, C) before normalisation instead of float
     (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
     before normalisation (``pipelines.noise.dali_noise``). prefetch: batches prepared ahead by
-    a worker thread (0 = synchronous).
+    a worker thread (0 = synchronous). gop_ranges: decode only the packets a plan needs when
+    the manifest has a packet index (``pipelines.packets``); False decodes whole files.
+
+    Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
+    frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
+    with the number of videos), ``decode_stats`` (frames decoded vs delivered so far).
     """
 
     def __init__(self, task, manifest, batch_size: int, device: str = "cpu", clip_len: int = 16,
                  size: int = 112, seed: int = 0, augment: bool = True,
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int = 2, drop_last: bool = True, raw: bool = False,
-                 noise: tuple | None = None, prefetch: int = 1, **task_options):
+                 noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool = True,
+                 **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -127,6 +133,10 @@ class PretextLoader:
         self.epoch = 0
         self.position = 0  # batches of the current epoch already yielded
         self._bad: dict[int, str] = {}  # manifest index -> reason
+        self._short: set[int] = set()  # manifest indices of used videos with repeated frames
+        self.gop_ranges = bool(gop_ranges)
+        # frames delivered (plan frames), window (last - first + 1 per sample), decoded
+        self.decode_stats = {"samples": 0, "delivered": 0, "window": 0, "decoded": 0}
         self._logged: set[str] = set()
         self._pipe = None
         self._cfg = None
@@ -158,6 +168,17 @@ class PretextLoader:
         for reason in self._bad.values():
             out[reason] = out.get(reason, 0) + 1
         return out
+
+    @property
+    def short(self) -> int:
+        """Videos used so far whose clips repeat frames (shorter than the plan's window)."""
+        return len(self._short)
+
+    def counts(self) -> dict:
+        """{videos, skipped, short, skipped_by_reason} so far: what an evaluation reports (the
+        videos it used = those that reached the model; ``skipped`` never did)."""
+        return {"videos": len(self.records), "skipped": len(self._bad), "short": self.short,
+                "skipped_by_reason": self.skipped}
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first batch (new permutation drawn from the seed)."""
@@ -196,8 +217,8 @@ class PretextLoader:
         return ext[self.rank::self.world]
 
     def _plan_one(self, order: np.ndarray, pos: int, epoch: int):
-        """(manifest index, ClipPlan, encoded bytes) for shard position ``pos``, replacing an
-        unusable video by the next usable one in the shard's order."""
+        """(manifest index, ClipPlan, Encoded) for shard position ``pos``, replacing an unusable
+        video by the next usable one in the shard's order."""
         g = pos * self.world + self.rank  # global position in the epoch: the rng stream
         for j in range(len(order)):
             idx = int(order[(pos + j) % len(order)])
@@ -217,22 +238,62 @@ class PretextLoader:
                 raise
             frames = plan.all_frames()
             if frames.size == 0 or frames.min() < 0 or frames.max() >= int(rec.num_frames):
-                # fn.decoders.video silently pads frames past the end with black (measured), so
-                # a bad index must be caught here
                 raise LoaderError(f"{rec.path}: the {self.task} plan names frames "
                                   f"{int(frames.min(initial=0))}..{int(frames.max(initial=0))} "
                                   f"but the record has {rec.num_frames} frames")
             try:
-                data = np.fromfile(self.manifest.abspath(rec), dtype=np.uint8)
+                enc = self._encode(idx, rec, frames)
             except OSError as exc:
                 self._skip(idx, "unreadable file", exc.strerror or str(exc))
                 continue
-            if data.size == 0:
-                self._skip(idx, "empty file")
+            if isinstance(enc, tuple):  # (reason, detail): not decodable as planned
+                self._skip(idx, *enc)
                 continue
-            return idx, plan, data
+            if idx not in self._short and _repeats_frames(plan):
+                self._short.add(idx)
+            return idx, plan, enc
         raise LoaderError(f"no usable video left in shard {self.rank}/{self.world}; skipped: "
                           f"{self.skipped}")
+
+    def _packet_index(self, rec):
+        get = getattr(self.manifest, "packet_index", None)
+        return get(rec) if get is not None and self.gop_ranges else None
+
+    def _encode(self, idx: int, rec, frames: np.ndarray):
+        """What the decoder gets for ``frames``: an :class:`Encoded`, or (reason, detail) when the
+        file cannot give these frames. With a packet index: the GOP-range sub-stream, and a
+        truncated file is caught here, before decoding; without one: the whole file (a frame
+        past the decodable end then fails in DALI, pad_mode='none', and is skipped there)."""
+        from pipelines.packets import IVF_FOURCC, substream
+
+        path = self.manifest.abspath(rec)
+        index = self._packet_index(rec)
+        if index is not None:
+            size = os.path.getsize(path)
+            if size < index.file_size:
+                n = min(index.decodable_frames(size), int(rec.num_frames))
+                return ("truncated file (fewer bytes than when indexed)",
+                        f"{n} of {index.num_frames} frames decodable")
+            if size > index.file_size:
+                self._note("file changed since it was indexed: decoded from frame 0 "
+                           "(`dalivssl data index --update`)", rec.path)
+                index = None
+            elif int(frames.max()) >= index.num_frames:
+                return ("plan past the decodable end",
+                        f"frame {int(frames.max())} of {index.num_frames}")
+        if (index is not None and index.supported
+                and (index.codec in IVF_FOURCC or self.device == "gpu")):
+            sub = substream(path, index, frames)
+            return Encoded(sub.data, sub.frames, sub.decoded)
+        data = np.fromfile(path, dtype=np.uint8)
+        if data.size == 0:
+            return ("empty file", "")
+        return Encoded(data, frames, int(frames.max()) + 1)
+
+    def _note(self, what: str, path: str) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            log.warning("%s: %s (further videos only counted)", path, what)
 
     def _precheck(self, idx: int, rec) -> tuple[str, str] | None:
         codec = str(getattr(rec, "codec", "") or "").lower()
@@ -285,8 +346,8 @@ class PretextLoader:
 
         cfg = self._cfg
         params = [param_arrays(p.params, cfg.keys, cfg.num_clips) for _, p, _ in items]
-        return run(self._pipe, cfg, [d for _, _, d in items], [p.all_frames() for _, p, _ in items],
-                   params)
+        return run(self._pipe, cfg, [e.data for _, _, e in items],
+                   [e.frames for _, _, e in items], params)
 
     def _decode_batch(self, items, order, positions, epoch):
         """Decode a batch; on a DALI error find the bad sample(s) one by one, mark them, replace
@@ -344,6 +405,12 @@ class PretextLoader:
         positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
         items, outs = self._decode_batch(items, order, positions, epoch)
+        for _, p, e in items:
+            f = p.all_frames()
+            self.decode_stats["samples"] += 1
+            self.decode_stats["delivered"] += int(f.size)
+            self.decode_stats["window"] += int(f.max() - f.min() + 1)
+            self.decode_stats["decoded"] += e.decoded
         cfg = self._cfg
         if self.raw:
             out = outs[0]
@@ -430,6 +497,23 @@ class PretextLoader:
         finally:
             stop.set()
             worker.join()
+
+
+class Encoded:
+    """What one sample feeds the decoder: data uint8 (bytes,) (the file or a GOP-range
+    sub-stream), frames int64 (F,) the plan's frames as indices into ``data``, decoded: frames
+    the decoder decodes for them (max(frames) + 1: it starts at the first packet)."""
+
+    __slots__ = ("data", "frames", "decoded")
+
+    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int):
+        self.data, self.frames, self.decoded = data, frames, int(decoded)
+
+
+def _repeats_frames(plan: ClipPlan) -> bool:
+    """Whether a clip of ``plan`` shows a frame twice (a short video looped or padded)."""
+    f = np.sort(np.asarray(plan.frames).reshape(plan.num_clips, -1), axis=1)
+    return bool((f[:, 1:] == f[:, :-1]).any())
 
 
 def _first_line(exc: BaseException) -> str:

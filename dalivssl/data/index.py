@@ -7,6 +7,7 @@ sizes, presentation order), which ``save_manifest`` writes to the manifest's sid
 """
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from dalivssl.data import parallel
 from dalivssl.data.adapters import IndexOptions, list_videos
-from dalivssl.data.manifest import PACKETS_KEY, Manifest, VideoRecord
+from dalivssl.data.manifest import Manifest, VideoRecord
 from dalivssl.errors import VideoError
 
 
@@ -127,15 +128,15 @@ def index_dataset(root: str | os.PathLike, format: str, opts: IndexOptions = Ind
         if isinstance(res, str):
             failures.append((e.path, res))
             continue
-        extra = dict(e.extra)
+        row = -1
         if res["packets"] is not None:
-            extra[PACKETS_KEY] = len(indexes)
+            row = len(indexes)
             indexes.append(res["packets"])
         records.append(VideoRecord(path=e.path, num_frames=res["num_frames"], label=e.label,
                                    class_name=e.class_name, split=e.split, fps=res["fps"],
                                    width=res["width"], height=res["height"], codec=res["codec"],
                                    start_frame=e.start_frame, end_frame=e.end_frame,
-                                   video_id=e.video_id, extra=extra))
+                                   video_id=e.video_id, extra=dict(e.extra), packets=row))
     meta = {"format": format, **({"split": opts.split} if format in ("ucf101", "hmdb51") else {})}
     return Manifest(root, records, list(listing.classes), meta, packets=indexes), failures
 
@@ -151,28 +152,23 @@ def update_packets(manifest: Manifest, workers: int | None = None, progress: boo
     results = probe_many(manifest.paths(), False, workers, progress, packets=True)
     records, problems, indexes = [], [], []
     for rec, res in zip(manifest.records, results):
-        extra = {k: v for k, v in rec.extra.items() if k != PACKETS_KEY}
         if isinstance(res, str):
             problems.append((rec.path, res))
-            records.append(_replace(rec, extra=extra))
+            records.append(dataclasses.replace(rec, packets=-1))
             continue
         n = rec.num_frames
         if res["num_frames"] != n:
             problems.append((rec.path, f"manifest says {n} frames, the file holds "
                                        f"{res['num_frames']}: updated"))
             n = res["num_frames"]
+        row = -1
         if res["packets"] is not None:
-            extra[PACKETS_KEY] = len(indexes)
+            row = len(indexes)
             indexes.append(res["packets"])
         else:
             problems.append((rec.path, "no packet index (packets not stored verbatim): decoded "
                                        "from frame 0"))
-        records.append(_replace(rec, num_frames=n, extra=extra))
+        records.append(dataclasses.replace(rec, num_frames=n, packets=row))
     return Manifest(manifest.root, records, list(manifest.classes), dict(manifest.meta),
                     packets=indexes), problems
 
-
-def _replace(rec: VideoRecord, **changes) -> VideoRecord:
-    import dataclasses
-
-    return dataclasses.replace(rec, **changes)

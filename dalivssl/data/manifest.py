@@ -7,7 +7,7 @@ be moved as a whole.
 
 Packet indexes (keyframes, packet offsets: ``pipelines.packets``) live in one sidecar per manifest,
 named in the header (``"packets": "<name>.packets.npz"``, relative to the manifest) and opened
-lazily, memory-mapped; a record's row in it is ``record.extra["packets"]``. A manifest without one
+lazily, memory-mapped; a record's row in it is ``record.packets``. A manifest without one
 still works (its videos are decoded from frame 0); ``dalivssl data index --update`` adds it.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dalivssl.errors import DalivsslError
 
 FORMAT = "dalivssl-manifest"
 VERSION = 1
-PACKETS_KEY = "packets"  # record.extra key (row in the sidecar) and header key (sidecar path)
+PACKETS_KEY = "packets"  # header key: the sidecar's path
 SIDECAR_SUFFIX = ".packets.npz"
 
 
@@ -35,6 +35,7 @@ class VideoRecord:
     file. label: class index into ``Manifest.classes`` (-1 = unlabelled). start_frame/end_frame:
     the usable frame range [start, end) inside the file (Diving48 annotations); end=-1 = num_frames.
     video_id: identifier of the source video (segments of one video share it).
+    packets: row of the video's packet index in the manifest's sidecar (-1 = none).
     """
 
     path: str
@@ -50,6 +51,7 @@ class VideoRecord:
     end_frame: int = -1
     video_id: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    packets: int = field(default=-1, compare=False, hash=False)
 
     @property
     def usable_frames(self) -> int:
@@ -61,6 +63,8 @@ class VideoRecord:
         d = dataclasses.asdict(self)
         if not d["extra"]:
             d.pop("extra")
+        if d["packets"] < 0:
+            d.pop("packets")
         return d
 
     @classmethod
@@ -102,8 +106,8 @@ class Manifest:
 
     def packet_index(self, record: VideoRecord):
         """The record's ``pipelines.packets.PacketIndex``, or None (no index: decode from 0)."""
-        row = record.extra.get(PACKETS_KEY)
-        if row is None or self.packets is None:
+        row = getattr(record, "packets", -1)
+        if row < 0 or self.packets is None:
             return None
         if isinstance(self.packets, (str, Path)):
             from pipelines.packets import PacketTable

@@ -309,8 +309,7 @@ def generate(out_dir, videos: int = DEFAULT.videos, classes: int = DEFAULT.class
     rows = parallel.run(_make_one, jobs, workers, progress, "synth")
     indexes = [r.pop("packets") for r in rows]
     for i, r in enumerate(rows):
-        if indexes[i] is not None:  # row in the sidecar save_manifest writes
-            r["extra"]["packets"] = i
+        r["packets"] = i if indexes[i] is not None else -1  # row in the sidecar
     records = [VideoRecord.from_json(r) for r in rows]
     meta = {"synth": {"videos": videos, "classes": classes, "frames": frames, "size": size,
                       "seed": seed, "fps": fps}}

@@ -67,7 +67,7 @@ def _truncated(make_video, tmp_path, indexed: bool):
     cut.write_bytes(data[:len(data) // 2])
     files = [*paths[:3], cut]
     return Manifest(root.parent, [VideoRecord(str(f.relative_to(root.parent)), 48, label=r.label,
-                                              extra=dict(r.extra))
+                                              packets=r.packets)
                                   for f, r in zip(files, man.records)], ["a", "b"],
                     packets=man.packets)
 

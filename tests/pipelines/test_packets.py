@@ -78,8 +78,8 @@ def test_sidecar_round_trip_and_manifest_pointer(gop_videos, tmp_path):
             want.codec, want.header, want.width, want.height, want.file_size)
     # a manifest carries the sidecar: written beside it, found again on load, kept by subsets
     path = gop_videos[128][0]
-    recs = [VideoRecord(path.name, N, extra={"packets": 0}),
-            VideoRecord(gop_videos[8][0].name, N, extra={"packets": 2}), VideoRecord("x.webm", 1)]
+    recs = [VideoRecord(path.name, N, packets=0),
+            VideoRecord(gop_videos[8][0].name, N, packets=2), VideoRecord("x.webm", 1)]
     m = Manifest(path.parent, recs, [], packets=idx)
     save_manifest(m, tmp_path / "m.jsonl")
     assert (tmp_path / "m.packets.npz").is_file()

@@ -23,6 +23,8 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # bench: the strongest CPU peer for `dalivssl bench loader` (also needs FFmpeg's shared
+    # libraries: apt-get install ffmpeg)
+    extras_require={"test": ["pytest", "pytest-timeout"], "bench": ["torchcodec"]},
     entry_points={"console_scripts": ["dalivssl=dalivssl.cli:main"]},
 )

@@ -90,7 +90,10 @@ class PretextLoader:
     (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
     before normalisation (``pipelines.noise.dali_noise``). prefetch: batches prepared ahead by
     a worker thread (0 = synchronous). gop_ranges: decode only the packets a plan needs when
-    the manifest has a packet index (``pipelines.packets``); False decodes whole files.
+    the manifest has a packet index (``pipelines.packets``), for the codecs of
+    ``packets.DEFAULT_RANGE_CODECS`` (True), every codec a sub-stream can be built for ('all'),
+    or never (False: whole files). A sub-stream DALI rejects is retried as the whole file, and
+    that codec is then decoded whole.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
@@ -101,7 +104,7 @@ class PretextLoader:
                  size: int = 112, seed: int = 0, augment: bool = True,
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int = 2, drop_last: bool = True, raw: bool = False,
-                 noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool = True,
+                 noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
                  **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
@@ -134,7 +137,14 @@ class PretextLoader:
         self.position = 0  # batches of the current epoch already yielded
         self._bad: dict[int, str] = {}  # manifest index -> reason
         self._short: set[int] = set()  # manifest indices of used videos with repeated frames
-        self.gop_ranges = bool(gop_ranges)
+        if gop_ranges not in (True, False, "all"):
+            raise LoaderError(f"gop_ranges must be True, False or 'all', not {gop_ranges!r}")
+        from pipelines.packets import DEFAULT_RANGE_CODECS, RANGE_CODECS
+
+        self.gop_ranges = gop_ranges
+        self._range_codecs = set(() if gop_ranges is False else
+                                 RANGE_CODECS if gop_ranges == "all" else
+                                 DEFAULT_RANGE_CODECS[device])
         # frames delivered (plan frames), window (last - first + 1 per sample), decoded
         self.decode_stats = {"samples": 0, "delivered": 0, "window": 0, "decoded": 0}
         self._logged: set[str] = set()
@@ -257,14 +267,14 @@ class PretextLoader:
 
     def _packet_index(self, rec):
         get = getattr(self.manifest, "packet_index", None)
-        return get(rec) if get is not None and self.gop_ranges else None
+        return get(rec) if get is not None else None
 
     def _encode(self, idx: int, rec, frames: np.ndarray):
         """What the decoder gets for ``frames``: an :class:`Encoded`, or (reason, detail) when the
         file cannot give these frames. With a packet index: the GOP-range sub-stream, and a
         truncated file is caught here, before decoding; without one: the whole file (a frame
         past the decodable end then fails in DALI, pad_mode='none', and is skipped there)."""
-        from pipelines.packets import IVF_FOURCC, substream
+        from pipelines.packets import substream
 
         path = self.manifest.abspath(rec)
         index = self._packet_index(rec)
@@ -281,10 +291,13 @@ class PretextLoader:
             elif int(frames.max()) >= index.num_frames:
                 return ("plan past the decodable end",
                         f"frame {int(frames.max())} of {index.num_frames}")
-        if (index is not None and index.supported
-                and (index.codec in IVF_FOURCC or self.device == "gpu")):
+        if index is not None and index.supported and index.codec in self._range_codecs:
             sub = substream(path, index, frames)
-            return Encoded(sub.data, sub.frames, sub.decoded)
+            return Encoded(sub.data, sub.frames, sub.decoded, index.codec)
+        return self._whole_file(path, frames)
+
+    @staticmethod
+    def _whole_file(path, frames: np.ndarray):
         data = np.fromfile(path, dtype=np.uint8)
         if data.size == 0:
             return ("empty file", "")
@@ -365,26 +378,47 @@ class PretextLoader:
             try:
                 return items, self._decode(items)
             except RuntimeError as exc:
+                before = list(items)
                 bad = self._find_bad(items)
                 if not bad:
-                    raise
+                    if all(a is b for a, b in zip(before, items)):
+                        raise
+                    continue  # sub-streams replaced by whole files: decode again
                 for i in bad:
                     self._skip(items[i][0], "decode error", _first_line(exc))
                 for i in bad:
                     items[i] = self._plan_one(order, positions[i], epoch)
 
     def _find_bad(self, items) -> list[int]:
-        """Indices of the items DALI cannot decode, found by decoding them one at a time."""
+        """Indices of the items DALI cannot decode, found by decoding them one at a time. An item
+        whose sub-stream fails but whose whole file decodes is replaced in ``items`` by the whole
+        file, and its codec is decoded whole from then on."""
         bad = []
         self._pipe = None  # a pipeline that raised is no longer valid
         for i, item in enumerate(items):
-            self._ensure_pipe(self._cfg)
-            try:
-                self._decode([item])
-            except RuntimeError:
-                bad.append(i)
-                self._pipe = None
+            if self._decodes(item):
+                continue
+            idx, plan, enc = item
+            if enc.codec:
+                whole = self._whole_file(self.manifest.abspath(self.records[idx]),
+                                         plan.all_frames())
+                if isinstance(whole, Encoded) and self._decodes((idx, plan, whole)):
+                    self._range_codecs.discard(enc.codec)
+                    log.warning("%s: DALI rejected its GOP-range sub-stream; %s videos are "
+                                "decoded whole from now on", self.records[idx].path, enc.codec)
+                    items[i] = (idx, plan, whole)
+                    continue
+            bad.append(i)
         return bad
+
+    def _decodes(self, item) -> bool:
+        self._ensure_pipe(self._cfg)
+        try:
+            self._decode([item])
+            return True
+        except RuntimeError:
+            self._pipe = None
+            return False
 
     # ------------------------------------------------------------------ iteration
     def batch_plans(self, epoch: int, b: int) -> list[tuple[int, ClipPlan]]:
@@ -502,12 +536,13 @@ class PretextLoader:
 class Encoded:
     """What one sample feeds the decoder: data uint8 (bytes,) (the file or a GOP-range
     sub-stream), frames int64 (F,) the plan's frames as indices into ``data``, decoded: frames
-    the decoder decodes for them (max(frames) + 1: it starts at the first packet)."""
+    the decoder decodes for them (max(frames) + 1: it starts at the first packet), codec: the
+    codec of a sub-stream ('' for a whole file)."""
 
-    __slots__ = ("data", "frames", "decoded")
+    __slots__ = ("data", "frames", "decoded", "codec")
 
-    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int):
-        self.data, self.frames, self.decoded = data, frames, int(decoded)
+    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int, codec: str = ""):
+        self.data, self.frames, self.decoded, self.codec = data, frames, int(decoded), codec
 
 
 def _repeats_frames(plan: ClipPlan) -> bool:

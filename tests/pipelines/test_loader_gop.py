@@ -107,3 +107,27 @@ def test_short_video_is_counted(make_video, tmp_path):
     loader = PretextLoader("rotnet", man, batch_size=2, clip_len=16, size=32, raw=True)
     next(iter(loader))
     assert loader.short == 1 and loader.counts()["short"] == 1
+
+
+def test_a_rejected_substream_falls_back_to_the_whole_file(long_gop, monkeypatch):
+    """A sub-stream DALI cannot read is retried as the whole file; the codec is then decoded
+    whole, and the video is not counted as bad."""
+    import pipelines.loader as loader_mod
+
+    man, _ = long_gop
+    ref = PretextLoader("vcop", man, batch_size=2, clip_len=8, size=32, augment=False, raw=True,
+                        prefetch=0, gop_ranges=False).batch_at(0, 0).clips
+    real = loader_mod.PretextLoader._encode
+
+    def broken(self, idx, rec, frames):
+        enc = real(self, idx, rec, frames)
+        if enc.codec:  # garble the IVF signature: libavformat no longer recognises the stream
+            enc.data = enc.data.copy()
+            enc.data[:32] = 0
+        return enc
+
+    monkeypatch.setattr(loader_mod.PretextLoader, "_encode", broken)
+    loader = PretextLoader("vcop", man, batch_size=2, clip_len=8, size=32, augment=False,
+                           raw=True, prefetch=0)
+    assert torch.equal(loader.batch_at(0, 0).clips, ref)
+    assert loader.skipped == {} and "vp9" not in loader._range_codecs

@@ -198,3 +198,45 @@ def test_annexb_substreams_decode_the_same_frames(codec, fmt, tmp_path):
             got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
         assert len(got) == s.decoded
         np.testing.assert_array_equal(got[s.frames], full[frames], err_msg=f"{fmt} {frames[:3]}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("codec", ["libx264", "libx265", "vp9"])
+def test_mixed_decoder_substreams(codec, tmp_path):
+    """On a GPU: the mixed (NVDEC) decoder gives the same frames from sub-streams (Annex B with
+    B-frames; IVF) as from the whole file. When this passes for H.264/HEVC, add them to
+    ``packets.DEFAULT_RANGE_CODECS['gpu']``."""
+    import nvidia.dali as dali
+    from nvidia.dali import fn, types
+
+    from dalivssl.data.videoio import write_video
+    from tests.conftest import distinct_frames
+
+    n = 160
+    frames = distinct_frames(n, (144, 176), seed=7)  # above NVDEC's minimum sizes
+    if codec == "vp9":
+        path = write_video(tmp_path / "v.webm", frames, codec="vp9", gop=64)
+    else:
+        path = tmp_path / "v.mp4"
+        _write_bframes(path, codec, frames, gop=48)
+    ix = probe_with_packets(path)["packets"]
+    pipe = dali.Pipeline(batch_size=4, num_threads=2, device_id=0, prefetch_queue_depth=1,
+                         exec_dynamic=True)
+    with pipe:
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        idx = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        pipe.set_outputs(fn.decoders.video(enc, frames=idx, pad_mode="none", device="mixed"))
+    pipe.build()
+
+    def decode(items):
+        pipe.feed_input("enc", [np.asarray(d, np.uint8) for d, _ in items])
+        pipe.feed_input("frames", [np.asarray(f, np.int32) for _, f in items])
+        out = pipe.run()[0].as_cpu()
+        return [np.array(out.at(i)) for i in range(len(items))]
+
+    full = decode([(np.fromfile(path, np.uint8), np.arange(n))])[0]
+    plans = [np.arange(70, 86), np.arange(140, 160), np.r_[3:9, 120:126]]
+    subs = [substream(path, ix, f) for f in plans]
+    got = decode([(s.data, s.frames) for s in subs])
+    for f, g in zip(plans, got):
+        np.testing.assert_array_equal(g, full[f], err_msg=f"{codec}: frames {f[:3]}…")

@@ -17,11 +17,11 @@ GOPs a plan needs; the row "DALI whole file" decodes from frame 0 as before, for
 Reported per loader: clips/s (median of --repeats interleaved rounds, with the spread), decoded
 frames per delivered frame (DALI: counted by the loader from its sub-streams; PyAV: counted while
 decoding after a seek to the keyframe before the first needed frame; torchcodec: not exposed) and
-the ratio DALI / baseline; for DALI also the bound 1 + GOP/window of the issue (GOP = mean
-keyframe interval, window = mean span of a sample's frames) and the share of samples that decode
-at most window + GOP frames. Timings leave out start-up: DALI's pipelines are built and the
-DataLoader's persistent workers have decoded a warm-up round before any clock starts; fewer than
-MIN_TIMED timed batches print a warning. The machine note says how busy the CPU was (load average) when it ran.
+the ratio DALI / baseline; for DALI also the bound 1 + GOP/window of the issue (``_gop_bound``)
+and the share of samples that decode at most window + GOP frames. Timings leave out start-up:
+DALI's pipelines are built and the DataLoader's persistent workers have decoded a warm-up round
+before any clock starts; fewer than MIN_TIMED timed batches print a warning. The machine note
+says how busy the CPU was (load average) when it ran.
 """
 from __future__ import annotations
 
@@ -446,7 +446,8 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
     for r in results:
         bound = (f" (bound {r['bound']:.2f}; GOP {r['mean_gop']:.0f}, window "
                  f"{r['mean_window']:.0f})" if "bound" in r else "")
-        table.add_row(r["dataset"], f"DALI ({device}) GOP ranges", f"{r['dali']['clips_per_s']:.1f}",
+        table.add_row(r["dataset"], f"DALI ({device}) GOP ranges",
+                      f"{r['dali']['clips_per_s']:.1f}",
                       f"{r['dali']['spread']:.0%}",
                       ratio(r["dali"]["decoded_per_delivered"]) + bound, "")
         table.add_row("", f"DALI ({device}) whole file",

@@ -265,8 +265,11 @@ def save_table(indexes: list[PacketIndex | None], path) -> Path:
     present = [ix for ix in indexes if ix is not None]
     counts = np.array([ix.num_frames if ix is not None else 0 for ix in indexes], np.int64)
     hdr = np.array([len(ix.header) if ix is not None else 0 for ix in indexes], np.int64)
-    cat = lambda name, dt: (np.concatenate([getattr(ix, name) for ix in present]).astype(dt)  # noqa: E731
-                            if present else np.zeros(0, dt))
+
+    def cat(name, dt):
+        return (np.concatenate([getattr(ix, name) for ix in present]).astype(dt) if present
+                else np.zeros(0, dt))
+
     meta = [(ix.codec, ix.width, ix.height, ix.file_size) if ix is not None else ("", 0, 0, -1)
             for ix in indexes]
     arrays = {
@@ -323,6 +326,9 @@ class PacketTable:
 
     def __len__(self) -> int:
         return int(self._a["rows"].shape[0]) - 1
+
+    def __reduce__(self):  # pickled as its path (worker processes map the file themselves)
+        return (PacketTable, (str(self.path),))
 
     def __getitem__(self, row: int) -> PacketIndex | None:
         a = self._a

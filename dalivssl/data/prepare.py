@@ -195,7 +195,8 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
             failures.append((path, res))
             continue
         for d, ix in zip(res, packets):
-            records.append(VideoRecord.from_json({**d, "packets": -1 if ix is None else len(indexes)}))
+            row = -1 if ix is None else len(indexes)
+            records.append(VideoRecord.from_json({**d, "packets": row}))
             if ix is not None:
                 indexes.append(ix)
     meta = {**manifest.meta, "prepared": {"codec": codec, "short_side": short_side, "gop": gop,

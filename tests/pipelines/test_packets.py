@@ -106,6 +106,9 @@ def test_large_sidecar_opens_fast(tmp_path):
     row = table[v - 1]
     assert time.perf_counter() - t < 1.0
     assert len(table) == v and row.num_frames == p
+    import pickle
+
+    assert len(pickle.dumps(table)) < 1000  # pickled as its path, not its arrays
 
 
 # ------------------------------------------------------------------------------- frame exactness

@@ -197,7 +197,8 @@ class PretextLoader:
     def state_dict(self) -> dict:
         """Where the loader stands: resume with ``load_state_dict`` to get the remaining batches."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "shard": [self.rank, self.world], "bad": {str(k): v for k, v in self._bad.items()}}
+                "shard": [self.rank, self.world], "bad": {str(k): v for k, v in self._bad.items()},
+                "short": sorted(self._short)}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
@@ -206,6 +207,7 @@ class PretextLoader:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._bad.update({int(k): v for k, v in state.get("bad", {}).items()})
+        self._short.update(int(i) for i in state.get("short", []))
 
     def _skip(self, index: int, reason: str, detail: str = "") -> None:
         self._bad[index] = reason

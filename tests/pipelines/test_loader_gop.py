@@ -131,3 +131,15 @@ def test_a_rejected_substream_falls_back_to_the_whole_file(long_gop, monkeypatch
                            raw=True, prefetch=0)
     assert torch.equal(loader.batch_at(0, 0).clips, ref)
     assert loader.skipped == {} and "vp9" not in loader._range_codecs
+
+
+def test_plan_past_the_indexed_end_is_skipped_before_decoding(make_video, tmp_path):
+    """A record promising more frames than its packet index holds: VCOP's window (> 48 frames)
+    always ends past the 48 indexed frames, so the video is skipped without a decode."""
+    paths = [make_video(num_frames=n, size=(32, 32), seed=95 + i) for i, n in enumerate((48, 120))]
+    man, _ = update_packets(Manifest(paths[0].parent, [VideoRecord(p.name, 1) for p in paths], []))
+    man.records[0] = VideoRecord(paths[0].name, 300, packets=man.records[0].packets)
+    loader = PretextLoader("vcop", man, batch_size=1, clip_len=8, size=32, raw=True,
+                           drop_last=False)
+    assert [int(b.indices[0]) for b in loader] == [1, 1]
+    assert loader.skipped == {"plan past the decodable end": 1}

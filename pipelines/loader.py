@@ -261,8 +261,6 @@ class PretextLoader:
             if isinstance(enc, tuple):  # (reason, detail): not decodable as planned
                 self._skip(idx, *enc)
                 continue
-            if idx not in self._short and _repeats_frames(plan):
-                self._short.add(idx)
             return idx, plan, enc
         raise LoaderError(f"no usable video left in shard {self.rank}/{self.world}; skipped: "
                           f"{self.skipped}")
@@ -441,7 +439,9 @@ class PretextLoader:
         positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
         items, outs = self._decode_batch(items, order, positions, epoch)
-        for _, p, e in items:
+        for i, p, e in items:
+            if i not in self._short and _repeats_frames(p):
+                self._short.add(i)
             f = p.all_frames()
             self.decode_stats["samples"] += 1
             self.decode_stats["delivered"] += int(f.size)

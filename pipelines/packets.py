@@ -118,8 +118,9 @@ def _cover(index: PacketIndex, lo: int, hi: int, decode_pos: np.ndarray) -> tupl
 
 def choose_ranges(index: PacketIndex, frames) -> list[tuple[int, int]]:
     """Packet ranges [(k, e)] whose decode covers ``frames`` (any shape, any order) with the
-    fewest frames decoded: a run of needed frames is split where a keyframe lies strictly
-    between two needed frames (decoding from it instead of through the gap is never dearer)."""
+    fewest frames decoded: the needed frames are split between consecutive needed frames a < b
+    when a keyframe lies in (a, b] (decoding from it instead of through the gap is never
+    dearer); ranges that touch are merged."""
     need = np.unique(np.asarray(frames, np.int64).reshape(-1))
     if need.size == 0:
         return []

@@ -24,7 +24,9 @@ setup(
         "tensorboard",
     ],
     package_data={"dalivssl.study": ["tasks.yaml", "presets/*.yaml"]},
+    # bench: the strongest CPU peer for `dalivssl bench loader` (also needs FFmpeg's shared
+    # libraries: apt-get install ffmpeg)
     extras_require={"test": ["pytest", "pytest-timeout", "submitit", "pyarrow"],
-                    "study": ["submitit", "pyarrow"]},
+                    "study": ["submitit", "pyarrow"], "bench": ["torchcodec"]},
     entry_points={"console_scripts": ["dalivssl=dalivssl.cli:main"]},
 )

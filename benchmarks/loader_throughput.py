@@ -1,6 +1,7 @@
 """`dalivssl bench loader`: PretextLoader (one DALI pipeline) vs a PyTorch DataLoader decoding with
-PyAV (+ torchcodec when importable), on the SAME plans and producing the SAME output tensor
-(float B×K×C×T×H×W, the task's normalisation and augmentation).
+torchcodec (``seek_mode='exact'``; the ``bench`` extra, skipped with a note when it is missing) and
+with PyAV, on the SAME plans and producing the SAME output tensor (float B×K×C×T×H×W, the task's
+normalisation and augmentation).
 
 Datasets (unless --data names a manifest):
   synth          the embedded synthetic dataset (short videos);
@@ -9,11 +10,19 @@ Datasets (unless --data names a manifest):
   ucf-prepared   the same videos after `dalivssl data prepare`-style preparation (short side 128,
                  segments of --segment-frames frames, GOP 16).
 
+Every manifest gets its packet index first (what `dalivssl data index` records; written beside
+the benchmark's own copy of the manifest, never into a cached dataset), so DALI decodes only the
+GOPs a plan needs; the row "DALI whole file" decodes from frame 0 as before, for comparison.
+
 Reported per loader: clips/s (median of --repeats interleaved rounds, with the spread), decoded
-frames per delivered frame (DALI CPU: the decoder decodes from frame 0 to the highest requested
-index, spec/dali.md §7, so it is max+1 per sample; PyAV: counted while decoding after a seek to
-the keyframe before the first needed frame) and the ratio DALI / baseline. The machine note says
-how busy the CPU was (load average) when it ran.
+frames per delivered frame and per frame of the window (a sample's first to last frame; DALI:
+counted by the loader from its sub-streams; PyAV: counted while decoding after a seek to the
+keyframe before the first needed frame; torchcodec: not exposed), the ratios DALI / baseline on
+clips/s and on CPU time per clip; for DALI also the bound 1 + GOP/window of the issue
+(``_gop_bound``) and the share of samples that decode at most window + GOP frames. Timings leave out start-up:
+DALI's pipelines are built and the DataLoader's persistent workers have decoded a warm-up round
+before any clock starts; fewer than MIN_TIMED timed batches print a warning. The machine note
+says how busy the CPU was (load average) when it ran.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from pathlib import Path
 import click
 
 UCF_VERSION = "ucf_like_v1"
+MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,12 +223,44 @@ class PlanDataset:
 
 
 def torchcodec_decode(path: str, indices):
-    import numpy as np
+    """uint8 (N,H,W,3); the decoded count is not exposed (-1). seek_mode 'exact' scans the file
+    for its frame index ('approximate' estimates the count from the duration and is one frame
+    short on some WebM files)."""
     from torchcodec.decoders import VideoDecoder
 
-    dec = VideoDecoder(path, seek_mode="approximate")
+    dec = VideoDecoder(path, seek_mode="exact")
     batch = dec.get_frames_at(indices=[int(i) for i in indices])
-    return batch.data.permute(0, 2, 3, 1).numpy(), np.nan  # decoded count is not exposed
+    return batch.data.permute(0, 2, 3, 1).numpy(), -1
+
+
+def torchcodec_missing() -> str | None:
+    """Why torchcodec cannot run here (None when it can)."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception as exc:  # ImportError, or FFmpeg's shared libraries missing (RuntimeError)
+        return (f"torchcodec unavailable ({str(exc).splitlines()[0][:100]}): pip install "
+                f"'dalivssl[bench]' and apt-get install ffmpeg")
+    return None
+
+
+def indexed_manifest(path: Path, name: str) -> Path:
+    """A copy of the manifest at ``path`` with its packet index (made once, in the benchmark's own
+    cache folder: cached datasets other code reads are left as they are)."""
+    from dalivssl.data.index import update_packets
+    from dalivssl.data.manifest import load_manifest, save_manifest
+    from dalivssl.data.synth import cache_dir
+
+    man = load_manifest(path)
+    if man.packets is not None:
+        return path
+    import hashlib
+
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    out = cache_dir() / "bench" / "indexed" / f"{name}-{key}.jsonl"
+    if not out.is_file():
+        indexed, _ = update_packets(man)
+        save_manifest(indexed, out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,38 +272,127 @@ def _schedule(loader, batches: int) -> list[tuple[int, int]]:
     return [(i // n, i % n) for i in range(batches)]
 
 
-def _time_dali(loader, batches: int) -> dict:
-    from dalivssl.devices import sync
+def cpu_seconds(pids=()) -> float:
+    """CPU time (user + system) of this process (all its threads: DALI's included) and of the
+    processes ``pids`` (DataLoader workers), so far."""
+    import resource
 
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    total = r.ru_utime + r.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _time(batches_iter, pids=lambda: ()) -> dict:
+    """Clips/s over all batches of ``batches_iter`` (started after the warm-up: the clock covers
+    filling the prefetch queue, not starting workers or building pipelines), and CPU ms per
+    clip (this process + ``pids()``): a figure a busy shared machine barely moves."""
+    n_clips, done, decoded = 0, 0, 0.0
+    c0 = cpu_seconds(pids())
+    t0 = time.perf_counter()
+    for clips, dec in batches_iter:
+        done += 1
+        n_clips += clips.shape[0] * clips.shape[1]
+        decoded += float(dec)
+    dt = time.perf_counter() - t0
+    cpu = cpu_seconds(pids()) - c0
+    return {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt if dt > 0 else 0.0,
+            "cpu_ms_per_clip": 1000.0 * cpu / max(1, n_clips), "timed_batches": done,
+            "decoded": decoded}
+
+
+def _dali_batches(loader, batches: int):
     sched = _schedule(loader, batches)
-    n_clips, done = 0, 0
-    t0 = t_last = time.perf_counter()
+    done = 0
     for epoch in sorted({e for e, _ in sched}):
         loader.set_epoch(epoch)
         for batch in loader:
-            n_clips += batch.clips.shape[0] * batch.clips.shape[1]
             done += 1
-            sync(batch.clips.device.type)  # GPU work queued for this batch is done (G8)
-            t_last = time.perf_counter()  # not counting the prefetched batch nobody asked for
+            from dalivssl.devices import sync
+
+            sync(batch.clips.device.type)  # the GPU work queued for this batch is done (G8)
+            yield batch.clips, 0
             if done == batches:
-                break
-    dt = t_last - t0
-    return {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt}
+                return
 
 
-def _time_torch(items, batch_size, workers, out_size, normalize, decoder) -> dict:
-    import torch
+class _Indices:
+    """A sampler whose index list is set between iterations (persistent workers stay warm)."""
 
-    ds = PlanDataset(items, out_size, normalize, decoder)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
-                                     shuffle=False, drop_last=True)
-    n_clips, decoded = 0, 0.0
-    t0 = time.perf_counter()
-    for clips, _, dec in dl:
-        n_clips += clips.shape[0] * clips.shape[1]
-        decoded += float(dec.sum())
-    dt = time.perf_counter() - t0
-    return {"seconds": dt, "clips": n_clips, "clips_per_s": n_clips / dt, "decoded": decoded}
+    def __init__(self):
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class TorchLoader:
+    """DataLoader over warm-up + timed items with persistent workers: ``warm()`` starts the
+    workers and runs their first samples (imports, decoder libraries), ``batches()`` then
+    yields the timed items' batches."""
+
+    def __init__(self, warm_items, items, batch_size, workers, out_size, normalize, decoder):
+        import torch
+
+        self.n_warm, self.n = len(warm_items), len(items)
+        self.sampler = _Indices()
+        ds = PlanDataset(list(warm_items) + list(items), out_size, normalize, decoder)
+        self.dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
+                                              sampler=self.sampler, drop_last=True,
+                                              persistent_workers=workers > 0)
+
+    def warm(self) -> None:
+        self.sampler.indices = list(range(self.n_warm))
+        for _ in self.dl:
+            pass
+
+    def pids(self) -> list[int]:
+        """The (persistent) worker processes."""
+        it = getattr(self.dl, "_iterator", None)
+        return [w.pid for w in getattr(it, "_workers", [])]
+
+    def batches(self):
+        self.sampler.indices = list(range(self.n_warm, self.n_warm + self.n))
+        for clips, _, dec in self.dl:
+            yield clips, float(dec.sum())
+
+
+def _gop_bound(man, plans) -> dict:
+    """The issue's bound 1 + GOP/window (GOP: the keyframe interval holding a sample's first
+    frame; window: the span of its frames; means over the samples) and the share of samples
+    that decode at most window + GOP frames."""
+    import numpy as np
+
+    from pipelines.packets import choose_ranges
+
+    gops, windows, ok = [], [], 0
+    for rec, plan in plans:
+        ix = man.packet_index(rec)
+        f = plan.all_frames()
+        window = int(f.max() - f.min() + 1)
+        windows.append(window)
+        if ix is None:
+            continue
+        kf = np.append(ix.keyframes(), ix.num_frames)
+        j = int(np.searchsorted(kf, int(f.min()), side="right")) - 1
+        gop = int(kf[j + 1] - kf[j])
+        gops.append(gop)
+        decoded = sum(e - k for k, e in choose_ranges(ix, f))
+        ok += decoded <= window + gop
+    if not gops:
+        return {}
+    return {"mean_gop": float(np.mean(gops)), "mean_window": float(np.mean(windows)),
+            "bound": 1.0 + float(np.mean(gops)) / float(np.mean(windows)),
+            "samples_within_window_plus_gop": ok / len(plans)}
 
 
 def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_len, size, workers,
@@ -270,55 +401,110 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     from pipelines.loader import PretextLoader
 
     man = load_manifest(manifest_path)
-    loader = PretextLoader(task, man, batch_size=batch_size, device=device, clip_len=clip_len,
-                           size=size, seed=0, num_threads=workers, **task_options)
+    loaders = {key: PretextLoader(task, man, batch_size=batch_size, device=device,
+                                  clip_len=clip_len, size=size, seed=0, num_threads=workers,
+                                  gop_ranges=ranges, **task_options)
+               for key, ranges in (("dali", True), ("dali_whole_file", False))}
+    loader = loaders["dali"]
     # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses
     t0 = time.perf_counter()
-    loader.batch_at(10_000, 0)
+    for lo in loaders.values():
+        lo.batch_at(10_000, 0)
     build_s = time.perf_counter() - t0
-    items, delivered, dali_decoded = [], 0, 0
+    items, plans, delivered, window = [], [], 0, 0
     for epoch, b in _schedule(loader, batches):
         for i, plan in loader.batch_plans(epoch, b):
             items.append((str(man.abspath(man.records[i])), plan))
+            plans.append((man.records[i], plan))
             f = plan.all_frames()
             delivered += f.size
-            dali_decoded += int(f.max()) + 1  # decodes from frame 0 (spec/dali.md §7)
+            window += int(f.max() - f.min() + 1)
+    if batches < MIN_TIMED:
+        log(f"[{name}] WARNING: only {batches} timed batches per loader (< {MIN_TIMED}): too "
+            f"small a sample to trust; raise --batches")
     out_size = tuple(loader.sampler.out_size)
+    warm_items = [(str(man.abspath(man.records[i])), plan) for b in range(max(1, workers))
+                  for i, plan in loader.batch_plans(10_000, b % len(loader))]
+    torch_loaders = {dec: TorchLoader(warm_items, items, batch_size, workers, out_size,
+                                      loader.normalize, dec) for dec in decoders}
+    for dec, tl in torch_loaders.items():
+        log(f"[{name}] starting the DataLoader + {dec} workers (not timed) …")
+        tl.warm()
     res = {"dataset": name, "manifest": str(manifest_path), "videos": len(man.records),
-           "batches": batches, "delivered_frames": delivered, "warmup_s": build_s}
+           "batches": batches, "delivered_frames": delivered, "warmup_s": build_s,
+           "packet_index": man.packets is not None, **_gop_bound(man, plans)}
     # interleave the loaders and keep the median of ``repeats`` rounds: the machine is shared,
     # so load drifts during a run; alternating exposes every loader to the same drift
-    runs: dict[str, list] = {"dali": [], **{dec: [] for dec in decoders}}
+    runs: dict[str, list] = {key: [] for key in (*loaders, *decoders)}
     for rnd in range(repeats):
-        log(f"[{name}] round {rnd + 1}/{repeats}: DALI ({device}) …")
-        runs["dali"].append(_time_dali(loader, batches))
+        for key, lo in loaders.items():
+            log(f"[{name}] round {rnd + 1}/{repeats}: {key} ({device}) …")
+            before = dict(lo.decode_stats)
+            r = _time(_dali_batches(lo, batches))
+            after = lo.decode_stats
+            dec = after["decoded"] - before["decoded"]
+            r["decoded_per_delivered"] = dec / max(1, after["delivered"] - before["delivered"])
+            r["decoded_per_window"] = dec / max(1, after["window"] - before["window"])
+            runs[key].append(r)
         for dec in decoders:
             log(f"[{name}] round {rnd + 1}/{repeats}: DataLoader + {dec} ({workers} workers) …")
-            runs[dec].append(_time_torch(items, batch_size, workers, out_size, loader.normalize,
-                                         dec))
+            r = _time(torch_loaders[dec].batches(), torch_loaders[dec].pids)
+            known = r["decoded"] >= 0
+            r["decoded_per_delivered"] = r["decoded"] / delivered if known else None
+            r["decoded_per_window"] = r["decoded"] / window if known else None
+            runs[dec].append(r)
     for key, rs in runs.items():
         speeds = sorted(r["clips_per_s"] for r in rs)
         med = dict(sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2])
+        med.pop("decoded")
         med["rounds_clips_per_s"] = [r["clips_per_s"] for r in rs]
-        med["spread"] = (speeds[-1] - speeds[0]) / speeds[len(speeds) // 2]
-        if key == "dali":
-            med["decoded_per_delivered"] = dali_decoded / delivered
-        else:
-            med["decoded_per_delivered"] = med.pop("decoded") / delivered
+        med["spread"] = (speeds[-1] - speeds[0]) / speeds[len(speeds) // 2] if speeds[0] else 0.0
         res[key] = med
     for dec in decoders:
         res[f"ratio_vs_{dec}"] = res["dali"]["clips_per_s"] / res[dec]["clips_per_s"]
+        res[f"cpu_ratio_vs_{dec}"] = res[dec]["cpu_ms_per_clip"] / res["dali"]["cpu_ms_per_clip"]
     res["skipped"] = loader.skipped
     return res
 
 
+def _print_table(console, task, device, batch_size, clip_len, size, workers, decoders,
+                 results) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"loader throughput: task {task}, device {device}, batch {batch_size}, "
+                        f"clip {clip_len}, size {size}, {workers} workers/threads")
+    for col in ("dataset", "loader", "clips/s", "spread", "CPU ms/clip", "decoded/delivered",
+                "decoded/window", "DALI × (clips/s)", "DALI × (CPU/clip)"):
+        table.add_column(col, justify="right" if col not in ("dataset", "loader") else "left")
+
+    def ratio(v):
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for r in results:
+        bound = (f" (≤ {r['bound']:.2f}: 1 + GOP {r['mean_gop']:.0f} / window "
+                 f"{r['mean_window']:.0f})" if "bound" in r else "")
+        dali = r["dali"]
+        rows = [(r["dataset"], f"DALI ({device}) GOP ranges", dali, bound)]
+        rows += [("", f"DALI ({device}) whole file", r["dali_whole_file"], "")]
+        rows += [("", f"DataLoader+{dec}", r[dec], "") for dec in decoders]
+        for i, (dataset, name, m, extra) in enumerate(rows):
+            times = "" if i == 0 else ratio(dali["clips_per_s"] / m["clips_per_s"])
+            cpu = "" if i == 0 else ratio(m["cpu_ms_per_clip"] / dali["cpu_ms_per_clip"])
+            table.add_row(dataset, name, f"{m['clips_per_s']:.1f}", f"{m['spread']:.0%}",
+                          f"{m['cpu_ms_per_clip']:.0f}", ratio(m["decoded_per_delivered"]),
+                          ratio(m["decoded_per_window"]) + extra, times, cpu)
+    console.print(table)
+
+
 @click.command()
-@click.option("--task", default="vcop", show_default=True, help="pretext task (SAMPLERS key)")
+@click.option("--task", default="vcop", show_default=True,
+              help="pretext task (SAMPLERS key), or a comma list: one table per task")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True)
 @click.option("--data", type=click.Path(dir_okay=False), default=None,
               help="manifest to use instead of the built-in datasets")
-@click.option("--batches", default=10, show_default=True,
-              help="timed batches per loader (running over epochs when a dataset is smaller)")
+@click.option("--batches", default=16, show_default=True,
+              help="batches per loader (running over epochs when a dataset is smaller); the "
+                   "first (workers, or DALI's prefetch) are not timed")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--clip-len", default=16, show_default=True)
 @click.option("--size", default=112, show_default=True)
@@ -335,15 +521,17 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos, segment_frames,
         short_side, datasets, repeats, json_out):
-    """Clips/s of the DALI PretextLoader vs DataLoader + PyAV on the same plans."""
-    import importlib.util
-
+    """Clips/s of the DALI PretextLoader vs DataLoader + torchcodec / PyAV on the same plans."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes: a table that fits without wrapping its cells
+        console = Console(width=160)
     workers = workers or os.cpu_count() or 1
-    decoders = ["pyav"] + (["torchcodec"] if importlib.util.find_spec("torchcodec") else [])
+    missing = torchcodec_missing()
+    decoders = ([] if missing else ["torchcodec"]) + ["pyav"]
+    if missing:
+        console.print(f"[yellow]{missing}: its row is skipped[/]")
     sets = []
     if data:
         sets.append(("data", Path(data)))
@@ -369,39 +557,34 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
                 with console.status("preparing (short side, segments; once, cached) …"):
                     sets.append(("ucf-prepared", prepared_dataset(ucf, segment_frames,
                                                                   short_side)))
+    with console.status("packet indexes (once, cached) …"):
+        sets = [(name, indexed_manifest(Path(path), name)) for name, path in sets]
     load0 = os.getloadavg()[0]
-    results = []
-    for name, path in sets:
-        results.append(bench_dataset(name, path, task, device, batches, batch_size, clip_len, size,
-                                     workers, {}, decoders, console.log, repeats))
+    tasks = [t.strip() for t in task.split(",") if t.strip()]
+    all_results, cross = {}, {}
+    for task in tasks:
+        results = []
+        for name, path in sets:
+            results.append(bench_dataset(name, path, task, device, batches, batch_size, clip_len,
+                                         size, workers, {}, decoders, console.log, repeats))
+        all_results[task] = results
+        _print_table(console, task, device, batch_size, clip_len, size, workers, decoders,
+                     results)
+        by = {r["dataset"]: r for r in results}
+        if "ucf-like" in by and "ucf-prepared" in by:
+            for dec in decoders:  # what a user of the original videos would otherwise run
+                key = f"{task}: dali_prepared_vs_{dec}_original"
+                cross[key] = (by["ucf-prepared"]["dali"]["clips_per_s"]
+                              / by["ucf-like"][dec]["clips_per_s"])
+                console.print(f"{key}: {cross[key]:.2f}×")
     load1 = os.getloadavg()[0]
-
-    table = Table(title=f"loader throughput: task {task}, device {device}, batch {batch_size}, "
-                        f"clip {clip_len}, size {size}, {workers} workers/threads")
-    for col in ("dataset", "loader", "clips/s", "spread", "decoded/delivered", "DALI ×"):
-        table.add_column(col, justify="right" if col not in ("dataset", "loader") else "left")
-    for r in results:
-        table.add_row(r["dataset"], f"DALI ({device})", f"{r['dali']['clips_per_s']:.1f}",
-                      f"{r['dali']['spread']:.0%}", f"{r['dali']['decoded_per_delivered']:.2f}", "")
-        for dec in decoders:
-            table.add_row("", f"DataLoader+{dec}", f"{r[dec]['clips_per_s']:.1f}",
-                          f"{r[dec]['spread']:.0%}", f"{r[dec]['decoded_per_delivered']:.2f}",
-                          f"{r[f'ratio_vs_{dec}']:.2f}")
-    by = {r["dataset"]: r for r in results}
-    cross = {}
-    if "ucf-like" in by and "ucf-prepared" in by:
-        for dec in decoders:  # what a user of the original videos would otherwise run
-            cross[f"dali_prepared_vs_{dec}_original"] = (
-                by["ucf-prepared"]["dali"]["clips_per_s"] / by["ucf-like"][dec]["clips_per_s"])
-    console.print(table)
-    for k, v in cross.items():
-        console.print(f"{k}: {v:.2f}×")
     note = (f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores "
             f"(a busy machine inflates every figure; compare ratios)")
     console.print(note)
-    out = {"task": task, "device": device, "batch_size": batch_size, "clip_len": clip_len,
-           "size": size, "workers": workers, "results": results, "cross": cross, "machine": note}
+    out = {"benchmark": "loader", "tasks": tasks, "device": device, "batch_size": batch_size,
+           "clip_len": clip_len, "size": size, "workers": workers, "results": all_results,
+           "cross": cross, "machine": note, "torchcodec": missing or "used"}
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(out, indent=2, default=float))
+        Path(json_out).write_text(json.dumps(out, indent=2, default=float, allow_nan=False))
         console.print(f"wrote {json_out}")

@@ -90,14 +90,23 @@ class PretextLoader:
     (B, K, C, T, H, W). noise: (kind, severity[, constants]) applied in DALI at model resolution
     before normalisation (``pipelines.noise.dali_noise``). prefetch: batches prepared ahead by
     a worker thread (0 = synchronous). num_threads: DALI's threads (None = 8 on GPU, one NVDEC
-    session each; 2 on CPU: ``dalivssl.devices.dali_threads``).
+    session each; 2 on CPU: ``dalivssl.devices.dali_threads``). gop_ranges: decode only the
+    packets a plan needs when the manifest has a packet index (``pipelines.packets``), for the
+    codecs of ``packets.DEFAULT_RANGE_CODECS`` (True), every codec a sub-stream can be built for
+    ('all'), or never (False: whole files). A sub-stream DALI rejects is retried as the whole
+    file, and that codec is then decoded whole.
+
+    Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
+    frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
+    with the number of videos), ``decode_stats`` (frames decoded vs delivered so far).
     """
 
     def __init__(self, task, manifest, batch_size: int, device: str = "cpu", clip_len: int = 16,
                  size: int = 112, seed: int = 0, augment: bool = True,
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
-                 noise: tuple | None = None, prefetch: int = 1, **task_options):
+                 noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
+                 **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -131,6 +140,17 @@ class PretextLoader:
         self.position = 0  # batches of the current epoch already yielded
         self._bad: dict[int, str] = {}  # manifest index -> reason
         self._checked: set[int] = set()  # indices that passed _precheck
+        self._short: set[int] = set()  # manifest indices of used videos with repeated frames
+        if gop_ranges not in (True, False, "all"):
+            raise LoaderError(f"gop_ranges must be True, False or 'all', not {gop_ranges!r}")
+        from pipelines.packets import DEFAULT_RANGE_CODECS, RANGE_CODECS
+
+        self.gop_ranges = gop_ranges
+        self._range_codecs = set(() if gop_ranges is False else
+                                 RANGE_CODECS if gop_ranges == "all" else
+                                 DEFAULT_RANGE_CODECS[device])
+        # frames delivered (plan frames), window (last - first + 1 per sample), decoded
+        self.decode_stats = {"samples": 0, "delivered": 0, "window": 0, "decoded": 0}
         self._logged: set[str] = set()
         self._pipe = None
         self._cfg = None
@@ -163,6 +183,17 @@ class PretextLoader:
             out[reason] = out.get(reason, 0) + 1
         return out
 
+    @property
+    def short(self) -> int:
+        """Videos used so far whose clips repeat frames (shorter than the plan's window)."""
+        return len(self._short)
+
+    def counts(self) -> dict:
+        """{videos, skipped, short, skipped_by_reason} so far: what an evaluation reports (the
+        videos it used = those that reached the model; ``skipped`` never did)."""
+        return {"videos": len(self.records), "skipped": len(self._bad), "short": self.short,
+                "skipped_by_reason": self.skipped}
+
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` from its first batch (new permutation drawn from the seed)."""
         self.epoch, self.position = int(epoch), 0
@@ -170,7 +201,8 @@ class PretextLoader:
     def state_dict(self) -> dict:
         """Where the loader stands: resume with ``load_state_dict`` to get the remaining batches."""
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "shard": [self.rank, self.world], "bad": {str(k): v for k, v in self._bad.items()}}
+                "shard": [self.rank, self.world], "bad": {str(k): v for k, v in self._bad.items()},
+                "short": sorted(self._short)}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
@@ -179,6 +211,7 @@ class PretextLoader:
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._bad.update({int(k): v for k, v in state.get("bad", {}).items()})
+        self._short.update(int(i) for i in state.get("short", []))
 
     def _skip(self, index: int, reason: str, detail: str = "") -> None:
         self._bad[index] = reason
@@ -200,8 +233,8 @@ class PretextLoader:
         return ext[self.rank::self.world]
 
     def _plan_one(self, order: np.ndarray, pos: int, epoch: int):
-        """(manifest index, ClipPlan, encoded bytes) for shard position ``pos``, replacing an
-        unusable video by the next usable one in the shard's order."""
+        """(manifest index, ClipPlan, Encoded) for shard position ``pos``, replacing an unusable
+        video by the next usable one in the shard's order."""
         g = pos * self.world + self.rank  # global position in the epoch: the rng stream
         for j in range(len(order)):
             idx = int(order[(pos + j) % len(order)])
@@ -222,22 +255,63 @@ class PretextLoader:
                 raise
             frames = plan.all_frames()
             if frames.size == 0 or frames.min() < 0 or frames.max() >= int(rec.num_frames):
-                # fn.decoders.video silently pads frames past the end with black (measured), so
-                # a bad index must be caught here
                 raise LoaderError(f"{rec.path}: the {self.task} plan names frames "
                                   f"{int(frames.min(initial=0))}..{int(frames.max(initial=0))} "
                                   f"but the record has {rec.num_frames} frames")
             try:
-                data = np.fromfile(self.manifest.abspath(rec), dtype=np.uint8)
+                enc = self._encode(idx, rec, frames)
             except OSError as exc:
                 self._skip(idx, "unreadable file", exc.strerror or str(exc))
                 continue
-            if data.size == 0:
-                self._skip(idx, "empty file")
+            if isinstance(enc, tuple):  # (reason, detail): not decodable as planned
+                self._skip(idx, *enc)
                 continue
-            return idx, plan, data
+            return idx, plan, enc
         raise LoaderError(f"no usable video left in shard {self.rank}/{self.world}; skipped: "
                           f"{self.skipped}")
+
+    def _packet_index(self, rec):
+        get = getattr(self.manifest, "packet_index", None)
+        return get(rec) if get is not None else None
+
+    def _encode(self, idx: int, rec, frames: np.ndarray):
+        """What the decoder gets for ``frames``: an :class:`Encoded`, or (reason, detail) when the
+        file cannot give these frames. With a packet index: the GOP-range sub-stream, and a
+        truncated file is caught here, before decoding; without one: the whole file (a frame
+        past the decodable end then fails in DALI, pad_mode='none', and is skipped there)."""
+        from pipelines.packets import substream
+
+        path = self.manifest.abspath(rec)
+        index = self._packet_index(rec)
+        if index is not None:
+            size = os.path.getsize(path)
+            if size < index.file_size:
+                n = min(index.decodable_frames(size), int(rec.num_frames))
+                return ("truncated file (fewer bytes than when indexed)",
+                        f"{n} of {index.num_frames} frames decodable")
+            if size > index.file_size:
+                self._note("file changed since it was indexed: decoded from frame 0 "
+                           "(`dalivssl data index --update`)", rec.path)
+                index = None
+            elif int(frames.max()) >= index.num_frames:
+                return ("plan past the decodable end",
+                        f"frame {int(frames.max())} of {index.num_frames}")
+        if index is not None and index.supported and index.codec in self._range_codecs:
+            sub = substream(path, index, frames)
+            return Encoded(sub.data, sub.frames, sub.decoded, index.codec)
+        return self._whole_file(path, frames)
+
+    @staticmethod
+    def _whole_file(path, frames: np.ndarray):
+        data = np.fromfile(path, dtype=np.uint8)
+        if data.size == 0:
+            return ("empty file", "")
+        return Encoded(data, frames, int(frames.max()) + 1)
+
+    def _note(self, what: str, path: str) -> None:
+        if what not in self._logged:
+            self._logged.add(what)
+            log.warning("%s: %s (further videos only counted)", path, what)
 
     def _precheck(self, idx: int, rec) -> tuple[str, str] | None:
         """(reason, detail) when the file is unusable on this device, before DALI sees it: the
@@ -297,8 +371,8 @@ class PretextLoader:
 
         cfg = self._cfg
         params = [param_arrays(p.params, cfg.keys, cfg.num_clips) for _, p, _ in items]
-        return run(self._pipe, cfg, [d for _, _, d in items], [p.all_frames() for _, p, _ in items],
-                   params)
+        return run(self._pipe, cfg, [e.data for _, _, e in items],
+                   [e.frames for _, _, e in items], params)
 
     def _decode_batch(self, items, order, positions, epoch):
         """Decode a batch; on a DALI error find the bad sample(s) one by one, mark them, replace
@@ -316,9 +390,12 @@ class PretextLoader:
             try:
                 return items, self._decode(items)
             except RuntimeError as exc:
+                before = list(items)
                 bad = self._find_bad(items)
                 if not bad:
-                    raise
+                    if all(a is b for a, b in zip(before, items)):
+                        raise
+                    continue  # sub-streams replaced by whole files: decode again
                 for i in bad:
                     self._skip(items[i][0], "decode error", _first_line(exc))
                 for i in bad:
@@ -327,7 +404,8 @@ class PretextLoader:
     def _find_bad(self, items) -> list[int]:
         """Indices of the items DALI cannot decode, found by bisecting the failed batch (G4): a
         half that decodes is cleared at once and only a failure rebuilds the pipeline, so one bad
-        file in a batch of B costs about log2(B) rebuilds instead of B."""
+        file in a batch of B costs about log2(B) rebuilds instead of B. An item whose sub-stream
+        fails but whose whole file decodes is replaced in ``items`` by the whole file."""
         bad: list[int] = []
         self._pipe = None  # a pipeline that raised is no longer valid
 
@@ -350,7 +428,31 @@ class PretextLoader:
             return search(idx[half:], not found) or found
 
         search(list(range(len(items))), True)
-        return sorted(bad)
+        # a GOP-range sub-stream DALI rejects may still decode as the whole file: then that
+        # codec is decoded whole from now on (pipelines.packets)
+        out = []
+        for i in sorted(bad):
+            idx, plan, enc = items[i]
+            if getattr(enc, "codec", ""):
+                whole = self._whole_file(self.manifest.abspath(self.records[idx]),
+                                         plan.all_frames())
+                if isinstance(whole, Encoded) and self._decodes((idx, plan, whole)):
+                    self._range_codecs.discard(enc.codec)
+                    log.warning("%s: DALI rejected its GOP-range sub-stream; %s videos are "
+                                "decoded whole from now on", self.records[idx].path, enc.codec)
+                    items[i] = (idx, plan, whole)
+                    continue
+            out.append(i)
+        return out
+
+    def _decodes(self, item) -> bool:
+        self._ensure_pipe(self._cfg)
+        try:
+            self._decode([item])
+            return True
+        except RuntimeError:
+            self._pipe = None
+            return False
 
     # ------------------------------------------------------------------ iteration
     def batch_plans(self, epoch: int, b: int) -> list[tuple[int, ClipPlan]]:
@@ -369,6 +471,14 @@ class PretextLoader:
         positions = self._positions(b)
         items = [self._plan_one(order, p, epoch) for p in positions]
         items, outs = self._decode_batch(items, order, positions, epoch)
+        for i, p, e in items:
+            if i not in self._short and _repeats_frames(p):
+                self._short.add(i)
+            f = p.all_frames()
+            self.decode_stats["samples"] += 1
+            self.decode_stats["delivered"] += int(f.size)
+            self.decode_stats["window"] += int(f.max() - f.min() + 1)
+            self.decode_stats["decoded"] += e.decoded
         cfg = self._cfg
         if self.raw:
             out = outs[0]
@@ -470,6 +580,24 @@ def _small_tensors(device):
         return torch.as_tensor
     return lambda a: torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device,
                                                                                  non_blocking=True)
+
+
+class Encoded:
+    """What one sample feeds the decoder: data uint8 (bytes,) (the file or a GOP-range
+    sub-stream), frames int64 (F,) the plan's frames as indices into ``data``, decoded: frames
+    the decoder decodes for them (max(frames) + 1: it starts at the first packet), codec: the
+    codec of a sub-stream ('' for a whole file)."""
+
+    __slots__ = ("data", "frames", "decoded", "codec")
+
+    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int, codec: str = ""):
+        self.data, self.frames, self.decoded, self.codec = data, frames, int(decoded), codec
+
+
+def _repeats_frames(plan: ClipPlan) -> bool:
+    """Whether a clip of ``plan`` shows a frame twice (a short video looped or padded)."""
+    f = np.sort(np.asarray(plan.frames).reshape(plan.num_clips, -1), axis=1)
+    return bool((f[:, 1:] == f[:, :-1]).any())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,15 +1,18 @@
 """The DALI pipeline that executes clip plans: encoded bytes + frame lists in, uint8 clips out.
 
 One DALI sample = one video. Per iteration the loader feeds, through ``fn.external_source``:
-  ``encoded``  uint8 (bytes,)     the file read with np.fromfile,
-  ``frames``   int32 (U,)         the sorted unique frames of ``ClipPlan.all_frames()``,
+  ``encoded``  uint8 (bytes,)     the file, or the GOP-range sub-stream covering the plan
+                                  (``pipelines.packets``),
+  ``frames``   int32 (U,)         the sorted unique frames of ``ClipPlan.all_frames()``, as
+                                  indices into ``encoded``,
   ``order``    int32 (F,)         positions in ``frames`` that give back all_frames (K·T clip
                                   frames, then the extras): see ``decode_order``,
   ``p_<name>`` (K, ...)           per-clip augmentation inputs (``augment.graph_inputs``: the
                                   geometric parameters, and colour jitter as a (K,3,3) matrix).
 The graph decodes all F frames of a sample in ONE ``fn.decoders.video`` call (CPU decoder, or
 'mixed' NVDEC for device='gpu'); on CPU the call decodes from frame 0 to max(frames) once, so the
-extra clips of a sample are almost free (spec/dali.md §7). It then slices the K clips (fixed K and
+extra clips of a sample are almost free (spec/dali.md §7); the loader therefore hands it only the
+packets from the keyframe before the plan's first frame on. It then slices the K clips (fixed K and
 T per task: K graph branches), augments each with its own parameter row, treats every extra-frame
 group like clip 0 (same geometry and colour, so PRP's reconstruction target aligns with its
 input), optionally adds noise, and concatenates everything back into one sequence:
@@ -83,7 +86,9 @@ def build_pipeline(cfg: GraphConfig, batch_size: int, num_threads: int = 2,
                                            dtype=types.FLOAT if kind == "float" else types.INT32,
                                            ndim=ndim)
                   for name, (kind, ndim) in graph_inputs(keys).items()}
-        video = fn.decoders.video(encoded, frames=frames,
+        # pad_mode 'none': a frame past the decodable end raises (the loader skips the video)
+        # instead of arriving black (the default 'constant')
+        video = fn.decoders.video(encoded, frames=frames, pad_mode="none",
                                   device="mixed" if dev == "gpu" else "cpu")
         video = fn.sequence_rearrange(video, new_order=order, device=dev)
         contrast = "contrast" in keys

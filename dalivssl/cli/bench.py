@@ -8,7 +8,8 @@ import click
 
 # subcommand -> (module under benchmarks, one-line help)
 BENCHMARKS = {
-    "loader": ("loader_throughput", "Pretext loader clips/s vs PyTorch DataLoader + PyAV."),
+    "loader": ("loader_throughput",
+               "Pretext loader clips/s vs PyTorch DataLoader + torchcodec / PyAV."),
     "noise": ("noise_throughput", "DALI noise injection throughput vs numpy."),
     "cka": ("cka_throughput", "CKA map throughput (NumPy / CuPy)."),
     "sweep": ("sweep_cost", "Robustness sweep cost: 21 cells vs one clean evaluation."),

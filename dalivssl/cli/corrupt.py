@@ -39,7 +39,9 @@ def _fps(path: Path) -> float:
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
               help="Where DALI adds the noise.")
 def corrupt(in_path, out_path, noise, severity, constants, rounding, seed, codec, device):
-    """Decode IN, add NOISE at SEVERITY to every frame independently, write OUT."""
+    """Decode IN, add NOISE at SEVERITY to every frame independently, write OUT.
+
+    A truncated or damaged IN is refused (its missing frames would silently be left out)."""
     from dalivssl.errors import DalivsslError, VideoError
 
     if not in_path.is_file():
@@ -56,13 +58,19 @@ def corrupt(in_path, out_path, noise, severity, constants, rounding, seed, codec
     from dalivssl.data.videoio import decode_frames, write_video
     from pipelines.noise import corrupt as corrupt_frames
 
+    from dalivssl.data.probe import probe
+
     console = stderr_console()
     with console.status(f"decoding {in_path.name}"):
+        expected = probe(in_path)["num_frames"]  # truncated/corrupt: VideoError with the reason
         try:
             frames = decode_frames(in_path)
             fps = _fps(in_path)
         except Exception as exc:  # PyAV raises many types; the user needs the file and the reason
             raise VideoError(in_path, f"cannot decode ({str(exc).splitlines()[0][:120] or type(exc).__name__})") from None
+    if len(frames) < expected:
+        raise VideoError(in_path, f"truncated or corrupt: {len(frames)} of {expected} frames "
+                                  f"decode; refusing to write a shorter copy")
     with console.status(f"adding {noise} noise, severity {severity} ({len(frames)} frames)"):
         try:
             noisy = corrupt_frames(frames, noise, severity, constants=constants, seed=seed,

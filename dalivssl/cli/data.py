@@ -32,23 +32,45 @@ def data():
 
 
 @data.command()
-@click.argument("root", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
-              help="Annotation convention of the dataset.")
+@click.argument("root", type=click.Path(path_type=Path), required=False)
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="Annotation convention of the dataset (required unless --update).")
 @click.option("--split", type=int, default=1, show_default=True,
               help="Official split number (ucf101, hmdb51).")
 @click.option("--annotations", multiple=True, type=click.Path(path_type=Path),
               help="Annotation file or folder (repeatable); default: searched near ROOT.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Manifest to write (JSONL).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Manifest to write (JSONL); with --update default: the manifest itself.")
+@click.option("--update", "update", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Add (or renew) the packet index of an existing manifest.")
 @click.option("--workers", type=int, default=None, help="Probe processes (default: all cores).")
 @click.option("--exact/--packets", default=False, show_default=True,
               help="Count frames by decoding (slow) instead of counting packets.")
-def index(root, fmt, split, annotations, output, workers, exact):
-    """Probe every video of ROOT once and write a manifest (path, frames, label, class, split)."""
+def index(root, fmt, split, annotations, output, update, workers, exact):
+    """Probe every video of ROOT once and write a manifest (path, frames, label, class, split)
+    and its packet index (keyframes, packet offsets: MANIFEST.packets.npz), which lets the
+    loader decode only the GOPs a clip needs. ``--update MANIFEST`` adds the packet index to an
+    existing manifest (older manifests work without one, decoding from frame 0)."""
+    from dalivssl.data.manifest import save_manifest
+
+    if update is not None:
+        from dalivssl.data.index import update_packets
+        from dalivssl.data.manifest import load_manifest
+
+        if root is not None or fmt is not None:
+            raise click.UsageError("--update MANIFEST takes no ROOT or --format")
+        manifest, problems = update_packets(load_manifest(update), workers=workers, progress=True)
+        out = output or update
+        save_manifest(manifest, out)
+        _report(problems, "index --update")
+        n = sum(r.packets >= 0 for r in manifest)
+        click.echo(f"{out}: packet index for {n} of {len(manifest)} videos "
+                   f"({len(problems)} problem(s))")
+        return
+    if root is None or fmt is None or output is None:
+        raise click.UsageError("give ROOT, --format and -o/--output (or --update MANIFEST)")
     from dalivssl.data.adapters import IndexOptions
     from dalivssl.data.index import index_dataset
-    from dalivssl.data.manifest import save_manifest
 
     manifest, failures = index_dataset(root, fmt, IndexOptions(split, tuple(annotations)),
                                        exact=exact, workers=workers, progress=True)

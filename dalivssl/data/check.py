@@ -3,8 +3,8 @@
 Reasons: missing, empty file, not a video, no video stream, truncated or corrupt (demux/duration
 checks, and with ``decode=True`` a real DALI decode of the last frame), not decodable on the
 chosen DALI device (codec, size, pixel format or bit depth: the one table in
-``dalivssl.data.capabilities``), frame count differing from the manifest, fewer usable frames
-than needed.
+``dalivssl.data.capabilities``), frame count differing from the manifest, a packet index that no
+longer fits its file, fewer usable frames than needed.
 
 DALI 2.4 decodes VP8/VP9/MJPEG on CPU; H.264, HEVC, MPEG-4 part 2, VP8 and VP9 (8-bit 4:2:0, at
 least NVDEC's minimum size) on the GPU. UCF101/HMDB51 (.avi, MPEG-4) and Kinetics (H.264)
@@ -44,6 +44,8 @@ def check_manifest(manifest: Manifest, device: str = "cpu", min_frames: int = 0,
         if why is None and res["num_frames"] != rec.num_frames:
             why = (f"frame count {res['num_frames']} differs from the manifest's "
                    f"{rec.num_frames} (re-index the dataset)")
+        if why is None:
+            why = _packet_index_problem(manifest, rec, res["num_frames"])
         if why is None and rec.usable_frames < min_frames:
             why = f"too short: {rec.usable_frames} usable frames, {min_frames} needed"
         if why is None:
@@ -56,6 +58,20 @@ def check_manifest(manifest: Manifest, device: str = "cpu", min_frames: int = 0,
     order = {id(r): i for i, r in enumerate(manifest.records)}
     bad.sort(key=lambda rw: order[id(rw[0])])
     return bad
+
+
+def _packet_index_problem(manifest: Manifest, rec: VideoRecord, frames: int) -> str | None:
+    """Why the record's packet index (if any) no longer describes its file, or None."""
+    import os
+
+    ix = manifest.packet_index(rec)
+    if ix is None:
+        return None
+    size = os.path.getsize(manifest.abspath(rec))
+    if size != ix.file_size or ix.num_frames != frames:
+        return (f"file changed since its packet index was recorded ({size} bytes, "
+                f"{ix.file_size} indexed): run `dalivssl data index --update`")
+    return None
 
 
 def dali_decode_check(manifest: Manifest, records: list[VideoRecord], device: str = "cpu",

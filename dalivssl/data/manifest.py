@@ -4,6 +4,11 @@ Line 1 is a header ``{"format": "dalivssl-manifest", "version": 1, "root": ..., 
 every following line is one :class:`VideoRecord`. Paths are stored relative to ``root``; ``root``
 itself is stored relative to the manifest file when it lies beside/below it, so a dataset folder can
 be moved as a whole.
+
+Packet indexes (keyframes, packet offsets: ``pipelines.packets``) live in one sidecar per manifest,
+named in the header (``"packets": "<name>.packets.npz"``, relative to the manifest) and opened
+lazily, memory-mapped; a record's row in it is ``record.packets``. A manifest without one
+still works (its videos are decoded from frame 0); ``dalivssl data index --update`` adds it.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from dalivssl.errors import DalivsslError
 
 FORMAT = "dalivssl-manifest"
 VERSION = 1
+PACKETS_KEY = "packets"  # header key: the sidecar's path
+SIDECAR_SUFFIX = ".packets.npz"
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class VideoRecord:
     file. label: class index into ``Manifest.classes`` (-1 = unlabelled). start_frame/end_frame:
     the usable frame range [start, end) inside the file (Diving48 annotations); end=-1 = num_frames.
     video_id: identifier of the source video (segments of one video share it).
+    packets: row of the video's packet index in the manifest's sidecar (-1 = none).
     """
 
     path: str
@@ -43,6 +51,7 @@ class VideoRecord:
     end_frame: int = -1
     video_id: str = ""
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    packets: int = field(default=-1, compare=False, hash=False)
 
     @property
     def usable_frames(self) -> int:
@@ -54,6 +63,8 @@ class VideoRecord:
         d = dataclasses.asdict(self)
         if not d["extra"]:
             d.pop("extra")
+        if d["packets"] < 0:
+            d.pop("packets")
         return d
 
     @classmethod
@@ -67,12 +78,18 @@ class VideoRecord:
 
 @dataclass
 class Manifest:
-    """A list of records with the dataset root and class names (index = label)."""
+    """A list of records with the dataset root and class names (index = label).
+
+    packets: where the records' packet indexes are: None, the sidecar's path (opened on first
+    use), an opened ``PacketTable``, or a list of ``PacketIndex`` (fresh from indexing; written
+    to a sidecar by ``save_manifest``).
+    """
 
     root: Path
     records: list[VideoRecord]
     classes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    packets: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -87,13 +104,36 @@ class Manifest:
         """Absolute path of a record's file."""
         return (self.root / record.path).resolve()
 
+    def packet_index(self, record: VideoRecord):
+        """The record's ``pipelines.packets.PacketIndex``, or None (no index: decode from 0)."""
+        row = getattr(record, "packets", -1)
+        if row < 0 or self.packets is None:
+            return None
+        if isinstance(self.packets, (str, Path)):
+            from pipelines.packets import PacketTable
+
+            try:
+                self.packets = PacketTable(self.packets)
+            except (OSError, ValueError) as exc:
+                import logging
+
+                logging.getLogger(__name__).warning("packet index unusable, videos are decoded "
+                                                    "from frame 0: %s", exc)
+                self.packets = None
+                return None
+        try:
+            return self.packets[int(row)]
+        except IndexError:
+            return None
+
     def paths(self) -> list[str]:
         """Absolute paths of all records, in order (what the DALI pipeline reads)."""
         return [str(self.abspath(r)) for r in self.records]
 
     def select(self, records: Iterable[VideoRecord], **meta) -> "Manifest":
         """A manifest over the same root and classes holding ``records``."""
-        return Manifest(self.root, list(records), list(self.classes), {**self.meta, **meta})
+        return Manifest(self.root, list(records), list(self.classes), {**self.meta, **meta},
+                        self.packets)
 
     @property
     def flip_safe(self) -> bool:
@@ -116,15 +156,12 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     """Write ``manifest`` as JSON lines, atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(manifest.root).resolve()
-    try:
-        root_str = os.path.relpath(root, path.parent.resolve())
-        if root_str.startswith(".."):
-            root_str = str(root)
-    except ValueError:  # different drive (Windows)
-        root_str = str(root)
-    header = {"format": FORMAT, "version": VERSION, "root": root_str,
+    header = {"format": FORMAT, "version": VERSION,
+              "root": _relative(Path(manifest.root).resolve(), path.parent),
               "classes": list(manifest.classes), **({"meta": manifest.meta} if manifest.meta else {})}
+    side = _save_packets(manifest, path)
+    if side is not None:
+        header[PACKETS_KEY] = _relative(side, path.parent)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(json.dumps(header) + "\n")
@@ -132,6 +169,28 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
             f.write(json.dumps(r.to_json()) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def _save_packets(manifest: Manifest, path: Path) -> Path | None:
+    """The sidecar the saved manifest points to: fresh indexes are written beside it; an existing
+    sidecar is pointed to where it lies."""
+    src = manifest.packets
+    if src is None:
+        return None
+    if isinstance(src, list):
+        from pipelines.packets import save_table
+
+        return save_table(src, path.with_name(path.stem + SIDECAR_SUFFIX))
+    return Path(getattr(src, "path", src)).resolve()
+
+
+def _relative(target: Path, base: Path) -> str:
+    """``target`` relative to ``base`` when it lies beside/below it, else absolute."""
+    try:
+        rel = os.path.relpath(Path(target).resolve(), base.resolve())
+    except ValueError:  # different drive (Windows)
+        return str(target)
+    return str(target) if rel.startswith("..") else rel
 
 
 def _validate(rec: VideoRecord, root: Path, classes: Sequence[str], where: str) -> None:
@@ -176,4 +235,7 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
             raise DalivsslError(f"{path}:{n}: bad record ({exc})") from None
         _validate(rec, root, classes, f"{path}:{n}")
         records.append(rec)
-    return Manifest(root, records, classes, header.get("meta", {}))
+    side = header.get(PACKETS_KEY)
+    if side is not None and not Path(side).is_absolute():
+        side = str((path.parent / side).resolve())
+    return Manifest(root, records, classes, header.get("meta", {}), side)

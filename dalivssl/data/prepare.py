@@ -13,6 +13,9 @@ usable frame count. Each segment is a record with ``video_id`` = the source's id
 ``{"segment": i, "source_start": k, "source": path}`` (k = absolute first frame in the source).
 Without segmenting, each video becomes one file and start_frame/end_frame are carried over.
 
+Each output's packet index (``pipelines.packets``) is recorded by the same probe that counts its
+frames, and the prepared manifest's sidecar holds them all.
+
 Resumable: outputs are written under a temporary name and renamed when complete; a video's
 records are then saved to ``OUT/.done/<path>.json`` and a rerun skips videos that have one. One bad
 input is reported and never stops the others.
@@ -83,8 +86,10 @@ def _segments(frames, n: int | None):
             yield cur
 
 
-def _prepare_one(job: dict) -> tuple[str, list[dict] | str]:
-    """Worker: transcode one source video; returns (source path, records) or (path, reason)."""
+def _prepare_one(job: dict) -> tuple[str, list[dict] | str, list]:
+    """Worker: transcode one source video; returns (source path, records, packet indexes) or
+    (path, reason, [])."""
+    from dalivssl.data.index import probe_with_packets
     from dalivssl.data.probe import probe
     from dalivssl.data.videoio import write_video
 
@@ -92,14 +97,16 @@ def _prepare_one(job: dict) -> tuple[str, list[dict] | str]:
     out_root = Path(job["out"])
     src = Path(job["src"])
     done = out_root / DONE_DIR / (rec.path + ".json")
-    if done.is_file():
-        return rec.path, json.loads(done.read_text())
+    if done.is_file():  # finished by an earlier run: only its packet indexes are re-read
+        rows = json.loads(done.read_text())
+        return rec.path, rows, [_packets_of(out_root / r["path"]) for r in rows]
     suffix = CODECS[job["codec"]][0]
     stem = Path(rec.path).with_suffix("")
     seg_n = job["segment_frames"]
     # the encoder wants a rational rate: 29.97 -> 2997/100
     fps = Fraction(job["fps"] or 25).limit_denominator(1001)
     written: list[Path] = []
+    indexes = []
     try:
         probe(src)  # missing / empty / not a video / truncated: the canonical one-line reason
         start = rec.start_frame if seg_n else 0
@@ -113,13 +120,15 @@ def _prepare_one(job: dict) -> tuple[str, list[dict] | str]:
             tmp = final.with_name(final.stem + ".partial" + suffix)
             write_video(tmp, seg, fps=fps, codec=job["codec"], gop=job["gop"],
                         threads=job["threads"])
-            info = probe(tmp)
+            info = probe_with_packets(tmp)
             if info["num_frames"] != len(seg):
                 raise VideoError(src, f"re-encoded segment {i} holds {info['num_frames']} "
                                       f"frames, {len(seg)} were written")
             os.replace(tmp, final)
             written.append(final)
+            indexes.append(info["packets"])
             d = rec.to_json()
+            d.pop("packets", None)  # a row of the source manifest's sidecar
             d.update(path=rel, num_frames=len(seg), fps=info["fps"], width=info["width"],
                      height=info["height"], codec=info["codec"],
                      video_id=rec.video_id or Path(rec.path).stem)
@@ -137,12 +146,21 @@ def _prepare_one(job: dict) -> tuple[str, list[dict] | str]:
         for p in out_root.glob(f"{stem}*.partial{suffix}"):
             p.unlink(missing_ok=True)
         reason = exc.reason if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}"
-        return rec.path, reason.splitlines()[0] if reason else "failed"
+        return rec.path, reason.splitlines()[0] if reason else "failed", []
     done.parent.mkdir(parents=True, exist_ok=True)
     tmp = done.with_name(done.name + ".tmp")
     tmp.write_text(json.dumps(rows))
     os.replace(tmp, done)
-    return rec.path, rows
+    return rec.path, rows, indexes
+
+
+def _packets_of(path: Path):
+    from dalivssl.data.index import probe_with_packets
+
+    try:
+        return probe_with_packets(path)["packets"]
+    except VideoError:
+        return None
 
 
 def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | None = 128,
@@ -171,14 +189,18 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
              "codec": codec, "short_side": short_side, "gop": gop,
              "segment_frames": segment_frames, "fps": r.fps,
              "threads": 1 if n_workers > 1 else None} for r in manifest.records]
-    records, failures = [], []
-    for path, res in parallel.run(_prepare_one, jobs, n_workers, progress, "prepare"):
+    records, failures, indexes = [], [], []
+    for path, res, packets in parallel.run(_prepare_one, jobs, n_workers, progress, "prepare"):
         if isinstance(res, str):
             failures.append((path, res))
-        else:
-            records += [VideoRecord.from_json(d) for d in res]
+            continue
+        for d, ix in zip(res, packets):
+            row = -1 if ix is None else len(indexes)
+            records.append(VideoRecord.from_json({**d, "packets": row}))
+            if ix is not None:
+                indexes.append(ix)
     meta = {**manifest.meta, "prepared": {"codec": codec, "short_side": short_side, "gop": gop,
                          "segment_frames": segment_frames, "source_root": str(manifest.root)}}
-    new = Manifest(out, records, list(manifest.classes), meta)
+    new = Manifest(out, records, list(manifest.classes), meta, packets=indexes)
     path = save_manifest(new, out / "manifest.jsonl")
     return new, failures, path

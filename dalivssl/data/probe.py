@@ -22,14 +22,15 @@ REASONS = (MISSING, EMPTY, NOT_VIDEO, CORRUPT, NO_STREAM)
 
 
 
-def probe(path: str | os.PathLike, exact: bool = False) -> dict:
+def probe(path: str | os.PathLike, exact: bool = False, on_packet=None) -> dict:
     """Return dict(num_frames, fps, width, height, codec, pix_fmt) of the first video stream of
     ``path`` (pix_fmt: FFmpeg's name, e.g. 'yuv420p'; the GPU decoder needs 8-bit 4:2:0).
 
     num_frames counts demuxed video packets (``exact=False``) or decoded frames (``exact=True``).
     Raises VideoError(path, reason) when the file is missing, empty, not a video, has no video
     stream, or is truncated/corrupt (demux or decode error, no frames, or fewer frames than the
-    container's duration promises).
+    container's duration promises). ``on_packet(packet)``, when given, sees every non-empty
+    video packet in decode order (the packet index is recorded in the same pass).
     """
     import av
 
@@ -54,7 +55,13 @@ def probe(path: str | os.PathLike, exact: bool = False) -> dict:
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         pix_fmt = str(getattr(ctx, "pix_fmt", "") or "") if ctx is not None else ""
         try:
-            if exact:
+            if exact and on_packet is not None:
+                n = 0
+                for packet in container.demux(stream):
+                    if packet.size:
+                        on_packet(packet)
+                    n += len(packet.decode())  # the empty flush packet drains the decoder
+            elif exact:
                 stream.thread_type = "AUTO"
                 n = sum(1 for _ in container.decode(stream))
             else:
@@ -64,6 +71,8 @@ def probe(path: str | os.PathLike, exact: bool = False) -> dict:
                     if packet.size == 0:  # flush packet at end of stream
                         continue
                     n += 1
+                    if on_packet is not None:
+                        on_packet(packet)
                     if packet.pts is not None:
                         last_pts = packet.pts if last_pts is None else max(last_pts, packet.pts)
         except av.error.FFmpegError as exc:

@@ -258,7 +258,7 @@ def render(cls: str, frames: int, size: int, rng: np.random.Generator) -> tuple[
 # ------------------------------------------------------------------------------------- generation
 def _make_one(job: tuple) -> dict:
     """Worker: render, encode and probe one video. Returns the record as a dict."""
-    from dalivssl.data.probe import probe
+    from dalivssl.data.index import probe_with_packets
     from dalivssl.data.videoio import write_video
 
     root, rel, cls, label, split, frames, size, fps, seed, index = job
@@ -266,14 +266,15 @@ def _make_one(job: tuple) -> dict:
     pix, info = render(cls, frames, size, rng)
     path = Path(root) / rel
     write_video(path, pix, fps=fps, codec="vp9", threads=1)
-    meta = probe(path)
+    meta = probe_with_packets(path)
     if meta["num_frames"] != frames:  # the manifest must speak what the decoder sees
         raise DalivsslError(f"{path}: wrote {frames} frames but the file holds "
                             f"{meta['num_frames']}")
     return {"path": rel, "num_frames": meta["num_frames"], "label": label, "class_name": cls,
             "split": split, "fps": meta["fps"], "width": meta["width"],
             "height": meta["height"], "codec": meta["codec"],
-            "video_id": Path(rel).stem, "extra": {**info, "pix_fmt": meta["pix_fmt"]}}
+            "video_id": Path(rel).stem, "extra": {**info, "pix_fmt": meta["pix_fmt"]},
+            "packets": meta["packets"]}
 
 
 def plan_videos(videos: int, classes: int, test_fraction: float = 0.25) -> list[tuple[int, str]]:
@@ -313,10 +314,13 @@ def generate(out_dir, videos: int = DEFAULT.videos, classes: int = DEFAULT.class
     if workers is None and frames * size * size * len(jobs) < 3_000_000:
         workers = 1  # tiny datasets: a process pool costs more than it saves
     rows = parallel.run(_make_one, jobs, workers, progress, "synth")
+    indexes = [r.pop("packets") for r in rows]
+    for i, r in enumerate(rows):
+        r["packets"] = i if indexes[i] is not None else -1  # row in the sidecar
     records = [VideoRecord.from_json(r) for r in rows]
     meta = {"synth": {"videos": videos, "classes": classes, "frames": frames, "size": size,
                       "seed": seed, "fps": fps}}
-    full = Manifest(out, records, list(names), meta)
+    full = Manifest(out, records, list(names), meta, packets=indexes)
     paths = {"train": save_manifest(full.split("train"), out / "train.jsonl"),
              "test": save_manifest(full.split("test"), out / "test.jsonl"),
              "all": save_manifest(full, out / "all.jsonl")}

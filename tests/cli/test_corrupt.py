@@ -64,7 +64,7 @@ def test_corrupt_bad_input_is_one_line_exit_2(tmp_path, capsys, make_video):
     assert _run(["corrupt", str(garbage), str(tmp_path / "o.webm"), "--noise", "shot",
                  "--severity", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and str(garbage) in err and "cannot decode" in err
+    assert err.startswith("error:") and str(garbage) in err and "not a video" in err
     assert "Traceback" not in err
 
     src = make_video(8, size=(64, 64))
@@ -76,3 +76,15 @@ def test_corrupt_bad_input_is_one_line_exit_2(tmp_path, capsys, make_video):
                  "--severity", "2"]) == 2
     assert _run(["corrupt", str(src), str(tmp_path / "o.webm"), "--noise", "shot",
                  "--severity", "7"]) == 2
+
+
+def test_corrupt_refuses_a_truncated_input(tmp_path, capsys, make_video):
+    src = make_video(48, size=(64, 64), seed=5)
+    cut = tmp_path / "cut.webm"
+    data = src.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "o.webm"
+    assert _run(["corrupt", str(cut), str(out), "--noise", "shot", "--severity", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "truncated or corrupt" in err and str(cut) in err
+    assert not out.exists()

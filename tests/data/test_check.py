@@ -128,3 +128,13 @@ def test_gpu_decode_check_h264(tmp_path, make_video):
     src = make_video(10, size=(48, 64), codec="h264")
     m = one(tmp_path, src.name, src, frames=10)
     assert check_manifest(m, device="gpu", decode=True) == []
+
+
+def test_packet_index_that_no_longer_fits_its_file(tmp_path, good, make_video):
+    from dalivssl.data.index import update_packets
+
+    m, _ = update_packets(one(tmp_path, "ok.webm", good))
+    assert check_manifest(m) == []
+    other = make_video(24, size=(48, 64), seed=12)  # same frame count, other bytes
+    shutil.copyfile(other, m.abspath(m.records[0]))
+    assert "file changed since its packet index was recorded" in reason(m)

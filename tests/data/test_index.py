@@ -200,3 +200,30 @@ def test_cli_index(clips, tmp_path):
     m = load_manifest(out)
     assert {(r.path, r.num_frames) for r in m} == {("a/x.webm", 8), ("b/y.webm", 10)}
     assert m.root == root.resolve()
+    # the packet index comes from the same pass: a sidecar beside the manifest, one row a video
+    assert out.with_name("m.packets.npz").is_file()
+    for r in m:
+        ix = m.packet_index(r)
+        assert ix.num_frames == r.num_frames and ix.keyframes()[0] == 0
+
+
+def test_cli_index_update_adds_the_packet_index(clips, tmp_path):
+    from dalivssl.cli import cli
+    from dalivssl.data.manifest import Manifest, VideoRecord, save_manifest
+
+    root = tmp_path / "ds"
+    put(clips, root, "a/x.webm", 0)
+    put(clips, root, "b/y.webm", 1)
+    old = tmp_path / "old.jsonl"  # an older manifest: no sidecar, one wrong frame count
+    save_manifest(Manifest(root, [VideoRecord("a/x.webm", 8), VideoRecord("b/y.webm", 11)], []),
+                  old)
+    assert load_manifest(old).packet_index(load_manifest(old).records[0]) is None
+    res = CliRunner().invoke(cli, ["data", "index", "--update", str(old), "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "b/y.webm: manifest says 11 frames, the file holds 10: updated" in res.output
+    assert "packet index for 2 of 2 videos" in res.output
+    m = load_manifest(old)
+    assert [r.num_frames for r in m] == [8, 10]
+    assert [m.packet_index(r).num_frames for r in m] == [8, 10]
+    res = CliRunner().invoke(cli, ["data", "index", "--update", str(old), "--format", "folders"])
+    assert res.exit_code == 2 and "takes no ROOT or --format" in res.output

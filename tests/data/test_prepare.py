@@ -65,6 +65,10 @@ def test_segments_sum_to_source_and_keep_frame_order(src, tmp_path):
     assert [r.extra["source_start"] for r in segs] == [0, 16, 32]
     assert {r.extra["source"] for r in segs} == {"a/x.webm"}
     assert [r.num_frames for r in new if r.video_id == "z"] == [20]  # 16 + tail 4 < 8
+    # every segment has its packet index, recorded by the probe that counted its frames
+    m = load_manifest(tmp_path / "out" / "manifest.jsonl")
+    for r in m:
+        assert m.packet_index(r).num_frames == r.num_frames
     assert all(r.label == 1 and r.split == "test" for r in new if r.video_id == "y")
     # frame j of segment i is source frame source_start + j (compare through both codecs)
     source = decode_frames(src.abspath(src[0])).astype(np.float32)
@@ -92,6 +96,9 @@ def test_resume_skips_finished_videos(src, tmp_path):
     second, failures, _ = prepare(src, out, short_side=32)
     assert failures == []
     assert second.records == first.records
+    # resumed videos get their packet index too (re-read from the finished files)
+    m = load_manifest(out / "manifest.jsonl")
+    assert [m.packet_index(r).num_frames for r in m] == [r.num_frames for r in m]
     assert (out / "a" / "x.webm").stat().st_mtime_ns == stamps[out / "a" / "x.webm"]
     assert (out / "b" / "z.webm").stat().st_mtime_ns == stamps[out / "b" / "z.webm"]
     assert (out / "b" / "y.webm").is_file()

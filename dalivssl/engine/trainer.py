@@ -384,7 +384,7 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
         "epochs": res.step / max(1, len(loader)), "first_loss": first, "final_loss": last,
         "wall_s": res.wall_s, "clips_per_s": res.items_per_s, "data_wait": res.data_wait,
         "metrics": res.metrics, "checkpoint": str(run_dir / ck.CKPT_NAME),
-        "world_size": dist.world, "skipped": loader.skipped,
+        "world_size": dist.world, "skipped": loader.skipped, "short_videos": loader.short,
     }
     # every rank's weights must agree after DDP; record a checksum per rank
     checksum = float(sum(p.detach().double().sum() for p in model.backbone.parameters()))

@@ -126,7 +126,7 @@ def _decode_worker(device: str, device_id: int | None) -> int:
     """Child side of :func:`dali_decode_check`: (path, num_frames) JSON lines on stdin, one
     {"why": reason or null} line per file on stdout; stops after the first failure (a failed
     DALI pipeline is dead, and destroying it while another runs invalidates that one too)."""
-    pipe = _decode_pipeline(device, device_id)
+    pipe = decode_pipeline(device, device_id)
     for line in sys.stdin:
         path, num_frames = json.loads(line)
         data = np.fromfile(path, dtype=np.uint8)
@@ -157,7 +157,9 @@ def _dali_reason(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
-def _decode_pipeline(device: str, device_id: int | None = None):
+def decode_pipeline(device: str, device_id: int | None = None):
+    """One-file DALI decode pipeline (pad_mode 'none'): feed ``enc`` bytes and ``frames``; used
+    by the decode check and doctor's decode matrix."""
     from nvidia.dali import fn, pipeline_def, types
 
     # prefetch 1: each run() consumes exactly the one file fed before it

@@ -265,6 +265,7 @@ def _child(backend: str, device_id: int) -> int:
     """Decode the (path, n) JSON lines of stdin with DALI on ``backend``; print one result line
     each. A pipeline that raised is kept referenced (destroying it while another runs
     invalidates that one) and a fresh one is built; there are at most a few dozen cells."""
+    from dalivssl.data.check import decode_pipeline
     from dalivssl.data.videoio import decode_frames
 
     dead, pipe = [], None
@@ -273,7 +274,7 @@ def _child(backend: str, device_id: int) -> int:
         t0 = time.perf_counter()
         try:
             if pipe is None:
-                pipe = _pipeline(backend, device_id)
+                pipe = decode_pipeline(backend, device_id)
             pipe.feed_input("enc", [np.fromfile(job["path"], dtype=np.uint8)])
             pipe.feed_input("frames", [np.arange(job["n"], dtype=np.int32)])
             (out,) = pipe.run()
@@ -310,22 +311,6 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict:
         return {"status": "BAD", "detail": f"mean |DALI-PyAV| {own:.1f} > {MAX_MEAN_ABS}",
                 "mean_abs": round(own, 2)}
     return {"status": "OK", "detail": "", "mean_abs": round(own, 2)}
-
-
-def _pipeline(backend: str, device_id: int):
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=1, num_threads=1, prefetch_queue_depth=1,
-                  device_id=device_id if backend == "gpu" else None)
-    def pipe():
-        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
-        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        return fn.decoders.video(enc, device="mixed" if backend == "gpu" else "cpu",
-                                 frames=frames, pad_mode="none")
-
-    p = pipe()
-    p.build()
-    return p
 
 
 if __name__ == "__main__":

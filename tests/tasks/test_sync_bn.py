@@ -48,6 +48,7 @@ def _worker(rank, init, name, out):
         torch.save({"n_sync": count_sync_batchnorm(model), "bn": first_bn,
                     "cls": type(bn).__name__, "running_mean": bn.running_mean.clone(),
                     "grads": [p.grad for p in model.parameters()]}, f"{out}.{rank}")
+        dist.barrier()  # both ranks done with every collective before the group is torn down
     finally:
         dist.destroy_process_group()
 

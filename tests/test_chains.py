@@ -184,3 +184,20 @@ def test_every_command_refuses_an_unwritable_out_before_work(chain, tmp_path):
         assert len(errors) == 1 and "not writable" in errors[0], name
         assert "Traceback" not in r.stderr, name
         assert time.perf_counter() - t0 < 30, name  # failed before the work, not after
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "synth", "{bad}/s", "--videos", "3", "--classes", "3"],
+    ["data", "subset", "{all}", "--sizes", "3", "-o", "{bad}/sub"],
+    ["data", "index", "{videos}", "--format", "folders", "-o", "{bad}/i.jsonl"],
+    ["data", "prepare", "{train}", "{bad}/prep"],
+])
+def test_data_commands_refuse_an_unwritable_out_in_one_line(argv, tiny_synth, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    subs = {"bad": str(blocker), "all": str(tiny_synth["all"]), "train": str(tiny_synth["train"]),
+            "videos": str(Path(tiny_synth["all"]).parent / "videos")}
+    r = _dalivssl(*[a.format(**subs) for a in argv])
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+    assert len(r.stderr.strip().splitlines()) == 1 and str(blocker) in r.stderr

@@ -80,5 +80,10 @@ def main(argv=None):
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # the file system refused (unwritable --out, a path through a file, disk full): one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        sys.exit(2)
     # commands return None or an int exit code (e.g. `data check` reports problems with 1)
     sys.exit(rv if isinstance(rv, int) else 0)

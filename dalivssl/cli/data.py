@@ -52,6 +52,7 @@ def index(root, fmt, split, annotations, output, update, workers, exact):
     loader decode only the GOPs a clip needs. ``--update MANIFEST`` adds the packet index to an
     existing manifest (older manifests work without one, decoding from frame 0)."""
     from dalivssl.data.manifest import save_manifest
+    from dalivssl.record import check_writable
 
     if update is not None:
         from dalivssl.data.index import update_packets
@@ -59,8 +60,9 @@ def index(root, fmt, split, annotations, output, update, workers, exact):
 
         if root is not None or fmt is not None:
             raise click.UsageError("--update MANIFEST takes no ROOT or --format")
-        manifest, problems = update_packets(load_manifest(update), workers=workers, progress=True)
         out = output or update
+        check_writable(Path(out).parent)  # before probing every video
+        manifest, problems = update_packets(load_manifest(update), workers=workers, progress=True)
         save_manifest(manifest, out)
         _report(problems, "index --update")
         n = sum(r.packets >= 0 for r in manifest)
@@ -72,6 +74,7 @@ def index(root, fmt, split, annotations, output, update, workers, exact):
     from dalivssl.data.adapters import IndexOptions
     from dalivssl.data.index import index_dataset
 
+    check_writable(Path(output).parent)  # before probing every video
     manifest, failures = index_dataset(root, fmt, IndexOptions(split, tuple(annotations)),
                                        exact=exact, workers=workers, progress=True)
     save_manifest(manifest, output)

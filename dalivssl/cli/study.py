@@ -146,7 +146,8 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
                                   wait_jobs=executor != "slurm" if wait is None else wait,
                                   say=say)
     total = len(p.runs)
-    unfinished = len(res.submitted) - len(res.ran) - len(res.failed) - len(res.blocked)
+    # submitit jobs still queued or running (the local executor submits nothing: waits for all)
+    unfinished = max(0, len(res.submitted) - len(res.ran) - len(res.failed) - len(res.blocked))
     click.echo(f"{p.study.name}: {res.done_before + len(res.ran)}/{total} runs done"
                f" ({len(res.ran)} now, {res.done_before} before)"
                + (f"; {unfinished} submitted, not finished (`dalivssl study plan "

@@ -98,7 +98,6 @@ class FinetuneConfig:
     device: str = "auto"
     threads: int = 2
     pretrained: str | None = None  # checkpoint path, None = random init
-    pretrained_hash: str | None = None
     ckpt_every: int = 50
     log_every: int = 5
     progress: bool = True

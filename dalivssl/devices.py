@@ -127,6 +127,15 @@ def resolve_device(name: str = "auto", env=None) -> Device:
                   f"{name}: GPU {idx} ({gpu}), NVDEC reachable", requested=name, gpu=gpu)
 
 
+def announce(name: str | None = "auto") -> Device:
+    """:func:`resolve_device` for a command: the choice and its reason go to stderr once."""
+    from dalivssl.console import stderr_console
+
+    dev = resolve_device(name or "auto")
+    stderr_console().print(f"device: {dev.reason}", highlight=False)
+    return dev
+
+
 def dali_threads(device, requested: int | None = None) -> int:
     """DALI's thread count (its own setting, apart from torch's): ``requested`` when given, else
     8 on GPU (parallel NVDEC sessions) and 2 on CPU."""

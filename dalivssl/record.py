@@ -12,7 +12,8 @@ Rules that make chained commands honest (DESIGN.md §8):
 * settings of a model come from its record through :func:`resolve_clip` (record + explicit
   overrides); an override that contradicts the record is stated on screen; no command keeps a
   fallback of its own;
-* caches and resumable results are keyed on content (:func:`content_key`), never on paths alone;
+* caches and resumable results are keyed on content (:func:`file_hash`, :func:`manifest_hash`),
+  never on paths alone;
 * a run dir is used by one process at a time (:class:`RunLock`), refuses an existing run without
   ``--resume``/``--overwrite`` (:func:`open_run_dir`), and ``--resume`` refuses settings it cannot
   honour (:func:`check_resumable`).
@@ -29,13 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalivssl.errors import DalivsslError
+from pipelines.types import NORMALIZE_MODES
 
 RECORD_VERSION = 1
 RECORD_FILE = "record.json"
 LOCK_FILE = ".lock"
-KINDS = ("pretrain", "finetune", "probe", "distill", "retrieval", "robustness", "cka", "logits",
-         "features")
-NORMALIZE_MODES = ("imagenet", "unit")
 # last-resort clip settings for a model no record describes (random init): the paper's 16 frames
 # and the CPU size; every command uses these same values
 DEFAULT_CLIP_LEN = 16
@@ -99,6 +98,10 @@ class RunRecord:
     def replace(self, **changes) -> "RunRecord":
         return dataclasses.replace(self, **changes)
 
+    def marked(self, complete: bool) -> "RunRecord":
+        """This record with status 'complete' or 'running'."""
+        return dataclasses.replace(self, status="complete" if complete else "running")
+
     def describe(self) -> str:
         """One line for plot titles and logs: name, data and input settings."""
         data = Path(self.data).name if self.data else "synthetic"
@@ -147,12 +150,6 @@ def manifest_hash(manifest) -> str:
     return h.hexdigest()[:16]
 
 
-def content_key(**parts) -> str:
-    """A short key over JSON-able ``parts`` (a cache's or a resumable result's identity)."""
-    blob = json.dumps(parts, sort_keys=True, default=_plain)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
 def versions() -> dict:
     """Library versions worth recording next to weights (metadata only: DALI is not imported)."""
     from importlib import metadata
@@ -171,16 +168,21 @@ def versions() -> dict:
     return out
 
 
-def decoder_name(device: str, decoder: str = "dali") -> str:
-    """'dali-cpu' | 'dali-mixed' | 'pyav': what decoded the frames (GPU: NVDEC via DALI mixed)."""
-    if decoder == "pyav":
-        return "pyav"
-    return "dali-mixed" if device in ("gpu", "cuda") or str(device).startswith("cuda") else "dali-cpu"
-
-
-def data_identity(path, manifest) -> tuple[str | None, str]:
-    """(absolute manifest path or None for the embedded dataset's in-cache file, content hash)."""
-    return (str(Path(path).resolve()) if path else None), manifest_hash(manifest)
+def new_record(kind: str, name: str, *, data_path, manifest, device: str = "cpu",
+               decoder: str = "dali", parents=(), **fields) -> RunRecord:
+    """A 'running' record with what every command fills in the same way: the data's identity
+    (the manifest file it read — the embedded dataset's too — and its content hash), the device
+    ('cpu' | 'gpu', from a dalivssl or torch device name), the decoder ('dali-cpu' |
+    'dali-mixed' | 'pyav'), the package versions, and the lineage: ``parents`` (the files the
+    run started from) by absolute path and content hash, ';'-joined when several."""
+    gpu = str(device).split(":")[0] in ("gpu", "cuda")
+    parents = [p for p in parents if p]
+    return RunRecord(kind=kind, name=name, data=str(Path(data_path).resolve()),
+                     data_hash=manifest_hash(manifest), device="gpu" if gpu else "cpu",
+                     decoder="pyav" if decoder == "pyav" else "dali-mixed" if gpu else "dali-cpu",
+                     versions=versions(),
+                     parent=";".join(str(Path(p).resolve()) for p in parents) or None,
+                     parent_hash=";".join(file_hash(p) for p in parents) or None, **fields)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -230,11 +232,6 @@ def read_run_record(run_dir) -> RunRecord | None:
         raise DalivsslError(f"{p}: unreadable run record ({exc})") from None
 
 
-def is_complete(run_dir) -> bool:
-    rec = read_run_record(run_dir)
-    return rec is not None and rec.status == "complete"
-
-
 def write_run_record(run_dir, record: RunRecord) -> Path:
     """Write ``record.json`` atomically (a reader sees the old or the new file)."""
     p = Path(run_dir) / RECORD_FILE
@@ -265,16 +262,17 @@ def resolve_clip(record: RunRecord | None, overrides: dict | None = None, say=No
     return out
 
 
+# record fields a resume can be checked on (the rest: the command's settings)
+_IDENTITY = {f.name for f in dataclasses.fields(RunRecord)} - {"name", "settings", "status",
+                                                                "versions", "version"}
+
+
 def check_resumable(old: RunRecord, new: RunRecord, keys, where) -> list[str]:
     """Refuse a resume whose settings differ from the stored run in ``keys`` (settings keys, or
     record fields such as 'data_hash'); returns the harmless differences (e.g. more steps) for
     the caller to state."""
     def get(rec, k):
-        if k in ("data_hash", "arch", "task", "device", "seed", "kind"):
-            return getattr(rec, k)
-        if k == "clip":
-            return rec.clip.as_dict()
-        return rec.settings.get(k)
+        return getattr(rec, k) if k in _IDENTITY else rec.settings.get(k)
 
     bad = [f"{k}: {get(old, k)!r} → {get(new, k)!r}" for k in keys if get(old, k) != get(new, k)]
     if bad:

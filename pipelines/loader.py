@@ -22,11 +22,11 @@ import os
 import numpy as np
 
 from pipelines.augment import graph_keys, param_arrays
-from pipelines.types import IMAGENET_MEAN, IMAGENET_STD, Batch, ClipPlan, sample_rng
+from pipelines.types import (IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_MODES, Batch, ClipPlan,
+                             sample_rng)
 
 log = logging.getLogger(__name__)
 
-NORMALIZE_MODES = ("imagenet", "unit")
 _PERM_TAG = 0x5EED  # spawn key of the epoch permutation stream (distinct from sample streams)
 
 

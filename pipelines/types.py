@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 # ImageNet per-channel RGB statistics on the [0,1] scale ('imagenet' normalisation of the tasks)
+NORMALIZE_MODES = ("imagenet", "unit")  # input normalisations (loader.normalize_clips)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -292,7 +292,7 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dalivssl.engine.trainer import make_optimizer
     from models import create_backbone
 
-    from dalivssl.cli.options import device as resolve_device
+    from dalivssl.devices import announce as resolve_device
 
     dev = resolve_device(cfg.device)
     cfg = replace(cfg, device=dev.name)
@@ -311,33 +311,28 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     first = t_models[0].record if t_models else None
     clip = rec.resolve_clip(first, dict(clip_len=cfg.clip_len, size=cfg.size,
                                         normalize=cfg.normalize), say=_say)
-    name = cfg.name or f"kd_{cfg.arch}_from_" + "+".join(
-        [t.record.name for t in t_models] + [Path(p).stem for p in cfg.teacher_logits]) \
-        if (t_models or t_files) else cfg.name or f"sup_{cfg.arch}"
+    sources = [t.record.name for t in t_models] + [Path(p).stem for p in cfg.teacher_logits]
+    name = cfg.name or (f"kd_{cfg.arch}_from_{'+'.join(sources)}" if sources
+                        else f"sup_{cfg.arch}")
     cfg = replace(cfg, name=name, clip_len=clip.clip_len, size=clip.size,
                   normalize=clip.normalize)
     out = Path(out or Path("runs/distill") / name)
     lock = rec.open_run_dir(out, ck.CKPT_NAME, resume, overwrite)
     try:
         torch.set_num_threads(cfg.threads)
-        data, dhash = rec.data_identity(cfg.data and data_path, manifest)
-        parents = [(t.path, rec.file_hash(t.path)) for t in t_models] + [
-            (str(p), rec.file_hash(p)) for p in cfg.teacher_logits]
         from dalivssl.config import to_dict
 
-        record = rec.RunRecord(
-            kind="distill", name=name, arch=cfg.arch, clip=clip, data=data, data_hash=dhash,
-            device=cfg.device, decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
-            versions=rec.versions(), parent=";".join(p for p, _ in parents) or None,
-            parent_hash=";".join(h for _, h in parents) or None,
-            settings={**to_dict(cfg), "teacher_hashes": [h for _, h in parents],
-                      "device_info": dev.record()})
+        teachers = [t.path for t in t_models] + list(cfg.teacher_logits)
+        record = rec.new_record(
+            "distill", name, data_path=data_path, manifest=manifest, device=cfg.device,
+            parents=teachers, arch=cfg.arch, clip=clip, seed=cfg.seed,
+            settings={**to_dict(cfg), "device_info": dev.record()})
         ckpt_path = out / ck.CKPT_NAME
         old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
         if old is not None:
             rec.check_resumable(rec.record_of(old), record,
                                 ("arch", "data_hash", "clip", "seed", "batch_size", "lr",
-                                 "temperature", "alpha", "teacher_hashes"), ckpt_path)
+                                 "temperature", "alpha", "parent_hash"), ckpt_path)
         seed_all(cfg.seed)
         student = Classifier(create_backbone(cfg.arch), len(classes)).to(tdev)
         from dalivssl.analysis.features import check_input_size
@@ -359,8 +354,8 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
 
         save_yaml(cfg, out / "config.yaml")  # replay: dalivssl distill --config …
 
-        def fields():
-            return checkpoint_fields(student, record, classes, cfg)
+        def fields(final: bool) -> dict:
+            return checkpoint_fields(student, record.marked(final), classes, cfg)
 
         res = fit(task, loader, optimizer, scheduler,
                   FitConfig(total_steps=total, label=f"distill {name}", log_name="losses.csv",
@@ -372,9 +367,9 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
                                   num_threads=cfg.threads, where=str(eval_path))
         acc, n_eval = accuracy(student, test_loader, clip.normalize, tdev)
         teacher_acc = {t.record.name: teacher_accuracy(t, test_loader)[0] for t in t_models}
-        record = record.replace(status="complete")
+        record = record.marked(True)
         _write_distill(out, record, cfg, res.history, acc, n_eval, eval_path, teacher_acc,
-                       [p for p, _ in parents], dict(getattr(test_loader, "skipped", {})))
+                       teachers, dict(getattr(test_loader, "skipped", {})))
         rec.write_run_record(out, record)
     finally:
         lock.release()

@@ -56,7 +56,7 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
     from dalivssl.engine.checkpoint import load_backbone
     from dalivssl.results import ResultsFile
 
-    from dalivssl.cli.options import device as resolve_device
+    from dalivssl.devices import announce as resolve_device
 
     dev = resolve_device(device)
     device, seed, threads = dev.name, seed or 0, threads or 2
@@ -100,13 +100,9 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
                           batches=batches, device=device, progress=rep.update)
         finally:
             rep.close()
-        dpath, dhash = rec.data_identity(data and manifest_path, manifest)
-        record = rec.RunRecord(
-            kind="cka", name=name, arch=records[0].arch, clip=clips[0], data=dpath,
-            data_hash=dhash, device=device, decoder=rec.decoder_name(device), seed=seed,
-            versions=rec.versions(), parent=";".join(str(Path(p).resolve()) for p in checkpoints),
-            parent_hash=";".join(rec.file_hash(p) for p in checkpoints),
-            settings=dict(batch_size=batch_size, batches=batches, models=names,
+        record = rec.new_record(
+            "cka", name, data_path=manifest_path, manifest=manifest, device=device,
+            parents=checkpoints, arch=records[0].arch, clip=clips[0], seed=seed, settings=dict(batch_size=batch_size, batches=batches, models=names,
                           normalize=[c.normalize for c in clips]), status="complete")
         _write(out, res, record, names, records, checkpoints)
         rec.write_run_record(out, record)

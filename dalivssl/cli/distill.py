@@ -89,7 +89,7 @@ def export_logits(checkpoint, data, output, clips, batch_size, device):
     from dalivssl import record as rec
     from dalivssl.engine.finetune import load_classifier
 
-    from dalivssl.cli.options import device as resolve_device
+    from dalivssl.devices import announce as resolve_device
 
     dev = resolve_device(device)
     device, tdev = dev.name, dev.torch

@@ -95,8 +95,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         backbone, ckpt = load_backbone(checkpoint, arch=arch, device="cpu")
         parent = rec.record_of(ckpt, checkpoint)
         arch, backbone_kwargs = ckpt["arch"], dict(ckpt.get("backbone_kwargs") or {})
-        cfg = replace(cfg, pretrained=str(Path(checkpoint).resolve()),
-                      pretrained_hash=rec.file_hash(checkpoint))
+        cfg = replace(cfg, pretrained=str(Path(checkpoint).resolve()))
     else:
         from models import create_backbone
 
@@ -105,15 +104,13 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
                             say=lambda s: console.print(s, highlight=False))
     from dalivssl.analysis.features import check_input_size
-    from dalivssl.cli.options import device as resolve_device
 
     check_input_size(backbone, clip.clip_len, clip.size, arch)
-    dev = resolve_device(cfg.device)
     cfg = replace(cfg, arch=arch, clip_len=clip.clip_len, size=clip.size,
-                  normalize=clip.normalize, device=dev.torch)
-    if cfg.name is None:
-        kind = "probe" if cfg.linear_probe else "ft"
-        cfg = replace(cfg, name=f"{kind}_{parent.name}" if parent else f"{kind}_scratch_{arch}")
+                  normalize=clip.normalize)
+    from dalivssl.engine.finetune import default_name
+
+    cfg = replace(cfg, name=cfg.name or default_name(cfg, parent))
     out = Path(out or Path("runs/finetune") / cfg.name)
     console.print(f"{cfg.name}: {cfg.arch} at {clip.clip_len}×{clip.size}² {clip.normalize}, "
                   f"{'linear probe' if cfg.linear_probe else 'finetune'}"

@@ -53,12 +53,3 @@ def run_options(fn):
                      help="No progress bar or periodic lines (the summary is still printed)."),
     )(fn)
 
-
-def device(name: str | None):
-    """Resolve --device (auto | cpu | gpu) once and state the choice on stderr."""
-    from dalivssl.console import stderr_console
-    from dalivssl.devices import resolve_device
-
-    dev = resolve_device(name or "auto")
-    stderr_console().print(f"device: {dev.reason}", highlight=False)
-    return dev

@@ -73,7 +73,7 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     import torch
 
     from dalivssl.analysis.retrieval import run_retrieval
-    from dalivssl.cli.options import device as resolve_device
+    from dalivssl.devices import announce as resolve_device
 
     torch.set_num_threads(threads)
     console = stderr_console()
@@ -103,14 +103,10 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     out = Path(out or Path("runs/retrieve") / name)
     lock = rec.open_run_dir(out, "retrieval.h5", resume, overwrite)
     try:
-        tpath, thash = rec.data_identity(train, load_manifest(train))
-        record = rec.RunRecord(
-            kind="retrieval", name=name, arch=arch, task=parent.task if parent else None,
-            clip=clip, data=tpath, data_hash=thash, device=device,
-            decoder=rec.decoder_name(device), seed=seed, versions=rec.versions(),
-            parent=str(Path(checkpoint).resolve()) if checkpoint else None,
-            parent_hash=rec.file_hash(checkpoint) if checkpoint else None,
-            settings={**settings, "topk": list(ks), "test": str(Path(test).resolve()),
+        record = rec.new_record(
+            "retrieval", name, data_path=train, manifest=load_manifest(train), device=device,
+            parents=[checkpoint], arch=arch, task=parent.task if parent else None, clip=clip,
+            seed=seed, settings={**settings, "topk": list(ks), "test": str(Path(test).resolve()),
                       "test_hash": rec.manifest_hash(load_manifest(test))}, status="complete")
         res = run_retrieval(backbone, arch, checkpoint, train, test, settings, ks, out_dir=out,
                             device=tdev, batch_size=batch_size, cache_dir=cache_dir,

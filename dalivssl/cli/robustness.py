@@ -71,7 +71,7 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.results import ResultsFile
 
-    from dalivssl.cli.options import device as resolve_device
+    from dalivssl.devices import announce as resolve_device
 
     dev = resolve_device(device)
     device, tdev = dev.name, dev.torch
@@ -134,14 +134,11 @@ def _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_p
         with ResultsFile(out_dir / "robustness.h5") as res:
             summaries = rb.run_sweep(models, make_source, res, settings, device=device,
                                      forward_clips=forward_clips, progress=progress)
-            dpath, dhash = rec.data_identity(data_arg and data, manifest)
-            record = rec.RunRecord(
-                kind="robustness", name="+".join(m.name for m in models), arch=models[0].record.arch,
-                clip=models[0].record.clip, data=dpath, data_hash=dhash, device=device,
-                decoder=rec.decoder_name(device, decoder), seed=seed, versions=rec.versions(),
-                parent=";".join(m.source for m in models),
-                parent_hash=";".join(m.checkpoint_hash for m in models),
-                settings={**settings.key(), "noises": list(noise_list),
+            record = rec.new_record(
+                "robustness", "+".join(m.name for m in models), data_path=data,
+                manifest=manifest, device=device, decoder=decoder,
+                parents=[m.source for m in models], arch=models[0].record.arch,
+                clip=models[0].record.clip, seed=seed, settings={**settings.key(), "noises": list(noise_list),
                           "severities": list(sev_list), "videos": len(manifest)},
                 status="complete")
             res.set_meta(command="robustness", data=str(data), settings=settings.key(),

@@ -33,7 +33,7 @@ LOG_NAME = "finetune_log.csv"
 # settings a resumed finetuning must share with the stored run
 RESUME_KEYS = ("arch", "data_hash", "clip", "seed", "linear_probe", "l2_norm", "batch_size", "lr",
                "optimizer", "head_lr_mult", "momentum", "weight_decay", "dropout", "flip",
-               "pretrained_hash")
+               "parent_hash")
 
 
 class Classifier(nn.Module):
@@ -124,7 +124,7 @@ def checkpoint_fields(model: Classifier, record, classes, cfg: FinetuneConfig,
                 num_classes=len(classes), classes=list(classes), clip_len=c.clip_len,
                 size=c.size, normalize=c.normalize, feature_l2_norm=model.l2_norm,
                 backbone_kwargs=dict(backbone_kwargs or {}),
-                config=to_dict(cfg) if hasattr(cfg, "__dataclass_fields__") else dict(cfg))
+                config=to_dict(cfg))
 
 
 def load_classifier(path, device="cpu"):
@@ -225,20 +225,22 @@ class BatchList:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def default_name(cfg: FinetuneConfig, parent=None) -> str:
+    """``ft_<parent run's name>`` / ``probe_<…>``, or ``ft_scratch_<arch>`` from random init."""
+    kind = "probe" if cfg.linear_probe else "ft"
+    return f"{kind}_{parent.name}" if parent is not None else f"{kind}_scratch_{cfg.arch}"
+
+
 def finetune_record(cfg: FinetuneConfig, data: FinetuneData, status: str = "running"):
     from dalivssl import record as rec
 
-    path, dhash = rec.data_identity(data.train_path, data.train)
-    _, thash = rec.data_identity(data.test_path, data.test)
-    kind = "probe" if cfg.linear_probe else "finetune"
-    return rec.RunRecord(
-        kind=kind, name=cfg.name, arch=cfg.arch,
-        clip=rec.ClipSettings(cfg.clip_len, cfg.size, cfg.normalize), data=path,
-        data_hash=dhash, device="gpu" if str(cfg.device).startswith("cuda") else "cpu",
-        decoder=rec.decoder_name(cfg.device), seed=cfg.seed,
-        versions=rec.versions(), parent=cfg.pretrained, parent_hash=cfg.pretrained_hash,
-        settings={**cfg.to_dict(), "test_data": data.test_path, "test_data_hash": thash},
-        status=status)
+    return rec.new_record(
+        "probe" if cfg.linear_probe else "finetune", cfg.name, data_path=data.train_path,
+        manifest=data.train, device=cfg.device, arch=cfg.arch,
+        clip=rec.ClipSettings(cfg.clip_len, cfg.size, cfg.normalize), seed=cfg.seed,
+        parents=[cfg.pretrained],
+        settings={**cfg.to_dict(), "test_data": data.test_path,
+                  "test_data_hash": rec.manifest_hash(data.test)}, status=status)
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -256,14 +258,18 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
 
     cfg.check()
     if cfg.device in ("auto", "cpu", "gpu"):  # a dalivssl device name: resolve to torch's
-        from dalivssl.devices import resolve_device
+        from dalivssl.devices import announce
 
-        cfg = replace(cfg, device=resolve_device(cfg.device).torch)
+        cfg = replace(cfg, device=announce(cfg.device).torch)
     if cfg.flip is None:  # stored resolved: the run's config says what the loader did
         cfg = replace(cfg, flip=data.train.flip_safe)
     if cfg.name is None:
-        origin = Path(cfg.pretrained).parent.name if cfg.pretrained else f"scratch_{cfg.arch}"
-        cfg = replace(cfg, name=f"{'probe' if cfg.linear_probe else 'ft'}_{origin}")
+        parent = None
+        if cfg.pretrained:
+            from dalivssl.engine.checkpoint import load_checkpoint
+
+            parent = rec.record_of(load_checkpoint(cfg.pretrained), cfg.pretrained)
+        cfg = replace(cfg, name=default_name(cfg, parent))
     out_dir = Path(out_dir)
     dist = distributed.setup("gpu" if str(cfg.device).startswith("cuda") else "cpu")
     lock = rec.open_run_dir(out_dir, ck.CKPT_NAME, resume, overwrite) if dist.is_main else None
@@ -316,10 +322,10 @@ def _finetune(cfg, data, backbone, out_dir, resume, train_batches, test_batches,
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(task, device_ids=[dist.local_rank] if device.type == "cuda" else None)
+        net = DDP(task, device_ids=[dist.gpu_index] if device.type == "cuda" else None)
 
-    def fields():
-        return checkpoint_fields(model, record, data.classes, cfg, backbone_kwargs)
+    def fields(final: bool) -> dict:
+        return checkpoint_fields(model, record.marked(final), data.classes, cfg, backbone_kwargs)
 
     kind = "linear probe" if cfg.linear_probe else "finetune"
     fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME,
@@ -339,26 +345,13 @@ def _finetune(cfg, data, backbone, out_dir, resume, train_batches, test_batches,
     skipped = dict(getattr(test_batches, "skipped", {}) or {})
     epochs = math.ceil(res.step / len(loader))
     results_path = out_dir / RESULTS_NAME
-    history = _read_log(out_dir / LOG_NAME)
+    # the logged rows (those of a resumed run's earlier part were read back from its CSV: str)
+    history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in res.history]
     if dist.is_main:
-        final = ck.load_checkpoint(ckpt_path)  # fit's last save: keeps the resumable state
-        final.update(record=record.replace(status="complete").to_dict(),
-                     clip_acc=result.clip_acc, video_acc=result.video_acc)
-        ck.save_checkpoint(ckpt_path, **final)
-        record = record.replace(status="complete")
+        record = record.marked(True)  # the scores go to finetune.h5, not into the checkpoint
         write_results(results_path, record, cfg, data, history, result, skipped)
         plot_finetune(out_dir / "finetune.png", record, history, result, data.classes)
         rec.write_run_record(out_dir, record)
     return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
             "step": res.step, "checkpoint": ckpt_path, "results": results_path,
             "history": history, "skipped": skipped, "name": cfg.name}
-
-
-def _read_log(path: Path) -> list[dict]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in r.items() if v not in ("", None)}
-                for r in csv.DictReader(f)]

@@ -220,7 +220,8 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     model: nn.Module, ``forward(batch) -> {'loss': scalar tensor, other scalars...}``.
     net: what to call (``model`` or its DDP wrapper). loader: iterable of Batch with
     ``state_dict``, ``epoch`` and ``__len__`` (a new epoch starts when it is exhausted).
-    checkpoint_fields: () -> the run's own checkpoint fields (kind, record, weights); ``fit`` adds
+    checkpoint_fields: (final) -> the run's own checkpoint fields (kind, record — 'complete' in
+    the final save — and weights); ``fit`` adds
     optimiser, scheduler, rng, loader, step and epoch. Checkpoints go to ``run_dir/checkpoint.pt``.
     """
     from dalivssl.engine import distributed
@@ -236,7 +237,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         rng = distributed.all_gather_object(ck.rng_state()) if enabled else ck.rng_state()
         if not is_main:
             return
-        ck.save_checkpoint(ckpt_path, **checkpoint_fields(), versions=ck.versions(), step=step,
+        ck.save_checkpoint(ckpt_path, **checkpoint_fields(final), versions=ck.versions(), step=step,
                            epoch=loader.epoch, optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(),
                            final=final)

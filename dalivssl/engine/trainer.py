@@ -300,14 +300,11 @@ def run_record(resolved: PretrainConfig, loader, status: str = "running",
     """The run record of a pretraining (clip settings are what the loader feeds the model)."""
     from dalivssl import record as rec
 
-    data, data_hash = rec.data_identity(getattr(loader.manifest, "source", resolved.data),
-                                        loader.manifest)
-    return rec.RunRecord(
-        kind="pretrain", name=resolved.name, arch=resolved.arch, task=resolved.task,
+    return rec.new_record(
+        "pretrain", resolved.name, data_path=loader.manifest.source, manifest=loader.manifest,
+        device=resolved.device, arch=resolved.arch, task=resolved.task,
         clip=rec.ClipSettings(resolved.clip_len, resolved.size, loader.normalize),
-        data=data, data_hash=data_hash, device=resolved.device,
-        decoder=rec.decoder_name(resolved.device), seed=resolved.seed,
-        versions=rec.versions(), settings={**to_dict(resolved), "device_info": device_info or {}},
+        seed=resolved.seed, settings={**to_dict(resolved), "device_info": device_info or {}},
         status=status)
 
 
@@ -364,8 +361,9 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
             convert_sync_batchnorm(model)
         net = DDP(model, device_ids=[dist.gpu_index] if cfg.device == "gpu" else None)
 
-    def fields() -> dict:
-        return dict(kind="pretrain", arch=cfg.arch, task=cfg.task, record=record.to_dict(),
+    def fields(final: bool) -> dict:
+        return dict(kind="pretrain", arch=cfg.arch, task=cfg.task,
+                    record=record.marked(final).to_dict(),
                     backbone=model.backbone.state_dict(), head=model.head.state_dict(),
                     backbone_kwargs=opts["backbone"], config=to_dict(resolved),
                     clip_len=resolved.clip_len, size=resolved.size,
@@ -391,6 +389,6 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
     summary["rank_checksums"] = distributed.all_gather_object(checksum)
     if dist.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        rec.write_run_record(run_dir, record.replace(status="complete"))
+        rec.write_run_record(run_dir, record.marked(True))
         _summary_table(summary)
     return summary

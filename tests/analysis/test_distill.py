@@ -90,7 +90,7 @@ def test_gradient_reaches_only_the_student(tmp_path):
     loader = BatchList(_raw_batches())
     res = fit(task, loader, opt, make_scheduler(opt, "constant", 5),
               FitConfig(5, log_every=1, progress=False, tensorboard=False), tmp_path,
-              lambda: {"net": student.net.state_dict()})
+              lambda final: {"net": student.net.state_dict()})
     assert [int(h["step"]) for h in res.history] == [1, 2, 3, 4, 5]
     assert [int(h["epoch"]) for h in res.history] == [0, 0, 0, 1, 1]
     assert all("kd_0" in h and "kd_1" in h for h in res.history)

@@ -261,19 +261,13 @@ class DistillTask(torch.nn.Module):
 
 # ------------------------------------------------------------------------------- the run
 def teacher_accuracy(teacher, loader) -> tuple[float, int]:
-    """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video)."""
-    logits: dict[int, np.ndarray] = {}
-    targets: dict[int, int] = {}
-    for batch in loader:
-        raw = batch.clips  # B×K×T×H×W×C uint8
-        per_clip = torch.stack([teacher(raw[:, k:k + 1], None) for k in range(raw.shape[1])], 1)
-        mean = per_clip.float().mean(1).cpu().numpy()
-        for i, v in enumerate(batch.indices.tolist()):
-            logits.setdefault(v, mean[i])
-            targets.setdefault(v, int(batch.targets[i]))
-    order = sorted(logits)
-    pred = np.array([logits[i].argmax() for i in order])
-    return float(np.mean(pred == np.array([targets[i] for i in order]))), len(order)
+    """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video, the
+    same :func:`dalivssl.analysis.features.extract` every evaluation uses)."""
+    from dalivssl.analysis.features import extract
+
+    # extract hands the B·K clips as (N, T, H, W, C); the teacher takes (N, 1, T, H, W, C) raw
+    out = extract(lambda x: teacher(x[:, None], None), loader, keep_clips=False)
+    return float(np.mean(out.video.argmax(1) == out.targets)), len(out)
 
 
 def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) -> dict:

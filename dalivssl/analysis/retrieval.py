@@ -23,7 +23,7 @@ import numpy as np
 from dalivssl.errors import DalivsslError
 
 DEFAULT_TOPK = (1, 5, 10, 20, 50)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: hashes from dalivssl.record.file_hash, device in the settings
 
 
 @dataclass
@@ -84,25 +84,18 @@ def topk_retrieval(query: np.ndarray, query_labels, gallery: np.ndarray, gallery
 # feature cache
 
 
-def file_digest(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_key(checkpoint: str | None, arch: str, manifest_path, settings: dict) -> str:
     """Hash of what determines the features: checkpoint bytes (or 'random' + arch + seed),
     manifest bytes and root, and the clip settings (clips, clip_len, size, normalize)."""
     from dalivssl.data.manifest import load_manifest
+    from dalivssl.record import file_hash
 
     m = load_manifest(manifest_path)
     parts = {
         "version": CACHE_VERSION,
-        "checkpoint": file_digest(checkpoint) if checkpoint else "random",
+        "checkpoint": file_hash(checkpoint) if checkpoint else "random",
         "arch": arch,
-        "manifest": file_digest(manifest_path),
+        "manifest": file_hash(manifest_path),
         "root": str(Path(m.root).resolve()),
         "settings": {k: settings[k] for k in sorted(settings)},
     }

@@ -303,3 +303,25 @@ def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, t
     for part in ("backbone", "head"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+
+
+def test_teacher_accuracy_averages_clip_logits_per_video():
+    """Video top-1 of a live teacher: logits averaged over a video's K clips, each video once."""
+    from pipelines.types import Batch
+
+    # 4 videos × 2 clips; the teacher's logit for class 1 is the clip's mean pixel / 255
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (4, 2, 2, 4, 4, 3), generator=g, dtype=torch.uint8)
+    raw[0], raw[1] = 250, 5  # video 0 says class 1, video 1 class 0
+    raw[2, 0], raw[2, 1] = 250, 0  # mean over clips 0.49 < 0.5: class 0 (a vote would tie)
+    raw[3] = 200
+    targets = torch.tensor([1, 0, 1, 1])
+
+    def teacher(x, _):  # x: N×1×T×H×W×C raw
+        p = x.float().mean(dim=(1, 2, 3, 4, 5)) / 255
+        return torch.stack([torch.full_like(p, 0.5), p], 1)
+
+    batches = [Batch(clips=raw, labels=torch.zeros(4, dtype=torch.long), targets=targets,
+                     indices=torch.arange(4))] * 2  # a repeated batch counts once
+    acc, n = D.teacher_accuracy(teacher, batches)
+    assert n == 4 and acc == pytest.approx(3 / 4)  # videos 0, 1, 3 right; video 2 wrong

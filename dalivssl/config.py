@@ -22,6 +22,17 @@ OPTIMIZERS = ("sgd", "adamw")  # names for pretraining and finetuning (engine.tr
 SUB_CONFIGS = ("sampler", "head", "backbone")  # dict-valued fields, keys checked at build time
 
 
+def _check_ranges(cfg, at_least_one=(), positive=(), non_negative=()):
+    """One-line errors for values no run can use (a None value means "the default": skipped)."""
+    for keys, ok, want in ((at_least_one, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0,
+                           "> 0"), (non_negative, lambda v: v >= 0, ">= 0")):
+        for key in keys:
+            value = getattr(cfg, key)
+            if value is not None and not ok(value):
+                raise DalivsslError(f"{key} must be {want}, got {value}")
+    return cfg
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """``dalivssl pretrain``. CPU-friendly defaults: 16-frame clips at 64 px (the paper uses 16 at
@@ -61,6 +72,12 @@ class PretrainConfig:
     sampler: dict = field(default_factory=dict)  # task sampler options (over SPEC defaults)
     head: dict = field(default_factory=dict)     # task head options (over SPEC defaults)
     backbone: dict = field(default_factory=dict)  # create_backbone options (zero_init_residual…)
+
+    def check(self) -> "PretrainConfig":
+        """One-line errors for values no run can use (before any work)."""
+        return _check_ranges(self, ("epochs", "max_steps", "batch_size", "clip_len", "size",
+                                    "threads", "dali_threads", "ckpt_every", "log_every"),
+                             ("lr",), ("weight_decay", "momentum", "grad_clip", "warmup_steps"))
 
     @property
     def run_dir(self) -> Path:
@@ -107,17 +124,9 @@ class FinetuneConfig:
 
     def check(self) -> "FinetuneConfig":
         """One-line errors for values no run can use (before any work)."""
-        for key in ("epochs", "batch_size", "eval_clips", "clip_len", "size", "threads",
-                    "ckpt_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise DalivsslError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise DalivsslError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not self.lr > 0:
-            raise DalivsslError(f"lr must be > 0, got {self.lr}")
-        for key in ("weight_decay", "momentum", "dropout", "head_lr_mult"):
-            if getattr(self, key) < 0:
-                raise DalivsslError(f"{key} must be >= 0, got {getattr(self, key)}")
+        _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "clip_len", "size",
+                             "threads", "ckpt_every", "log_every"), ("lr",),
+                      ("weight_decay", "momentum", "dropout", "head_lr_mult"))
         if self.dropout >= 1:
             raise DalivsslError(f"dropout must be < 1, got {self.dropout}")
         if self.optimizer not in OPTIMIZERS:
@@ -155,15 +164,9 @@ class DistillConfig:
     progress: bool = True
 
     def check(self) -> "DistillConfig":
-        for key in ("epochs", "batch_size", "eval_clips", "threads", "ckpt_every", "log_every"):
-            if getattr(self, key) < 1:
-                raise DalivsslError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise DalivsslError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not self.lr > 0 or not self.temperature > 0 or self.alpha < 0:
-            raise DalivsslError(f"need lr > 0, temperature > 0, alpha >= 0; got {self.lr}, "
-                                f"{self.temperature}, {self.alpha}")
-        return self
+        return _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "threads",
+                                    "clip_len", "size", "ckpt_every", "log_every"),
+                             ("lr", "temperature"), ("alpha",))
 
 
 def _type_name(tp) -> str:

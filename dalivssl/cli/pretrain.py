@@ -76,8 +76,4 @@ def _validate_names(cfg) -> None:
         raise unknown_name("task", cfg.task, TASKS)
     if cfg.data and not Path(cfg.data).is_file():
         raise DalivsslError(f"{cfg.data}: manifest not found")
-    for key in ("epochs", "batch_size", "clip_len", "size", "threads", "ckpt_every", "log_every"):
-        if getattr(cfg, key) < 1:
-            raise DalivsslError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise DalivsslError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    cfg.check()

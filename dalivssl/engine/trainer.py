@@ -211,11 +211,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
                             f"{cfg.batch_size}")
     if cfg.amp and cfg.device != "gpu":
         raise DalivsslError("amp needs --device gpu")
-    for key in ("lr", "weight_decay", "momentum", "grad_clip", "warmup_steps"):
-        if getattr(cfg, key) is not None and getattr(cfg, key) < 0:
-            raise DalivsslError(f"{key} must be >= 0, got {getattr(cfg, key)}")
-    if cfg.lr == 0:
-        raise DalivsslError("lr must be > 0")
+    cfg.check()  # the CLI checked already; the Python API gets the same one-line errors
     run_dir = cfg.run_dir
     dist = distributed.setup(cfg.device)
     lock = None

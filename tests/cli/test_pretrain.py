@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dalivssl.cli import main
+from dalivssl.tasks import TASKS
 
 
 def _run(argv, capsys):
@@ -18,7 +19,7 @@ def _run(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--task", "jigsaw"], "unknown task 'jigsaw'; valid: cvrl, prp, rotnet, rspnet, tdl, vcop"),
+    (["--task", "jigsaw"], "unknown task 'jigsaw'; valid: " + ", ".join(sorted(TASKS)) + "\n"),
     (["--arch", "resnet9000"], "unknown architecture 'resnet9000'; valid: c3d, mc3_18"),
     (["--data", "/nonexistent/train.jsonl"], "/nonexistent/train.jsonl: manifest not found"),
     (["--set", "lr=fast"], "config key 'lr': expected float"),
@@ -83,3 +84,21 @@ def test_help_is_fast_and_lazy():
                        cwd=Path(__file__).resolve().parents[2])
     assert p.returncode == 0, p.stderr
     assert "--task" in p.stdout and "--resume" in p.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--set", "lr=-1"], "lr must be > 0, got -1.0"),
+    (["pretrain", "--set", "weight_decay=-0.1"], "weight_decay must be >= 0, got -0.1"),
+    (["pretrain", "--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["finetune", "--random-init", "--arch", "shufflenet", "--lr", "-1"],
+     "lr must be > 0, got -1.0"),
+    (["finetune", "--random-init", "--arch", "shufflenet", "--dropout", "1"],
+     "dropout must be < 1, got 1.0"),
+    (["distill", "--student", "shufflenet", "--temperature", "0"],
+     "temperature must be > 0, got 0.0"),
+    (["distill", "--student", "shufflenet", "--max-steps", "0"], "max_steps must be >= 1, got 0"),
+])
+def test_out_of_range_settings_are_one_line_errors_before_work(argv, message, capsys, tmp_path):
+    code, err = _run([*argv, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.strip() == f"error: {message}"
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -100,11 +100,11 @@ class FinetuneConfig:
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-3, or 0.1 with l2_norm (unit-norm features)
     optimizer: str = "sgd"  # "sgd" (momentum) or "adamw"
     head_lr_mult: float = 1.0
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float | None = None  # None: 5e-4 finetuning, 0 for a linear probe
     dropout: float = 0.0
     flip: bool | None = None  # random horizontal flip of training clips; None: Manifest.flip_safe
     clip_len: int = 16
@@ -121,6 +121,13 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+    def resolved(self) -> "FinetuneConfig":
+        """The defaults that depend on other settings filled in (what the run records)."""
+        return dataclasses.replace(
+            self, lr=self.lr if self.lr is not None else 0.1 if self.l2_norm else 1e-3,
+            weight_decay=(self.weight_decay if self.weight_decay is not None
+                          else 0.0 if self.linear_probe else 5e-4))
 
     def check(self) -> "FinetuneConfig":
         """One-line errors for values no run can use (before any work)."""

@@ -72,14 +72,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
                  dropout=dropout, flip=flip, eval_clips=eval_clips, name=name, device=device,
                  threads=threads, seed=seed, progress=False if no_progress else None)
     cfg = resolve(FinetuneConfig, config_path, flags, sets)
-    # defaults that depend on other settings, unless given by flag, file or --set
-    given = {k for k, v in flags.items() if v is not None} | set(
-        rec_keys(config_path, sets))
-    if "lr" not in given and cfg.l2_norm:  # unit-norm features want larger steps
-        cfg = replace(cfg, lr=0.1)
-    if "weight_decay" not in given and cfg.linear_probe:
-        cfg = replace(cfg, weight_decay=0.0)
-    cfg.check()
+    cfg = cfg.resolved().check()
     console = stderr_console()
 
     import torch
@@ -134,12 +127,3 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     stdout_console().print(table)
     console.print(f"checkpoint: {res['checkpoint']}\nresults: {res['results']}")
 
-
-def rec_keys(config_path, sets) -> list[str]:
-    """Keys set by a --config file or --set (they count as given, like flags)."""
-    from dalivssl.config import load_yaml, parse_set
-
-    keys = list(parse_set(sets))
-    if config_path:
-        keys += list(load_yaml(config_path))
-    return keys

@@ -105,7 +105,7 @@ def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.Optim
     """SGD momentum (VCOP's finetuning) or AdamW; the probe optimises the head only."""
     from dalivssl.engine.trainer import make_optimizer
 
-    cfg.check()
+    cfg = cfg.resolved().check()
     groups = [{"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}]
     if not model.frozen:
         groups.insert(0, {"params": [p for p in model.backbone.parameters() if p.requires_grad],
@@ -256,7 +256,7 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
     from dalivssl.engine import checkpoint as ck
     from dalivssl.engine import distributed
 
-    cfg.check()
+    cfg = cfg.resolved().check()
     if cfg.device in ("auto", "cpu", "gpu"):  # a dalivssl device name: resolve to torch's
         from dalivssl.devices import announce
 

@@ -361,3 +361,15 @@ def test_finetune_under_torchrun_ddp_two_cpu_processes(tmp_path, tiny_synth):
     assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]
     assert isinstance(ck["rng"], list) and len(ck["rng"]) == 2
     assert "optimizer" in ck and ck["record"]["status"] == "complete"  # final, still resumable
+
+
+def test_dependent_defaults_resolve_once_in_the_config():
+    """lr and weight decay default from l2_norm / linear_probe unless given (flag, file or --set)."""
+    from dalivssl.config import FinetuneConfig, resolve
+
+    assert (FinetuneConfig().resolved().lr, FinetuneConfig().resolved().weight_decay) == (1e-3, 5e-4)
+    assert FinetuneConfig(l2_norm=True).resolved().lr == 0.1
+    assert FinetuneConfig(linear_probe=True).resolved().weight_decay == 0.0
+    assert resolve(FinetuneConfig, None, {"l2_norm": True}, ["lr=0.02"]).resolved().lr == 0.02
+    probe = resolve(FinetuneConfig, None, {"linear_probe": True, "weight_decay": 1e-4}).resolved()
+    assert probe.weight_decay == 1e-4

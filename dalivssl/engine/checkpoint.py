@@ -121,9 +121,3 @@ def load_backbone(path, arch: str | None = None, device="cpu"):
                             f"({str(exc).splitlines()[0][:120]})") from None
     return backbone.eval(), ckpt
 
-
-def load_classifier(path, device="cpu"):
-    """-> (Classifier in eval mode, ckpt) from a finetune checkpoint (see engine.finetune)."""
-    from dalivssl.engine.finetune import load_classifier as load
-
-    return load(path, device)

@@ -9,6 +9,7 @@ import torch
 
 from dalivssl.engine import checkpoint as ck
 from dalivssl.errors import DalivsslError
+from dalivssl.record import versions
 
 
 def _fields(arch="r21d", kind="pretrain", **extra):
@@ -17,7 +18,7 @@ def _fields(arch="r21d", kind="pretrain", **extra):
     torch.manual_seed(0)
     bb = create_backbone(arch)
     return bb, dict(kind=kind, arch=arch, backbone=bb.state_dict(), head={}, config={"a": [1]},
-                    versions=ck.versions(), step=3, epoch=1, **extra)
+                    versions=versions(), step=3, epoch=1, **extra)
 
 
 def test_round_trip_atomic_and_weights_only(tmp_path):

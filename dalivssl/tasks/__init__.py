@@ -1,6 +1,7 @@
 """Pretext tasks (contract C6): one module per task, each with
 
-- ``SPEC``: sampler name, default sampler options (``complexity`` names the benchmark's knob),
+- ``SPEC``: sampler name, default sampler options (``complexity`` names the benchmark's knob,
+  ``levels`` its values C1 < C2 < C3 for the study),
   default optimiser / schedule (from the original, scaled for small batches), ``sync_bn``
   (BatchNorm synchronised across processes under DDP, as the original);
 - ``build_head(backbone, **opts) -> nn.Module`` (may hold a MoCo key encoder and queue);

@@ -23,7 +23,7 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    package_data={"dalivssl.study": ["tasks.yaml", "presets/*.yaml"]},
+    package_data={"dalivssl.study": ["presets/*.yaml"]},
     # bench: the strongest CPU peer for `dalivssl bench loader` (also needs FFmpeg's shared
     # libraries: apt-get install ffmpeg)
     extras_require={"test": ["pytest", "pytest-timeout", "submitit", "pyarrow"],

@@ -10,7 +10,7 @@ model forward, no host/device copies). Backends, same batches, same run:
   HSIC_1 formula per layer pair), on the GPU when torch sees one, else CPU.
 
 Figures: examples/s (median of --repeats after one warm-up), and the max |map - numpy map| (the
-float32 baseline's error grows with the feature mean, spec/cka.md 2.5). Prints a table; writes JSON.
+float32 baseline's error grows with the feature mean). Prints a table; writes JSON.
 """
 from __future__ import annotations
 

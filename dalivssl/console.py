@@ -19,3 +19,17 @@ def stdout_console():
 
     console = Console()
     return console if console.is_terminal else Console(width=160)
+
+
+def progress(console=None, *, info: bool = False, disable: bool = False):
+    """The one rich progress bar of every command: description, bar, done/total, elapsed and
+    remaining time, plus the task's ``info`` field when ``info``; drawn on ``console`` (default
+    :func:`stderr_console`). Returns a ``rich.progress.Progress`` to use as a context manager."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
+               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    if info:
+        columns.append(TextColumn("{task.fields[info]}"))
+    return Progress(*columns, console=console or stderr_console(), disable=disable)

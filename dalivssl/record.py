@@ -7,7 +7,7 @@ name, task and arch, the clip settings a model must be fed (clip_len, size, norm
 the data (manifest path and a hash of its records), device and decoder, seed, versions, and its
 lineage (the checkpoint it started from, by path and content hash).
 
-Rules that make chained commands honest (DESIGN.md §8):
+Rules that make chained commands honest:
 
 * settings of a model come from its record through :func:`resolve_clip` (record + explicit
   overrides); an override that contradicts the record is stated on screen; no command keeps a

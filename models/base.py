@@ -83,7 +83,7 @@ class Backbone(nn.Module):
         return self.classifier(self.head_drop(f))
 
     def num_parameters(self, with_classifier: bool = False) -> int:
-        """Parameter count; by default the backbone only (what spec/backbones.md §1.0 tabulates)."""
+        """Parameter count; by default the backbone only (what Kumar et al. 2306.06010 report per backbone)."""
         total = count_parameters(self)
         if not with_classifier and self.classifier is not None:
             total -= count_parameters(self.classifier)
@@ -99,7 +99,7 @@ def count_flops(module: nn.Module | str, input_shape: Sequence[int] = (1, 3, 16,
                 meta: bool = True) -> int:
     """FLOPs of one forward pass, as ``torch.utils.flop_counter.FlopCounterMode`` counts them:
     convolutions, linear layers and matmuls only, 2 FLOPs per multiply-accumulate (BN, activations,
-    pooling and additions are not counted). This is the convention of spec/backbones.md §1.0.
+    pooling and additions are not counted). This is the convention of the parameter counts Kumar et al. 2306.06010 report.
 
     ``module`` may be a registry name (built on the meta device: no memory, no arithmetic, so even
     C3D at 16×112² takes well under a second). With ``meta=True`` a real module is copied to the

@@ -1,8 +1,8 @@
 """Pretext-task heads, named by shape. They take backbone outputs (pooled B×D features or the
 B×D×t×h×w map) and never reach into a backbone.
 
-References: Kumar et al. (arXiv 2306.06010) and the per-task originals in
-``shared/spec/pretext_tasks.md``.
+References: Kumar et al. (arXiv 2306.06010) and each task's original paper and repository
+(cited in ``dalivssl/tasks/``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every op takes ONE parameter set per clip (a DALI sample = one FHWC clip here), so the augmentation
 is clip-consistent: all T frames of a clip get the same crop, flip, rotation, colour jitter, blur
-and solarisation (Kumar et al. 2306.06010 §3; spec/pretext_tasks.md "Per-clip consistency").
+and solarisation (Kumar et al. 2306.06010 §3, per-clip consistency).
 
 Parameters arrive as per-sample arrays with leading dimension K (``pipelines.types.PARAM_KEYS``);
 ``augment_clip(..., k)`` picks row ``k`` inside the graph. Only the keys a task's plans carry are

@@ -1,6 +1,6 @@
 """PretextLoader: sampler plans -> one DALI pipeline -> ``pipelines.types.Batch`` (contract C4).
 
-Order and reproducibility (DESIGN.md §3):
+Order and reproducibility:
   * epoch ``e`` visits a permutation of all videos drawn from (seed, e); rank ``r`` of ``w`` takes
     positions r, r+w, r+2w, … of it, so shards are disjoint and every rank gets the same number of
     samples (drop_last: the tail beyond a multiple of w is dropped; otherwise the permutation is

@@ -2,7 +2,7 @@
 
 The robustness study of Kumar et al. (arXiv 2306.06010, §robustness) follows Schiappa et al.
 (arXiv 2207.01398), whose noise formulas are those of ImageNet-C (Hendrycks & Dietterich;
-`imagecorruptions`). Two constant sets exist (spec/noise.md §1–2):
+`imagecorruptions`). Two constant sets exist (Hendrycks & Dietterich 2019, ``imagecorruptions``):
 
 - ``'imagenet-c'``: the constants of imagecorruptions / make_imagenet_c.py;
 - ``'schiappa'``: what Maddy12/ActionRecognitionRobustnessEval actually uses: ImageNet-C gaussian
@@ -11,7 +11,7 @@ The robustness study of Kumar et al. (arXiv 2306.06010, §robustness) follows Sc
 Formulas on x in [0, 1] (c = severity constant), applied independently per element and per frame:
 gaussian clip(x + N(0, c²)); shot clip(Poisson(c·x)/c); impulse: each element w.p. c becomes 0 or 1
 (50/50); speckle clip(x + x·N(0, c²)). On uint8 frames in [0, 255] they map exactly onto DALI ops
-(spec/noise.md §3): gaussian ``stddev=255c``; shot ``factor=255/c``; impulse
+(DALI ``fn.noise`` documentation): gaussian ``stddev=255c``; shot ``factor=255/c``; impulse
 ``salt_and_pepper(prob=c, salt_vs_pepper=0.5, per_channel=True)``; speckle built from
 ``fn.random.normal`` with ``stddev=c``.
 
@@ -34,7 +34,7 @@ SEVERITIES = (1, 2, 3, 4, 5)
 ROUNDINGS = ("floor", "round")
 DEFAULT_ROUNDING = "floor"
 
-# severity 1..5 constants c (spec/noise.md §1–2); shot: smaller c = stronger noise
+# severity 1..5 constants c (Hendrycks & Dietterich 2019, ``imagecorruptions``); shot: smaller c = stronger noise
 _IMAGENET_C = {
     "gaussian": (0.08, 0.12, 0.18, 0.26, 0.38),
     "shot": (60.0, 25.0, 12.0, 5.0, 3.0),
@@ -71,7 +71,7 @@ def noise_constant(kind: str, severity: int, constants: str = "imagenet-c") -> f
 
 
 def dali_args(kind: str, severity: int, constants: str = "imagenet-c") -> dict:
-    """DALI arguments for uint8 [0, 255] frames (spec/noise.md §3 mapping table)."""
+    """DALI arguments for uint8 [0, 255] frames (DALI ``fn.noise`` documentation)."""
     c = noise_constant(kind, severity, constants)
     if kind == "gaussian":
         return {"stddev": 255.0 * c}

@@ -1,9 +1,9 @@
 """Packet index of a video and the smallest decodable sub-stream covering a plan (numpy only).
 
-``fn.decoders.video`` decodes from the first packet of whatever it is given (spec/dali.md §7), so
+``fn.decoders.video`` decodes from the first packet of whatever it is given (DALI ``fn.decoders.video`` documentation), so
 the loader gives it only the packets from the keyframe before the first needed frame to the last
 needed frame, re-wrapped as a stream libavformat demuxes from memory: IVF for VP8/VP9 (frames
-bit-identical to the full-file decode, spec/dali.md §8), Annex B for H.264/HEVC (the container's
+bit-identical to the full-file decode), Annex B for H.264/HEVC (the container's
 parameter sets in front of every range). Frame indices are shifted to the sub-stream.
 
 A :class:`PacketIndex` holds one video's packets in decode order; a :class:`PacketTable` holds

@@ -11,7 +11,7 @@ One DALI sample = one video. Per iteration the loader feeds, through ``fn.extern
                                   geometric parameters, and colour jitter as a (K,3,3) matrix).
 The graph decodes all F frames of a sample in ONE ``fn.decoders.video`` call (CPU decoder, or
 'mixed' NVDEC for device='gpu'); on CPU the call decodes from frame 0 to max(frames) once, so the
-extra clips of a sample are almost free (spec/dali.md §7); the loader therefore hands it only the
+extra clips of a sample are almost free (DALI ``fn.decoders.video`` documentation); the loader therefore hands it only the
 packets from the keyframe before the plan's first frame on. It then slices the K clips (fixed K and
 T per task: K graph branches), augments each with its own parameter row, treats every extra-frame
 group like clip 0 (same geometry and colour, so PRP's reconstruction target aligns with its

@@ -12,7 +12,10 @@ import sys
 import numpy as np
 import pytest
 
+from pipelines.samplers import SAMPLERS
+
 pytestmark = pytest.mark.gpu
+GPU_EXCLUDE: set[str] = set()  # samplers whose GPU augmentation is not compared with CPU
 
 
 def _first_batch(task, manifest, device, **kw):
@@ -23,7 +26,7 @@ def _first_batch(task, manifest, device, **kw):
     return ld.batch_at(0, 0), ld
 
 
-@pytest.mark.parametrize("task", ["cvrl", "rotnet", "tdl", "rspnet", "prp", "vcop", "eval"])
+@pytest.mark.parametrize("task", sorted(set(SAMPLERS) - GPU_EXCLUDE))
 def test_gpu_augmentation_matches_cpu(task, gpu_synth):
     """Same plans (decode + colour/contrast/solarise/blur/rotate/crop/flip) on CPU and GPU: the
     frames agree up to decoder and resize rounding, and the plans are identical."""

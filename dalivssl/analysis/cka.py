@@ -6,7 +6,7 @@ Learn the Same Things?", ICLR 2021 (minibatch CKA as a ratio of accumulated HSIC
 
 Every function takes NumPy or CuPy arrays and runs the same code on both (the array module comes
 from the input). Features are X: n x p (any trailing shape is flattened per example), Gram matrices
-K: n x n. Numerics (spec/cka.md 2.5): features are cast to float64 and column-centred per batch
+K: n x n. Numerics (Kornblith et al. 2019, "Similarity of Neural Network Representations Revisited"): features are cast to float64 and column-centred per batch
 *before* X X^T, and all sums are float64, so a large constant offset on float32 post-ReLU features
 cannot cancel catastrophically (torch-cka's NaNs).
 

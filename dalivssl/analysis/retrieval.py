@@ -159,14 +159,12 @@ def run_retrieval(backbone, arch: str, checkpoint: str | None, train_path, test_
                   progress: bool = True) -> dict:
     """Features for train (gallery) and test (queries), cached by :func:`cache_key`; top-k;
     ``out_dir/retrieval.h5`` + ``retrieval.csv``. Returns {'result', 'cached', 'paths'}."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
+    from dalivssl.console import progress as progress_bar
     from dalivssl.data.manifest import load_manifest
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     feats, cached = {}, {}
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console, disable=not progress) as progress:
+    with progress_bar(console, disable=not progress) as progress:
         for name, path in (("train", train_path), ("test", test_path)):
             manifest = load_manifest(path)
             if not len(manifest):
@@ -203,7 +201,7 @@ def write_retrieval(out_dir: Path, r: RetrievalResult, feats: dict, arch, checkp
     the top-k curve titled with the run's name, data and settings."""
     import csv
 
-    from dalivssl.engine.checkpoint import versions
+    from dalivssl.record import versions
     from dalivssl.results import ResultsFile
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Kumar et al. (arXiv 2306.06010) measure robustness as the relative drop
 ``R_s = (A_c − A_p) / A_c`` (lower is better; = 1 − γʳ of Schiappa et al., arXiv 2207.01398) for
-gaussian, shot, impulse and speckle noise at severities 1..5 (spec/noise.md §5). A_p is computed
+gaussian, shot, impulse and speckle noise at severities 1..5 (Kumar et al. 2306.06010, robustness analysis). A_p is computed
 per (noise, severity) cell and then averaged without weights: pooling all noisy videos would weight
 the cells by their video counts.
 
@@ -141,7 +141,7 @@ class PyAVSource:
     Clips and crop boxes come from the same ``eval`` sampler as the DALI loader (N evenly spaced
     clips, centre crop); frames are decoded with PyAV, cropped and resized (bilinear, antialias)
     in torch. Yields ``pipelines.types.Batch`` with uint8 clips B×K×T×H×W×C like the raw DALI
-    loader. Pixel values differ from DALI's decoder and resize (spec/dali.md §1), so do not mix
+    loader. Pixel values differ from DALI's decoder and resize (DALI decoder documentation), so do not mix
     the two paths within one study. Unusable videos are skipped and counted in ``skipped``.
     """
 

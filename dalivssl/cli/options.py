@@ -2,7 +2,28 @@
 (threads, device, clip settings, config replay, run-dir handling)."""
 from __future__ import annotations
 
+import importlib
+
 import click
+
+
+class RegistryOption(click.Option):
+    """An option whose help lists a registry's keys (``registry="module:NAME"``, less
+    ``exclude``; ``{names}`` in the help), read only when help is shown, so a new registry entry
+    needs no help edit. Name a light registry: help must not import torch."""
+
+    def __init__(self, *args, registry: str, exclude: tuple = (), **kwargs):
+        self.registry, self.exclude = registry, tuple(exclude)
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        module, name = self.registry.split(":")
+        names = ", ".join(k for k in getattr(importlib.import_module(module), name)
+                          if k not in self.exclude)
+        return record[0], record[1].replace("{names}", names)
 
 
 def _stack(*decorators):

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import click
 
+from dalivssl.cli.options import RegistryOption
+
 
 @click.command("pretrain")
-@click.option("--task", default=None, help="Pretext task, a key of dalivssl.tasks.TASKS "
-              "(rotnet, vcop, prp, cvrl, tdl, rspnet, videomae, …; default vcop).")
+# each task's sampler has its name (tests/tasks): the numpy-only SAMPLERS keeps --help light
+@click.option("--task", cls=RegistryOption, registry="pipelines.samplers:SAMPLERS",
+              exclude=("eval",), default=None, help="Pretext task: {names} (default vcop).")
 @click.option("--arch", default=None, help="Backbone, e.g. shufflenet, r21d, r3d, c3d "
               "(default shufflenet).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None,

@@ -3,7 +3,7 @@
 
 ``DECODERS[device][codec]`` gives the limits of ``fn.decoders.video`` on ``device`` ('cpu' or
 'gpu' = the 'mixed' NVDEC backend) for ``codec`` (the names PyAV/FFmpeg use; ``probe`` maps
-decoder names onto them). Sources (spec/dali.md §1, §8; reviews/gpu_path_static.md G1/G2):
+decoder names onto them). Sources (DALI's ``fn.decoders.video`` documentation, NVIDIA's NVDEC support matrix):
 
 - CPU: DALI 2.4 ships its own FFmpeg with VP8, VP9 and MJPEG only (PR #6352); frames go through
   swscale, so any pixel format and size decodes.

@@ -126,6 +126,8 @@ def _decode_worker(device: str, device_id: int | None) -> int:
     """Child side of :func:`dali_decode_check`: (path, num_frames) JSON lines on stdin, one
     {"why": reason or null} line per file on stdout; stops after the first failure (a failed
     DALI pipeline is dead, and destroying it while another runs invalidates that one too)."""
+    from dalivssl.data.decode_matrix import dali_reason, decode_pipeline
+
     pipe = decode_pipeline(device, device_id)
     for line in sys.stdin:
         path, num_frames = json.loads(line)
@@ -140,41 +142,12 @@ def _decode_worker(device: str, device_id: int | None) -> int:
         except Exception as exc:  # DALI raises RuntimeError with a multi-line message
             m = re.search(r"ROI with (\d+) frames", str(exc))
             why = ("truncated or corrupt (" + (f"DALI decodes only {m.group(1)} of {num_frames} "
-                                               "frames" if m else f"DALI: {_dali_reason(exc)}")
+                                               "frames" if m else f"DALI: {dali_reason(exc)}")
                    + ")")
         print(json.dumps({"why": why}), flush=True)
         if why is not None:
             return 0
     return 0
-
-
-def _dali_reason(exc: BaseException) -> str:
-    """The operator's own message out of DALI's multi-line error text."""
-    text = str(exc)
-    if "encountered:" in text:
-        text = text.split("encountered:", 1)[1].split("C++ context", 1)[0]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
-def decode_pipeline(device: str, device_id: int | None = None):
-    """One-file DALI decode pipeline (pad_mode 'none'): feed ``enc`` bytes and ``frames``; used
-    by the decode check and doctor's decode matrix."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    # prefetch 1: each run() consumes exactly the one file fed before it
-    @pipeline_def(batch_size=1, num_threads=1,
-                  device_id=(device_id or 0) if device == "gpu" else None,
-                  prefetch_queue_depth=1)
-    def _pipe():
-        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
-        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        return fn.decoders.video(enc, device="mixed" if device == "gpu" else "cpu",
-                                 frames=frames, pad_mode="none")
-
-    pipe = _pipe()
-    pipe.build()
-    return pipe
 
 
 if __name__ == "__main__":

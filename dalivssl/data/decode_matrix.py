@@ -260,12 +260,40 @@ def agrees(row: dict, dev: str) -> bool | None:
     return (st == "OK") == (exp == "yes")
 
 
+def dali_reason(exc: BaseException) -> str:
+    """The operator's own message out of DALI's multi-line error text."""
+    text = str(exc)
+    if "encountered:" in text:
+        text = text.split("encountered:", 1)[1].split("C++ context", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def decode_pipeline(device: str, device_id: int | None = None):
+    """One-file DALI decode pipeline (pad_mode 'none'): feed ``enc`` bytes and ``frames``; used
+    by the decode matrix and the decode check (``dalivssl.data.check``)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    # prefetch 1: each run() consumes exactly the one file fed before it
+    @pipeline_def(batch_size=1, num_threads=1,
+                  device_id=(device_id or 0) if device == "gpu" else None,
+                  prefetch_queue_depth=1)
+    def _pipe():
+        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
+        frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+        return fn.decoders.video(enc, device="mixed" if device == "gpu" else "cpu",
+                                 frames=frames, pad_mode="none")
+
+    pipe = _pipe()
+    pipe.build()
+    return pipe
+
+
 # ------------------------------------------------------------------------------- child side
 def _child(backend: str, device_id: int) -> int:
     """Decode the (path, n) JSON lines of stdin with DALI on ``backend``; print one result line
     each. A pipeline that raised is kept referenced (destroying it while another runs
     invalidates that one) and a fresh one is built; there are at most a few dozen cells."""
-    from dalivssl.data.check import decode_pipeline
     from dalivssl.data.videoio import decode_frames
 
     dead, pipe = [], None
@@ -280,11 +308,9 @@ def _child(backend: str, device_id: int) -> int:
             (out,) = pipe.run()
             got = np.asarray((out.as_cpu() if backend == "gpu" else out)[0])
         except Exception as exc:
-            from dalivssl.data.check import _dali_reason
-
             dead.append(pipe)
             pipe = None
-            print(json.dumps({"status": "FAIL", "detail": _dali_reason(exc), "mean_abs": None,
+            print(json.dumps({"status": "FAIL", "detail": dali_reason(exc), "mean_abs": None,
                               "seconds": round(time.perf_counter() - t0, 3)}), flush=True)
             continue
         secs = time.perf_counter() - t0

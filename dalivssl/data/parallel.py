@@ -12,14 +12,10 @@ def progress_bar(what: str, total: int, enabled: bool = True):
     if not enabled:
         yield lambda n=1: None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    from dalivssl.console import stderr_console
+    from dalivssl.console import progress
 
     # stderr: stdout stays clean for results (one line per bad video, manifest paths)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=stderr_console()) as bar:
+    with progress() as bar:
         task = bar.add_task(what, total=total)
         yield lambda n=1: bar.advance(task, n)
 

@@ -2,7 +2,7 @@
 GPU, short side resized, short GOP, optionally cut into short segments.
 
 Why segments: DALI's CPU ``decoders.video`` decodes from frame 0 up to the highest requested frame
-on every call (spec/dali.md §7), so a clip near the end of a 300-frame video costs ~10x one at the
+on every call (DALI ``fn.decoders.video`` documentation), so a clip near the end of a 300-frame video costs ~10x one at the
 start. Segments of N frames bound that cost.
 
 Segmenting (``segment_frames=N``) cuts the usable range [start_frame, end_frame) of each video

@@ -26,13 +26,6 @@ CKPT_NAME = "checkpoint.pt"  # the rolling "last" checkpoint inside a run dir
 REQUIRED = ("kind", "arch", "backbone", "head", "config", "versions", "step", "epoch")
 
 
-def versions() -> dict:
-    """Library versions worth recording next to weights (dalivssl.record.versions)."""
-    from dalivssl.record import versions as v
-
-    return v()
-
-
 def rng_state() -> dict:
     """Python, numpy and torch RNG states as tensors / plain values (weights_only-safe)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -121,9 +114,3 @@ def load_backbone(path, arch: str | None = None, device="cpu"):
                             f"({str(exc).splitlines()[0][:120]})") from None
     return backbone.eval(), ckpt
 
-
-def load_classifier(path, device="cpu"):
-    """-> (Classifier in eval mode, ckpt) from a finetune checkpoint (see engine.finetune)."""
-    from dalivssl.engine.finetune import load_classifier as load
-
-    return load(path, device)

@@ -1,6 +1,6 @@
 """The one training loop: ``fit`` trains any module whose ``forward(batch)`` returns a dict with
 ``'loss'`` — pretext pretraining (``trainer.TaskModel``), finetuning and linear probing
-(``engine.classify.ClassifierTask``) and multi-teacher distillation (``analysis.distill.
+(``engine.finetune.ClassifierTask``) and multi-teacher distillation (``analysis.distill.
 DistillTask``) alike (timm's ``TrainingTask`` → ``ClassificationTask`` / ``LogitDistillationTask``
 with one ``train.py``).
 
@@ -139,12 +139,9 @@ class Reporter:
         self.info = ""
         self.bar = None
         if enabled and self.tty:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from dalivssl.console import progress
 
-            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
-                                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"), console=self.console)
+            self.bar = progress(self.console, info=True)
             self.bar.start()
             self.task = self.bar.add_task(label, total=self.total, completed=done, info="")
 
@@ -225,6 +222,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     optimiser, scheduler, rng, loader, step and epoch. Checkpoints go to ``run_dir/checkpoint.pt``.
     """
     from dalivssl.engine import distributed
+    from dalivssl.record import versions
 
     net = net if net is not None else model
     is_main = dist is None or dist.is_main
@@ -237,7 +235,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         rng = distributed.all_gather_object(ck.rng_state()) if enabled else ck.rng_state()
         if not is_main:
             return
-        ck.save_checkpoint(ckpt_path, **checkpoint_fields(final), versions=ck.versions(), step=step,
+        ck.save_checkpoint(ckpt_path, **checkpoint_fields(final), versions=versions(), step=step,
                            epoch=loader.epoch, optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(),
                            final=final)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adamw")
+from dalivssl.config import OPTIMIZERS
+
 SCALINGS = ("linear", "sqrt")
 # modules whose parameters are never decayed when no_decay_norm_bias is set (BatchNorm and
 # InstanceNorm derive from _NormBase)

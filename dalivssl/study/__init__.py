@@ -1,4 +1,4 @@
-"""Studies: the paper's experiment grids as files (DESIGN.md §8, the study runner).
+"""Studies: the paper's experiment grids as files (Kumar et al. 2306.06010).
 
 A study file names axes (tasks × archs × pretrain data × subset sizes × complexity × seeds) and
 the downstream steps every pretrained cell goes through. :mod:`.spec` reads and validates it and

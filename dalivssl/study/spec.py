@@ -13,7 +13,7 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       arch: [r21d]              # models.BACKBONES
       data: [ucf101]            # pretraining data
       subset: [null, 1000]      # training videos (nested subsets); null = all
-      complexity: [null, C2]    # C1..C3 of the task's knob (tasks.yaml); null = the task default
+      complexity: [null, C2]    # C1..C3 of the task's knob (SPEC['levels']); null = the task default
       seed: [0, 1]
     pretrain: {epochs: 100, clip_len: 16, size: 112}   # options of `dalivssl pretrain`
     steps:                      # downstream of every pretrained cell (options of each command)
@@ -44,7 +44,6 @@ from pathlib import Path
 from dalivssl.errors import DalivsslError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-TASK_PRESETS = Path(__file__).parent / "tasks.yaml"
 AXES = ("task", "arch", "data", "subset", "complexity", "seed")
 EMBEDDED = "embedded"  # the embedded synthetic dataset: commands run without data flags
 TOP_KEYS = ("name", "description", "device", "threads", "data", "axes", "pretrain", "steps",
@@ -288,12 +287,11 @@ def _parse_axes(raw: dict, datasets: dict) -> dict:
 
 
 def _complexity_levels(override) -> dict:
-    """task -> {level: value of the task's knob (SPEC['complexity'])}: tasks.yaml, then the
-    study's own ``complexity:``."""
-    from dalivssl.config import load_yaml
+    """task -> {level: value of the task's knob (SPEC['complexity'])}: the task's own
+    ``SPEC['levels']``, then the study's ``complexity:``."""
     from dalivssl.tasks import TASKS
 
-    levels = {t: dict(v) for t, v in (load_yaml(TASK_PRESETS).get("complexity") or {}).items()}
+    levels = {t: dict(m.SPEC["levels"]) for t, m in TASKS.items() if m.SPEC.get("levels")}
     for task, lv in dict(override or {}).items():
         _need(isinstance(lv, dict), f"complexity.{task}: expected {{C1: value, ...}}")
         levels.setdefault(task, {}).update(lv)

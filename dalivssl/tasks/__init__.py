@@ -1,6 +1,7 @@
 """Pretext tasks (contract C6): one module per task, each with
 
-- ``SPEC``: sampler name, default sampler options (``complexity`` names the benchmark's knob),
+- ``SPEC``: sampler name, default sampler options (``complexity`` names the benchmark's knob,
+  ``levels`` its values C1 < C2 < C3 for the study),
   default optimiser / schedule (from the original, scaled for small batches), ``sync_bn``
   (BatchNorm synchronised across processes under DDP, as the original);
 - ``build_head(backbone, **opts) -> nn.Module`` (may hold a MoCo key encoder and queue);
@@ -47,14 +48,13 @@ def demo_overrides(task_name: str, arch: str | None = None) -> dict:
 
 def resolve_options(cfg) -> dict:
     """The option dicts a run of ``cfg`` (a PretrainConfig) uses, each lowest to highest: SPEC
-    (sampler_opts / head_opts) < demo preset (only when ``cfg.data`` is None) < the config's own
+    (sampler_opts) < demo preset (only when ``cfg.data`` is None) < the config's own
     ``sampler`` / ``head`` / ``backbone``. Returns {"sampler", "head", "backbone": dicts, "demo":
     the preset values that took effect ({} with --data or when all were overridden)}. Head values
     the trainer takes from the run (num_classes, clip_len, …) are added later, under these."""
     spec = get_task(cfg.task).SPEC
     demo = demo_overrides(cfg.task, cfg.arch) if cfg.data is None else {}
-    base = {"sampler": spec.get("sampler_opts", {}), "head": spec.get("head_opts", {}),
-            "backbone": {}}
+    base = {"sampler": spec.get("sampler_opts", {}), "head": {}, "backbone": {}}
     out: dict = {"demo": {}}
     for key in SUB_OPTIONS:
         own = dict(getattr(cfg, key, None) or {})

@@ -26,6 +26,7 @@ SPEC = {
     # complexity knob (Kumar et al.): 2 / 3 / 4 rate classes ({1,2} / {1,2,4} / {1,2,4,8})
     "sampler_opts": {},
     "complexity": "rates",
+    "levels": {"C1": [1, 2], "C2": [1, 2, 4], "C3": [1, 2, 4, 8]},  # the study's C1 < C2 < C3 of the knob (Kumar et al. §4.2)
     # PRP: SGD 0.01 (fc8 ×10), momentum 0.9, wd 5e-4, batch 8. Its ReduceLROnPlateau watches a
     # validation loss that pretraining here does not compute: constant lr instead.
     "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},

@@ -15,6 +15,7 @@ SPEC = {
     # complexity knob (Kumar et al.): 2 / 3 / 4 rotations
     "sampler_opts": {"num_rotations": 4},
     "complexity": "num_rotations",
+    "levels": {"C1": 2, "C2": 3, "C3": 4},  # the study's C1 < C2 < C3 of the knob (Kumar et al. §4.2)
     # BN over the global batch under DDP (CtP pretraining_runtime_ucf.py: syncbn = True)
     "sync_bn": True,
     # CtP: SGD 0.01, momentum 0.9, wd 1e-4, grad-norm clip 40, ×0.1 at epochs 100/200 of 300

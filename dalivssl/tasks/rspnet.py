@@ -31,6 +31,7 @@ SPEC = {
     # complexity knob: the speed set ([2], [4], [4, 2, 1])
     "sampler_opts": {"speeds": (2,)},
     "complexity": "speeds",
+    "levels": {"C1": [2], "C2": [4], "C3": [4, 2, 1]},  # the study's C1 < C2 < C3 of the knob (Kumar et al. §4.2)
     # RSPNet: SGD 0.1 × (world·batch/64), momentum 0.9, wd 1e-4, cosine to lr/1000.
     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
                   "ref_batch": 64, "scaling": "linear"},

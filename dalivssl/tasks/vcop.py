@@ -22,6 +22,7 @@ SPEC = {
     # complexity knob (Kumar et al.): 3 / 4 / 5 clips → 6 / 24 / 120 classes
     "sampler_opts": {"num_clips": 3},
     "complexity": "num_clips",
+    "levels": {"C1": 3, "C2": 4, "C3": 5},  # the study's C1 < C2 < C3 of the knob (Kumar et al. §4.2)
     # VCOP: SGD 1e-3, momentum 0.9, wd 5e-4, batch 8; the plateau scheduler is never stepped, so
     # the lr is constant. Batch 8 is already small: kept as is.
     "optimizer": {"name": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4},

@@ -2,7 +2,7 @@
 
 ``SAMPLERS[name](clip_len=16, size=112, augment=True, **task_options).plan(record, rng)`` returns
 a :class:`pipelines.types.ClipPlan`. See each class docstring for the original implementation it
-follows (spec/pretext_tasks.md), its complexity knob and its short-video policy.
+follows (Kumar et al. 2306.06010 §3 and the original repositories), its complexity knob and its short-video policy.
 """
 from __future__ import annotations
 

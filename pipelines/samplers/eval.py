@@ -14,7 +14,7 @@ class EvalSampler(Sampler):
 
     Original: the downstream finetune/test protocol of the benchmark (Kumar et al.) — several
     evenly spaced clips per video whose scores are averaged, a random clip for training; the
-    spec (spec/pretext_tasks.md §4, CVRL linear eval) tests with 10 clips × 3 crops. There is no
+    spec (Qian et al. 2021, CVRL linear eval) tests with 10 clips × 3 crops. There is no
     single reference implementation, so this sampler fixes the convention below.
 
     Deterministic mode (default): N evenly spaced clip starts covering the usable range: for

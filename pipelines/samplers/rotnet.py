@@ -17,7 +17,7 @@ PHOTO_P = 0.2
 
 
 class RotNetSampler(Sampler):
-    """One clip (K=1) of T frames and a rotation class (spec/pretext_tasks.md §1).
+    """One clip (K=1) of T frames and a rotation class (Jing et al. 2018, 3DRotNet).
 
     Original: no official code; reference is microsoft/CtP's re-implementation
     (pyvrl/models/pretraining/rot3d/ and its RandomFrameSampler): a

@@ -200,7 +200,7 @@ def _invoke(args):
 
 @pytest.mark.slow
 def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manifest):
-    from dalivssl.engine.checkpoint import load_classifier
+    from dalivssl.engine.finetune import load_classifier
     from dalivssl.results import ResultsFile
 
     classes = D.manifest_classes(train_manifest)

@@ -71,3 +71,16 @@ def test_unknown_command_fails_cleanly():
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+def test_pretrain_help_lists_every_registered_task():
+    """The --task help is read from dalivssl.tasks.TASKS: a new task needs no help edit."""
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.tasks import TASKS
+
+    out = CliRunner().invoke(cli, ["pretrain", "--help"]).output
+    text = " ".join(out.split())
+    assert "{names}" not in text
+    assert "Pretext task: " + ", ".join(TASKS) + " (default vcop)." in text

@@ -9,6 +9,7 @@ import torch
 
 from dalivssl.engine import checkpoint as ck
 from dalivssl.errors import DalivsslError
+from dalivssl.record import versions
 
 
 def _fields(arch="r21d", kind="pretrain", **extra):
@@ -17,7 +18,7 @@ def _fields(arch="r21d", kind="pretrain", **extra):
     torch.manual_seed(0)
     bb = create_backbone(arch)
     return bb, dict(kind=kind, arch=arch, backbone=bb.state_dict(), head={}, config={"a": [1]},
-                    versions=ck.versions(), step=3, epoch=1, **extra)
+                    versions=versions(), step=3, epoch=1, **extra)
 
 
 def test_round_trip_atomic_and_weights_only(tmp_path):
@@ -67,21 +68,24 @@ def test_load_classifier(tmp_path):
     head = torch.nn.Linear(bb.feature_dim, 3)
     fields["head"] = head.state_dict()
     ck.save_checkpoint(tmp_path / "f.pt", **fields)
-    model, _ = ck.load_classifier(tmp_path / "f.pt")
+    from dalivssl.engine.finetune import load_classifier
+
+    model, _ = load_classifier(tmp_path / "f.pt")
     x = torch.randn(2, 3, 8, 32, 32)
     bb.eval()
     assert torch.allclose(model(x), head(bb.forward_features(x)))
     _, pre = _fields()
     ck.save_checkpoint(tmp_path / "p.pt", **pre)
     with pytest.raises(DalivsslError, match="'pretrain' checkpoint has no classifier"):
-        ck.load_classifier(tmp_path / "p.pt")
+        load_classifier(tmp_path / "p.pt")
 
 
 def test_load_classifier_l2_normalises_features_when_the_probe_did(tmp_path):
     """A probe trained on L2-normalised features (finetune --l2-norm) is evaluated the same way."""
     import torch
 
-    from dalivssl.engine.checkpoint import load_classifier, save_checkpoint
+    from dalivssl.engine.checkpoint import save_checkpoint
+    from dalivssl.engine.finetune import load_classifier
     from models import create_backbone
 
     torch.manual_seed(0)

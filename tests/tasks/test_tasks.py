@@ -34,6 +34,24 @@ def test_registry_matches_samplers_and_contract():
         assert callable(mod.build_head) and callable(mod.step)
 
 
+def test_complexity_levels_live_in_the_task_and_build_its_sampler():
+    """C1 < C2 < C3 are the task's own SPEC['levels'] (no separate table): each value builds the
+    sampler; a task without a knob has no levels."""
+    from pipelines.samplers import SAMPLERS
+
+    with_levels = {n for n, m in TASKS.items() if m.SPEC.get("levels")}
+    assert with_levels == {"rotnet", "vcop", "prp", "rspnet"}
+    for name in sorted(with_levels):
+        spec = TASKS[name].SPEC
+        assert list(spec["levels"]) == ["C1", "C2", "C3"] and spec["complexity"]
+        for value in spec["levels"].values():
+            SAMPLERS[spec["sampler"]](clip_len=16, size=32, augment=False,
+                                      **{spec["complexity"]: value})
+    for name, mod in TASKS.items():
+        if not mod.SPEC.get("complexity"):
+            assert not mod.SPEC.get("levels"), name
+
+
 def test_unknown_task_lists_valid_names():
     with pytest.raises(DalivsslError, match="valid: " + ", ".join(sorted(TASKS))):
         get_task("jigsaw")

@@ -58,3 +58,17 @@ def test_keep_epochs_writes_each_stage_with_its_own_record(tiny_synth, tmp_path)
         weights.append(next(iter(ck["backbone"].values())))
     weights.append(next(iter(last["backbone"].values())))
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
+def test_finetune_train_loader_under_paper_is_a_centre_crop(tiny_synth):
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.engine.finetune import train_loader
+
+    m = load_manifest(tiny_synth["train"])
+    paper = train_loader(m, FinetuneConfig(size=32, clip_len=4, flip=True, protocol="paper"))
+    assert paper.sampler.protocol == "paper" and paper.sampler.param_keys == ("crop",)
+    b = next(iter(paper))
+    orig = train_loader(m, FinetuneConfig(size=32, clip_len=4, flip=True))
+    assert orig.sampler.param_keys == ("crop", "flip")
+    assert b.clips.shape[-2:] == (32, 32)

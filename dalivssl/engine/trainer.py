@@ -248,14 +248,17 @@ def _build(cfg: PretrainConfig, task, dist):
     from pipelines.samplers import SAMPLERS
 
     spec = task.SPEC
-    from dalivssl.tasks import resolve_options
+    from dalivssl.tasks import dataset_overrides, resolve_options
     from dalivssl.tasks.explain import _defaults
 
-    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < config
+    manifest = _manifest(cfg)
+    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < paper < config
+    for key, vals in dataset_overrides(cfg.task, manifest).items():  # under the config's own
+        own = dict(getattr(cfg, key, None) or {})
+        opts[key].update({k: v for k, v in vals.items() if k not in own})
     sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
-    manifest = _manifest(cfg)
     try:
         loader = PretextLoader(spec["sampler"], manifest, cfg.batch_size, device=cfg.device,
                                clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed,

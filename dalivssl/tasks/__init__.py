@@ -51,6 +51,14 @@ def demo_overrides(task_name: str, arch: str | None = None) -> dict:
 PROTOCOLS = ("original", "paper")
 
 
+def dataset_overrides(task_name: str, manifest) -> dict:
+    """The task's per-dataset option defaults (``DATASET``, keyed by the manifest's meta
+    'format', e.g. VideoMAE's sampling rate 2 on SSv2): {"sampler": {…}, …}."""
+    fmt = (getattr(manifest, "meta", None) or {}).get("format")
+    own = getattr(get_task(task_name), "DATASET", {}).get(fmt, {})
+    return {k: dict(own.get(k, {})) for k in SUB_OPTIONS}
+
+
 def paper_overrides(task_name: str) -> dict:
     """{"sampler": {…}, "head": {…}, "backbone": {…}} of ``protocol: paper``: the sampler's
     ``protocol='paper'`` (supp. C.3 augmentation) and the task's ``PAPER`` (TDL: K = 500)."""

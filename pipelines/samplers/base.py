@@ -197,6 +197,17 @@ PAPER_ROTATION = 10.0  # ±10°: TDL's RandomRotation(10), the only rotation amo
 PAPER_JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter(b, c, s, hue) with p 0.8: MoCo v2 / SimCLR's
 PAPER_JITTER_P = 0.8
 PAPER_GAMMA = 1.5  # CVRL's gamma γ log-uniform in [1/1.5, 1.5], p 0.8 (like its colour jitter)
+# (augmentation, value used, where it comes from) for --explain: each "paper gives no value"
+PAPER_CHOICES = (
+    ("rotation", f"U(±{PAPER_ROTATION:g}°) per clip", "TDL's RandomRotation(10)"),
+    ("resize + random crop", "short side → size·128/112, random size² crop",
+     "VCOP/PRP's 128→112"),
+    ("colour jitter", f"b/c/s {PAPER_JITTER[0]:g}, hue {PAPER_JITTER[3]:g}, p {PAPER_JITTER_P:g}",
+     "MoCo v2 / SimCLR"),
+    ("horizontal flip", "p 0.5", "torchvision RandomHorizontalFlip"),
+)
+GAMMA_CHOICE = ("gamma (CVRL)", f"log-uniform [1/{PAPER_GAMMA:g}, {PAPER_GAMMA:g}], p "
+                f"{PAPER_JITTER_P:g}", "symmetric in log, as the jitter's p")
 
 
 def check_protocol(name: str, protocol: str) -> str:
@@ -252,6 +263,7 @@ class Sampler:
 
     name = "base"
     normalize = "imagenet"
+    paper_augment: bool | str = False  # what protocol 'paper' changes in the plan (--explain)
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True,
                  protocol: str = "original"):

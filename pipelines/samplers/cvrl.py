@@ -58,6 +58,7 @@ class CVRLSampler(Sampler):
     """
 
     name = "cvrl"
+    paper_augment = "gamma"  # its own augmentation plus gamma
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,

@@ -54,6 +54,7 @@ class PRPSampler(Sampler):
     """
 
     name = "prp"
+    paper_augment = True
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,

@@ -50,6 +50,7 @@ class RotNetSampler(Sampler):
     """
 
     name = "rotnet"
+    paper_augment = True  # protocol 'paper' swaps in supp. C.3's augmentation
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,

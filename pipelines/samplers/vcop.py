@@ -41,6 +41,7 @@ class VCOPSampler(Sampler):
     """
 
     name = "vcop"
+    paper_augment = True
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,

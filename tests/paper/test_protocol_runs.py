@@ -66,9 +66,60 @@ def test_finetune_train_loader_under_paper_is_a_centre_crop(tiny_synth):
     from dalivssl.engine.finetune import train_loader
 
     m = load_manifest(tiny_synth["train"])
-    paper = train_loader(m, FinetuneConfig(size=32, clip_len=4, flip=True, protocol="paper"))
+    paper = train_loader(m, FinetuneConfig(size=32, clip_len=4, flip=True,
+                                           protocol="paper"))
     assert paper.sampler.protocol == "paper" and paper.sampler.param_keys == ("crop",)
     b = next(iter(paper))
     orig = train_loader(m, FinetuneConfig(size=32, clip_len=4, flip=True))
     assert orig.sampler.param_keys == ("crop", "flip")
     assert b.clips.shape[-2:] == (32, 32)
+
+
+def test_videomae_sampling_rate_per_dataset_and_the_original_row():
+    from types import SimpleNamespace
+
+    from dalivssl.tasks import dataset_overrides
+    from dalivssl.tasks.explain import explain
+
+    ssv2 = SimpleNamespace(meta={"format": "ssv2"})
+    assert dataset_overrides("videomae", ssv2)["sampler"] == {"sampling_rate": 2}
+    assert dataset_overrides("videomae", SimpleNamespace(meta={"format": "kinetics"})) == {
+        "sampler": {}, "head": {}, "backbone": {}}
+    assert dataset_overrides("vcop", ssv2)["sampler"] == {}
+    text = explain(PretrainConfig(task="videomae", arch="vit_s", data="x"))
+    rows = {ln.split()[0]: ln for ln in text.splitlines() if ln.startswith("  ")}
+    assert "2048 (32 × 64 GPUs)" in rows["batch_size"] and "801" in rows["epochs"]
+    assert "40 epochs" in rows["warmup"]
+
+
+def test_trainer_applies_the_ssv2_rate_under_the_configs_own(tiny_synth, monkeypatch):
+    """The trainer reads the manifest's format: an SSv2 manifest samples VideoMAE at rate 2,
+    an explicit sampler.sampling_rate wins."""
+    from types import SimpleNamespace
+
+    from dalivssl.engine import trainer
+
+    real = trainer._manifest
+
+    def as_ssv2(cfg):
+        m = real(cfg)
+        m.meta = {**m.meta, "format": "ssv2"}
+        return m
+
+    monkeypatch.setattr(trainer, "_manifest", as_ssv2)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_loader(task, manifest, batch, **kw):
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr("pipelines.loader.PretextLoader", fake_loader)
+    for own, want in (({}, 2), ({"sampling_rate": 3}, 3)):
+        cfg = PretrainConfig(task="videomae", arch="vit_s", data=str(tiny_synth["train"]),
+                             sampler=own)
+        with pytest.raises(Stop):
+            trainer._build(cfg, TASKS["videomae"], SimpleNamespace(rank=0, world=1))
+        assert seen["sampling_rate"] == want

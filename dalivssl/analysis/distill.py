@@ -306,7 +306,6 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dalivssl.engine.finetune import Classifier, checkpoint_fields
     from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
     from dalivssl.engine.trainer import make_optimizer
-    from models import create_backbone
 
     from dalivssl.devices import announce as resolve_device
 
@@ -341,7 +340,8 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
         teachers = [t.path for t in t_models] + list(cfg.teacher_logits)
         record = rec.new_record(
             "distill", name, data_path=data_path, manifest=manifest, device=cfg.device,
-            parents=teachers + ([cfg.student_checkpoint] if cfg.student_checkpoint else []), arch=cfg.arch, clip=clip, seed=cfg.seed,
+            parents=teachers + ([cfg.student_checkpoint] if cfg.student_checkpoint else []),
+            arch=cfg.arch, clip=clip, seed=cfg.seed,
             settings={**to_dict(cfg), "device_info": dev.record()})
         ckpt_path = out / ck.CKPT_NAME
         old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None

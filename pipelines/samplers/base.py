@@ -254,7 +254,9 @@ class Sampler:
     """Base of every sampler (contract C3).
 
     ``protocol``: 'original' (each task as its original repository) or 'paper' (the
-    benchmark's changes, supp. C.3; see each subclass). Subclasses set ``name``, ``normalize`` and the per-instance attributes num_clips (K),
+    benchmark's changes, supp. C.3; see each subclass).
+
+    Subclasses set ``name``, ``normalize`` and the per-instance attributes num_clips (K),
     clip_len (T of the plan), num_classes, out_size (H, W), min_frames (usable frames a video
     needs so that ``plan`` never raises TooShort; 1 for samplers that loop/wrap short videos) and
     ``param_keys`` (the keys every plan's ``params`` carries), then implement ``_plan(record,

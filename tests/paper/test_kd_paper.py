@@ -1,5 +1,5 @@
-"""The paper's KD loss (Kumar et al. §4.4: L = CE + Σₙ KL(teacherₙ ‖ student), no temperature,
-no weight) against a hand computation, beside the T²-scaled 'hinton' loss."""
+"""The paper's KD loss (Kumar et al. §4.4: L = CE + Σₙ KL(teacherₙ ‖ student), no
+temperature, no weight) against a hand computation, beside the T²-scaled 'hinton' loss."""
 from __future__ import annotations
 
 import numpy as np

@@ -33,7 +33,8 @@ def test_decoded_noise_equals_noise_then_resize_and_differs_from_model():
     at_model = NoiseRunner([cell], 2, seed=5).run_numpy(clean)[cell]
     sd_dec = np.std(got[cell].astype(float) - clean)
     sd_model = np.std(at_model.astype(float) - clean)
-    # σ = 0.18·255 ≈ 46 at model resolution; a 3× antialiased downscale averages most of it away
+    # σ = 0.18·255 ≈ 46 at model resolution; a 3× antialiased downscale averages most of it
+    # away
     assert sd_model > 35 and sd_dec < sd_model / 2
 
 

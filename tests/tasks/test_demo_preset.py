@@ -133,7 +133,8 @@ def test_explain_prints_settings_beside_the_originals(capsys):
     assert ("demo preset (no --data): head.feature_norm=batch, head.backbone_pass=joint, "
             "backbone.zero_init_residual=True" in " ".join(text.split()))
     assert rows["head.backbone_pass"] == ["joint", "joint", "position", "≠"]
-    assert "rotation: U(±10°) per clip (paper gives no value; from TDL's RandomRotation(10))" in text
+    assert ("rotation: U(±10°) per clip (paper gives no value; from TDL's RandomRotation(10))"
+            in text)
     rows, text = _explain(["--task", "vcop", "--data", __file__], capsys)
     assert rows["head.feature_norm"] == ["none", "none", "none"]
     assert rows["head.backbone_pass"] == ["position", "position", "position"]

@@ -48,6 +48,9 @@ def test_paper_preset_grids(name):
             assert '--set' in r.argv and 'protocol="paper"' in r.argv, r.name
         if r.step == "distill":
             assert 'kd_loss="paper"' in r.argv
+        if r.step == "robustness":  # noise before the resize, the paper's per-cell counts
+            assert " --noise-at decoded " in f" {' '.join(r.argv)} "
+            assert r.argv[r.argv.index("--videos-per-cell") + 1] == "paper"
 
 
 def test_every_paper_preset_is_pinned():

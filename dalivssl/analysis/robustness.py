@@ -8,8 +8,11 @@ the cells by their video counts.
 
 Cost model: each test clip is decoded ONCE per group of models that share (clip_len, size); every
 noise cell is drawn from that uint8 batch by one DALI pipeline (:class:`pipelines.noise.NoiseRunner`,
-one output per cell, noise at model resolution before normalisation); the cells are then stacked
-into large forward batches. All models of a group see the same noisy pixels.
+one output per cell, noise at model resolution before normalisation, or with ``noise_at
+'decoded'`` on the decoded centre crop before the resize, in the same graph); the cells are then
+stacked into large forward batches. All models of a group see the same noisy pixels. With
+``videos_per_cell`` every video is still forwarded in every cell; a cell's accuracy is taken over
+its subset (``subsets/<cell>``).
 
 HDF5 layout (one group per model, ``robustness/<model>``):
   ``indices`` int64 V, ``targets`` int64 V          the test videos (manifest positions, labels)
@@ -21,7 +24,9 @@ HDF5 layout (one group per model, ``robustness/<model>``):
   ``clean_acc``, ``mean_acc``, ``mean_rs``          scalars (means unweighted over the cells)
   ``rs_by_noise`` (n_noise), ``rs_by_severity`` (n_sev)
   ``noises`` str list, ``severities`` int (n_sev), ``settings`` JSON text (constants, rounding,
-  seed, clips, decoder, checkpoint): a resumed sweep must use the same settings.
+  seed, clips, decoder, noise_at, decoded_size, videos_per_cell, checkpoint): a resumed sweep
+  must use the same settings.
+  ``subsets/<cell>`` int8 V                         the cell's videos (with videos_per_cell)
 Cells already present are skipped (resumable per cell).
 """
 from __future__ import annotations

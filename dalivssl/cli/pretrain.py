@@ -41,8 +41,8 @@ import click
 @click.option("--threads", "--workers", "threads", type=int, default=None,
               help="CPU threads for torch and DALI (default 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
-@click.option("--explain", is_flag=True, help="Print the resolved settings beside the original's "
-              "and the task's known differences, then exit.")
+@click.option("--explain", is_flag=True, help="Print the resolved settings beside the paper "
+              "protocol's and the original's, and the task's known differences, then exit.")
 def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
              protocol, keep_epochs, config_path, sets, device, out, resume, overwrite, seed, name,
              threads, no_progress, explain):

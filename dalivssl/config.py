@@ -33,6 +33,15 @@ def _check_ranges(cfg, at_least_one=(), positive=(), non_negative=()):
     return cfg
 
 
+PROTOCOLS = ("original", "paper")  # the run's protocol (dalivssl.tasks.paper_overrides)
+KD_LOSSES = ("hinton", "paper")  # analysis.distill.KD_LOSSES
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise DalivsslError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """``dalivssl pretrain``. CPU-friendly defaults: 16-frame clips at 64 px (the paper uses 16 at
@@ -72,12 +81,23 @@ class PretrainConfig:
     sampler: dict = field(default_factory=dict)  # task sampler options (over SPEC defaults)
     head: dict = field(default_factory=dict)     # task head options (over SPEC defaults)
     backbone: dict = field(default_factory=dict)  # create_backbone options (zero_init_residual…)
+    # original: each task as its original repository; paper: the benchmark's changes (Kumar et
+    # al. supp. C.3 augmentation, TDL K = 500; tasks.paper_overrides)
+    protocol: str = "original"
+    warmup_epochs: float | None = None  # warmup in epochs (VideoMAE's 40); wins over warmup_steps
+    keep_epochs: tuple[int, ...] = ()  # also keep epoch_<E>.pt after these epochs (stages)
 
     def check(self) -> "PretrainConfig":
         """One-line errors for values no run can use (before any work)."""
+        _check_protocol(self.protocol)
+        for e in self.keep_epochs:
+            if not 1 <= e <= self.epochs:
+                raise DalivsslError(f"keep_epochs: {e} is not an epoch of this run "
+                                    f"(1..{self.epochs})")
         return _check_ranges(self, ("epochs", "max_steps", "batch_size", "clip_len", "size",
                                     "threads", "dali_threads", "ckpt_every", "log_every"),
-                             ("lr",), ("weight_decay", "momentum", "grad_clip", "warmup_steps"))
+                             ("lr",), ("weight_decay", "momentum", "grad_clip", "warmup_steps",
+                                       "warmup_epochs"))
 
     @property
     def run_dir(self) -> Path:
@@ -115,6 +135,8 @@ class FinetuneConfig:
     device: str = "auto"
     threads: int = 2
     pretrained: str | None = None  # checkpoint path, None = random init
+    # paper: "Resize and Center Crop" for training and evaluation clips (supp. C.3)
+    protocol: str = "original"
     ckpt_every: int = 50
     log_every: int = 5
     progress: bool = True
@@ -131,6 +153,7 @@ class FinetuneConfig:
 
     def check(self) -> "FinetuneConfig":
         """One-line errors for values no run can use (before any work)."""
+        _check_protocol(self.protocol)
         _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "clip_len", "size",
                              "threads", "ckpt_every", "log_every"), ("lr",),
                       ("weight_decay", "momentum", "dropout", "head_lr_mult"))
@@ -157,6 +180,9 @@ class DistillConfig:
     max_steps: int | None = None
     temperature: float = 4.0
     alpha: float = 1.0
+    # hinton: CE + α·Σ T²·KL at ``temperature``; paper: CE + Σ KL at T = 1 (Kumar et al. §4.4)
+    kd_loss: str = "hinton"
+    student_checkpoint: str | None = None  # start the student from this checkpoint's backbone
     lr: float = 1e-3          # Adam (AdamW without weight decay)
     batch_size: int = 8
     clip_len: int | None = None
@@ -171,6 +197,9 @@ class DistillConfig:
     progress: bool = True
 
     def check(self) -> "DistillConfig":
+        if self.kd_loss not in KD_LOSSES:
+            raise DalivsslError(f"kd_loss must be one of {', '.join(KD_LOSSES)}, got "
+                                f"{self.kd_loss!r}")
         return _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "threads",
                                     "clip_len", "size", "ckpt_every", "log_every"),
                              ("lr", "temperature"), ("alpha",))

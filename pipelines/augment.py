@@ -10,7 +10,7 @@ built into the graph, so a task without colour jitter pays nothing for it.
 
 Op order (fixed, torchvision/BYOL-like): crop+resize -> flip -> rotate -> colour (brightness,
 contrast, saturation, hue, grayscale fused into one affine colour map per clip, see
-``colour_affine``) -> gaussian blur -> solarise. Geometry runs first so every later op
+``colour_affine``) -> gamma -> gaussian blur -> solarise. Geometry runs first so every later op
 works at the (small) model resolution.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ IDENTITY: dict[str, tuple] = {
     "saturation": (np.float32, 1.0),
     "hue": (np.float32, 0.0),
     "gray": (np.int32, 0),
+    "gamma": (np.float32, 1.0),
     "blur_sigma": (np.float32, 0.0),
     "solarize": (np.int32, 0),
 }
@@ -153,6 +154,8 @@ def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: 
         clip = fn.rotate(clip, angle=row("angle"), keep_size=True, fill_value=0, device=device)
     if "colour_m" in params:
         clip = _colour(clip, row("colour_m"), row("colour_t") if contrast else None, device)
+    if "gamma" in params:
+        clip = _gamma(clip, on_dev(row("gamma")), device)
     if "blur_sigma" in params:
         clip = fn.gaussian_blur(clip, sigma=row("blur_sigma"), device=device)
     if "solarize" in params:
@@ -175,3 +178,12 @@ def _colour(clip, M, t, device: str):
         return fn.coord_transform(clip, M=M, T=t * m, dtype=types.UINT8)
     y = fn.coord_transform(clip, M=M, dtype=types.FLOAT, device=device)
     return fn.cast(y + t.gpu() * m, dtype=types.UINT8, device=device)  # saturating, rounding
+
+
+def _gamma(clip, gamma, device: str):
+    """Gamma adjustment y = 255·(x/255)^γ per clip (the paper's CVRL "gamma adjustment", supp.
+    C.3; torchvision ``adjust_gamma`` with gain 1), rounded to uint8."""
+    from nvidia.dali import fn, math as dmath, types
+
+    xf = fn.cast(clip, dtype=types.FLOAT, device=device) * (1.0 / 255.0)
+    return fn.cast(dmath.pow(xf, gamma) * 255.0, dtype=types.UINT8, device=device)

@@ -19,8 +19,11 @@ Rounding: imagecorruptions ends with ``np.uint8(...)``, which truncates. ``round
 (the default) reproduces that truncation, so accuracies are comparable with the published code;
 ``rounding='round'`` uses the plain DALI ops (round half away from zero), ≈ +0.5 grey level above.
 
-Noise goes on uint8 frames at model resolution, before normalisation (noise added before a resize
-would be averaged away; ImageNet-C did likewise). DALI is imported inside the functions, so
+Where the noise goes (``NOISE_AT``): ``'model'`` on uint8 frames at model resolution, before
+normalisation (ImageNet-C did likewise); ``'decoded'`` on the decoded frames before the resize to
+model resolution (``NoiseRunner(out_size=…)``), the order of the paper's reference code
+(Maddy12/ActionRecognitionRobustnessEval core/build_dataset.py: RandomPerturbation precedes
+Resize), where the resize averages part of the noise away. DALI is imported inside the functions, so
 ``import pipelines.noise`` costs only numpy.
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 NOISES = ("gaussian", "shot", "impulse", "speckle")
 SEVERITIES = (1, 2, 3, 4, 5)
 ROUNDINGS = ("floor", "round")
+NOISE_AT = ("model", "decoded")
 DEFAULT_ROUNDING = "floor"
 
 # severity 1..5 constants c (Hendrycks & Dietterich 2019, ``imagecorruptions``); shot: smaller c = stronger noise
@@ -164,21 +168,27 @@ class NoiseRunner:
     FHWC (F frames, e.g. K·T clip frames of one video); batches may be smaller than
     ``max_batch_size``. device: 'cpu' (``device_id=None``) or 'gpu' (noise on the GPU;
     device_id None = torch's current CUDA device, the rank's GPU under DDP).
+
+    out_size (H, W): noise on the input frames, then each output resized to out_size (DALI
+    linear, antialiased: the loader's resize); the clean input, resized the same way, comes first.
+    ``outputs`` names the outputs of :meth:`run` in order: cells, or ("clean", 0) then cells.
     """
 
     def __init__(self, cells: Sequence[Cell], max_batch_size: int, constants: str = "imagenet-c",
                  rounding: str = DEFAULT_ROUNDING, seed: int = 0, device: str = "cpu",
-                 num_threads: int = 2, device_id: int | None = None):
+                 num_threads: int = 2, device_id: int | None = None,
+                 out_size: tuple[int, int] | None = None):
         from nvidia.dali import fn, pipeline_def, types
 
         if device not in ("cpu", "gpu"):
             raise ValueError(f"unknown device {device!r}; valid: cpu, gpu")
         cells = [(str(k), int(s)) for k, s in cells]
-        if not cells:
+        if not cells and out_size is None:
             raise ValueError("no noise cells to run")
         for k, s in cells:
             _check(k, s, constants, rounding)
         self.cells = cells
+        self.outputs = ([("clean", 0)] if out_size else []) + cells
         self.device = device
         self.max_batch_size = int(max_batch_size)
         if device == "gpu" and device_id is None:
@@ -192,15 +202,18 @@ class NoiseRunner:
         def _pipe():
             x = fn.external_source(name="frames", dtype=types.UINT8, ndim=4, layout="FHWC",
                                    device=device)
-            return tuple(dali_noise(x, k, s, constants, rounding, seed=cell_seed(seed, k, s))
-                         for k, s in cells)
+            outs = [dali_noise(x, k, s, constants, rounding, seed=cell_seed(seed, k, s))
+                    for k, s in cells]
+            if out_size:
+                outs = [fn.resize(y, size=list(out_size), device=device) for y in [x, *outs]]
+            return tuple(outs)
 
         self.pipe = _pipe()
         self.pipe.build()
 
     def run(self, batch):
         """batch: uint8 (B, F, H, W, C) numpy array, torch tensor (CPU, or CUDA for device='gpu')
-        or a list of (F, H, W, C) arrays → list of DALI TensorLists, one per cell."""
+        or a list of (F, H, W, C) arrays → list of DALI TensorLists, one per ``outputs``."""
         if isinstance(batch, (list, tuple)):
             n = len(batch)
         else:
@@ -219,7 +232,7 @@ class NoiseRunner:
         """Like :meth:`run`, as {cell: uint8 numpy (B, F, H, W, C)}."""
         outs = self.run(batch)
         res = {}
-        for cell, tl in zip(self.cells, outs):
+        for cell, tl in zip(self.outputs, outs):
             if self.device == "gpu":
                 tl = tl.as_cpu()
             res[cell] = np.array(tl.as_tensor())

@@ -29,6 +29,7 @@ PARAM_KEYS = {
     "saturation": "float32 (K,): saturation factor (1 = identity)",
     "hue": "float32 (K,): hue shift in degrees (0 = identity)",
     "gray": "int32 (K,): convert to grayscale (replicated to 3 channels) 0/1",
+    "gamma": "float32 (K,): gamma γ, y = 255·(x/255)^γ (1 = identity; CVRL under the paper)",
     "blur_sigma": "float32 (K,): gaussian blur sigma in output pixels (0 = no blur)",
     "solarize": "int32 (K,): solarise (v -> 255 - v for v >= 128) 0/1",
 }

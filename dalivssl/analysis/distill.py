@@ -5,7 +5,9 @@ al. 2023 (arXiv 2306.06010, sec. KD): the student learns from the labels and fro
 
     L = CE(s, y) + alpha * sum_i T^2 * KL(softmax(t_i / T) || softmax(s / T)),
 
-with s, t_i: B x C logits. T^2 keeps the soft-target gradients on the scale of the CE term.
+with s, t_i: B x C logits. T^2 keeps the soft-target gradients on the scale of the CE term
+(``kd_loss: hinton``). ``kd_loss: paper`` is the paper's formula, L = CE + Σ_i KL_i at T = 1 with
+no weight (Kumar et al. §4.4; what ``protocol: paper`` studies use).
 Teachers are finetuned dalivssl checkpoints (run live, eval mode, no grad) or precomputed
 video-level logits in an HDF5 file (external teachers such as video foundation models).
 
@@ -28,18 +30,24 @@ import torch
 from dalivssl.errors import DalivsslError
 
 LOGITS_GROUP = "logits"
+KD_LOSSES = ("hinton", "paper")  # the kd_loss setting (DistillConfig.kd_loss)
 
 
 # ----------------------------------------------------------------------------------- loss
 def kd_loss(student_logits, targets, teacher_logits: Sequence = (), temperature: float = 4.0,
-            alpha: float = 1.0):
+            alpha: float = 1.0, kind: str = "hinton"):
     """-> (loss, parts). student_logits B x C (requires grad), targets int64 B, teacher_logits: a
     list of B x C tensors (detached here: gradients reach the student only).
     parts: {'ce', 'kd' (weighted sum over teachers, before alpha), 'kd_i': [per teacher]}, detached
     0-d tensors (no device sync per step).
-    With no teachers the loss is exactly the cross-entropy."""
+    With no teachers the loss is exactly the cross-entropy. ``kind`` (``KD_LOSSES``): 'hinton'
+    as above; 'paper' ignores temperature and alpha: CE + Σ KL(p_t || p_s) at T = 1."""
     import torch.nn.functional as F
 
+    if kind not in KD_LOSSES:
+        raise DalivsslError(f"kd_loss must be one of {', '.join(KD_LOSSES)}, got {kind!r}")
+    if kind == "paper":
+        temperature, alpha = 1.0, 1.0
     T = float(temperature)
     if T <= 0:
         raise DalivsslError(f"temperature must be > 0, got {temperature}")
@@ -235,11 +243,12 @@ class DistillTask(torch.nn.Module):
     as teacher(raw_clips, manifest_indices) -> B×C logits and never get gradients."""
 
     def __init__(self, student, teachers: Sequence[Callable], normalize: str,
-                 temperature: float = 4.0, alpha: float = 1.0):
+                 temperature: float = 4.0, alpha: float = 1.0, kind: str = "hinton"):
         super().__init__()
         self.student = student
         self.teachers = list(teachers)  # not submodules: never trained, never checkpointed
         self.normalize, self.temperature, self.alpha = normalize, temperature, alpha
+        self.kind = kind
 
     def forward(self, batch) -> dict:
         from pipelines.loader import normalize_clips
@@ -250,7 +259,8 @@ class DistillTask(torch.nn.Module):
         raw = batch.clips
         x = normalize_clips(raw, self.normalize)[:, 0].to(y.device)  # B×C×T×H×W
         t_logits = [t(raw, batch.indices) for t in self.teachers]
-        loss, parts = kd_loss(self.student(x), y, t_logits, self.temperature, self.alpha)
+        loss, parts = kd_loss(self.student(x), y, t_logits, self.temperature, self.alpha,
+                              self.kind)
         out = {"loss": loss, "ce": parts["ce"], "kd": parts["kd"]}
         out.update({f"kd_{i}": v for i, v in enumerate(parts["kd_i"])})
         return out
@@ -270,6 +280,18 @@ def teacher_accuracy(teacher, loader) -> tuple[float, int]:
     return float(np.mean(out.video.argmax(1) == out.targets)), len(out)
 
 
+def student_backbone(cfg):
+    """The student's backbone: random ``cfg.arch`` weights, or ``cfg.student_checkpoint``'s
+    backbone (Table 5's "Ours*" may start from pretrained weights; the paper is ambiguous)."""
+    from models import create_backbone
+
+    if not cfg.student_checkpoint:
+        return create_backbone(cfg.arch)
+    from dalivssl.engine.checkpoint import load_backbone
+
+    return load_backbone(cfg.student_checkpoint, arch=cfg.arch)[0].train()
+
+
 def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) -> dict:
     """Build the student and teachers from ``cfg`` (:class:`dalivssl.config.DistillConfig`), train
     with the one engine, evaluate student and model teachers on the eval data, and write the run
@@ -284,7 +306,6 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dalivssl.engine.finetune import Classifier, checkpoint_fields
     from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
     from dalivssl.engine.trainer import make_optimizer
-    from models import create_backbone
 
     from dalivssl.devices import announce as resolve_device
 
@@ -319,21 +340,22 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
         teachers = [t.path for t in t_models] + list(cfg.teacher_logits)
         record = rec.new_record(
             "distill", name, data_path=data_path, manifest=manifest, device=cfg.device,
-            parents=teachers, arch=cfg.arch, clip=clip, seed=cfg.seed,
+            parents=teachers + ([cfg.student_checkpoint] if cfg.student_checkpoint else []),
+            arch=cfg.arch, clip=clip, seed=cfg.seed,
             settings={**to_dict(cfg), "device_info": dev.record()})
         ckpt_path = out / ck.CKPT_NAME
         old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
         if old is not None:
             rec.check_resumable(rec.record_of(old), record,
                                 ("arch", "data_hash", "clip", "seed", "batch_size", "lr",
-                                 "temperature", "alpha", "parent_hash"), ckpt_path)
+                                 "temperature", "alpha", "kd_loss", "parent_hash"), ckpt_path)
         seed_all(cfg.seed)
-        student = Classifier(create_backbone(cfg.arch), len(classes)).to(tdev)
+        student = Classifier(student_backbone(cfg), len(classes)).to(tdev)
         from dalivssl.analysis.features import check_input_size
 
         check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
         task = DistillTask(student, [*t_models, *t_files], clip.normalize, cfg.temperature,
-                           cfg.alpha)
+                           cfg.alpha, cfg.kd_loss)
         optimizer = make_optimizer(student.parameters(), "adamw", cfg.lr, 0.0, 0.0)
         loader = make_loader("eval", manifest, str(data_path), batch_size=cfg.batch_size,
                              device=cfg.device, clip_len=clip.clip_len, size=clip.size,
@@ -391,7 +413,8 @@ def _write_distill(out: Path, record, cfg, history, acc, n_eval, eval_path, teac
         rf.set_meta(command="distill", record=record.to_dict(), config=record.settings)
         rf.write("distill", "step", col("step").astype(np.int64))
         rf.write("distill", "epoch", col("epoch").astype(np.int64))
-        rf.write("distill", "loss", col("loss"), formula="ce + alpha * sum_i T^2 KL_i")
+        rf.write("distill", "loss", col("loss"), formula="ce + sum_i KL_i (T = 1)"
+                 if cfg.kd_loss == "paper" else "ce + alpha * sum_i T^2 KL_i")
         rf.write("distill", "ce", col("ce"))
         rf.write("distill", "kd", col("kd"))
         rf.write("distill", "kd_teachers", kd_i)

@@ -8,8 +8,11 @@ the cells by their video counts.
 
 Cost model: each test clip is decoded ONCE per group of models that share (clip_len, size); every
 noise cell is drawn from that uint8 batch by one DALI pipeline (:class:`pipelines.noise.NoiseRunner`,
-one output per cell, noise at model resolution before normalisation); the cells are then stacked
-into large forward batches. All models of a group see the same noisy pixels.
+one output per cell, noise at model resolution before normalisation, or with ``noise_at
+'decoded'`` on the decoded centre crop before the resize, in the same graph); the cells are then
+stacked into large forward batches. All models of a group see the same noisy pixels. With
+``videos_per_cell`` every video is still forwarded in every cell; a cell's accuracy is taken over
+its subset (``subsets/<cell>``).
 
 HDF5 layout (one group per model, ``robustness/<model>``):
   ``indices`` int64 V, ``targets`` int64 V          the test videos (manifest positions, labels)
@@ -21,7 +24,9 @@ HDF5 layout (one group per model, ``robustness/<model>``):
   ``clean_acc``, ``mean_acc``, ``mean_rs``          scalars (means unweighted over the cells)
   ``rs_by_noise`` (n_noise), ``rs_by_severity`` (n_sev)
   ``noises`` str list, ``severities`` int (n_sev), ``settings`` JSON text (constants, rounding,
-  seed, clips, decoder, checkpoint): a resumed sweep must use the same settings.
+  seed, clips, decoder, noise_at, decoded_size, videos_per_cell, checkpoint): a resumed sweep
+  must use the same settings.
+  ``subsets/<cell>`` int8 V                         the cell's videos (with videos_per_cell)
 Cells already present are skipped (resumable per cell).
 """
 from __future__ import annotations
@@ -64,12 +69,91 @@ class SweepSettings:
     decoder: str = "dali"
     data_hash: str = ""   # content hash of the test manifest (dalivssl.record.manifest_hash)
     device: str = "cpu"   # decoding + forward device: GPU and CPU pixels differ slightly
+    # 'model': noise at model resolution; 'decoded': on the decoded frames (the centre crop at
+    # the source's resolution, ``decoded_size`` px) before the resize, as the paper's reference
+    # code (pipelines.noise.NOISE_AT)
+    noise_at: str = "model"
+    decoded_size: int = 0  # side of the decoded crop (decoded_side); 0 with noise_at 'model'
+    # videos per noise cell: 0 = every test video; N = a seeded class-balanced subset of N per
+    # cell; 'paper' = the paper's offline sets (gaussian: all; others 400 at severity 1, 550
+    # above); the clean cell always uses every video
+    videos_per_cell: int | str = 0
 
     def key(self) -> dict:
         """The settings a stored cell must share (the cell lists may grow between runs)."""
         d = asdict(self)
         d.pop("noises"), d.pop("severities")
         return d
+
+    def check(self) -> "SweepSettings":
+        from pipelines.noise import NOISE_AT
+
+        if self.noise_at not in NOISE_AT:
+            raise DalivsslError(f"noise_at must be one of {', '.join(NOISE_AT)}, got "
+                                f"{self.noise_at!r}")
+        if self.noise_at == "decoded" and self.decoded_size < 1:
+            raise DalivsslError("noise_at 'decoded' needs decoded_size >= 1 (decoded_side)")
+        v = self.videos_per_cell
+        if not (v == "paper" or (isinstance(v, int) and v >= 0)):
+            raise DalivsslError(f"videos_per_cell must be 'paper' or an integer >= 0, got {v!r}")
+        return self
+
+
+# the paper's offline noisy sets (Kumar et al. supp.: "Gaussian on all 3,783 videos, the others
+# on about 400 at severity 1 and about 550 at the other severities")
+PAPER_CELL_VIDEOS = {1: 400, "other": 550}
+# settings added after sweeps were first stored: their value in an older file
+_OLD_DEFAULTS = {"noise_at": "model", "decoded_size": 0, "videos_per_cell": 0}
+
+
+def decoded_side(manifest, crop: float = 112.0 / 128.0) -> int:
+    """Side in source pixels of the evaluation centre crop (the short side resized to
+    size·128/112, then size × size: ``crop`` = 112/128 of the short side) of the manifest's most
+    common frame size; noise_at 'decoded' decodes clips at this size (no resize)."""
+    from collections import Counter
+
+    sides = [min(int(getattr(r, "width", 0) or 0), int(getattr(r, "height", 0) or 0))
+             for r in manifest.records]
+    shorts = Counter(v for v in sides if v > 0)
+    if not shorts:
+        raise DalivsslError("noise_at 'decoded': the manifest records no frame sizes "
+                            "(width/height)")
+    return max(1, int(round(shorts.most_common(1)[0][0] * crop)))
+
+
+def cell_videos(cell, videos_per_cell) -> int:
+    """Videos of ``cell`` under ``videos_per_cell`` (0 = all)."""
+    if cell == CLEAN or not videos_per_cell:
+        return 0
+    if videos_per_cell == "paper":
+        return 0 if cell[0] == "gaussian" else PAPER_CELL_VIDEOS.get(int(cell[1]),
+                                                                     PAPER_CELL_VIDEOS["other"])
+    return int(videos_per_cell)
+
+
+def cell_subset(targets: np.ndarray, n: int, seed: int, cell) -> np.ndarray:
+    """Bool mask (V,) of a seeded, class-balanced subset of ``n`` of the videos with ``targets``
+    (per class ⌊n/C⌋ or one more, the extras to the classes first in a seeded order; all videos
+    when n ≥ V). The seed is the cell's (pipelines.noise.cell_seed): each cell its own subset."""
+    from pipelines.noise import cell_seed
+
+    v = len(targets)
+    if n <= 0 or n >= v:
+        return np.ones(v, bool)
+    rng = np.random.default_rng(cell_seed(seed, cell[0], cell[1]))
+    classes = np.unique(targets)
+    order = {c: rng.permutation(np.flatnonzero(targets == c)) for c in classes}
+    want = {c: 0 for c in classes}
+    left, pool = n, list(rng.permutation(classes))
+    while left > 0:  # round-robin over classes that still have videos
+        pool = [c for c in pool if want[c] < len(order[c])]
+        for c in pool[:left]:
+            want[c] += 1
+        left -= min(left, len(pool))
+    mask = np.zeros(v, bool)
+    for c in classes:
+        mask[order[c][:want[c]]] = True
+    return mask
 
 
 @dataclass
@@ -214,7 +298,7 @@ def _check_settings(results, model: SweepModel, settings: SweepSettings) -> None
     # keyed on content: the checkpoint's bytes and the data's records, not their paths
     want = {**settings.key(), "checkpoint_hash": model.checkpoint_hash}
     if results.has(group, "settings"):
-        have = json.loads(results.read(group, "settings"))
+        have = {**_OLD_DEFAULTS, **json.loads(results.read(group, "settings"))}
         diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
             raise DalivsslError(
@@ -244,6 +328,10 @@ def evaluate_cells(models: Sequence[SweepModel], batches: Iterable, cells_per_mo
     noise_device = noise_device or device
     noise_cells = sorted({c for cs in cells_per_model.values() for c in cs if c != CLEAN},
                          key=lambda c: (c[0], c[1]))
+    decoded = settings.noise_at == "decoded"
+    if decoded and len({(m.clip_len, m.size) for m in models}) > 1:
+        raise DalivsslError("noise_at 'decoded': models of one pass must share clip_len and size")
+    out_size = (models[0].size, models[0].size) if decoded else None
     runner = None
     logits = {m.name: {c: {} for c in cells_per_model[m.name]} for m in models}
     targets: dict[int, int] = {}
@@ -267,15 +355,16 @@ def evaluate_cells(models: Sequence[SweepModel], batches: Iterable, cells_per_mo
         timing.decode += t1 - t0
         # every cell of this batch as uint8 B×K×T×H×W×C
         views = {CLEAN: raw}
-        if noise_cells:
+        if noise_cells or decoded:
             if runner is None or runner.max_batch_size < B:
                 runner = NoiseRunner(noise_cells, max(B, getattr(batches, "batch_size", B)),
                                      settings.constants, settings.rounding, settings.seed,
-                                     device=noise_device)
+                                     device=noise_device, out_size=out_size)
             flat = raw.reshape(B, K * T, H, W, C)
             flat = flat if noise_device == "gpu" else flat.cpu()
-            for cell, tl in zip(runner.cells, runner.run(flat)):
-                views[cell] = _to_torch(tl, noise_device).reshape(B, K, T, H, W, C)
+            oh, ow = out_size or (H, W)
+            for cell, tl in zip(runner.outputs, runner.run(flat)):
+                views[cell] = _to_torch(tl, noise_device).reshape(B, K, T, oh, ow, C)
         sync(tdev)
         t2 = time.perf_counter()
         timing.noise += t2 - t1
@@ -326,7 +415,10 @@ def _to_torch(tl, device: str):
     return torch.from_dlpack(t) if device == "gpu" else torch.from_numpy(np.array(t))
 
 
-def write_cells(results, model: SweepModel, cells_out: dict) -> None:
+def write_cells(results, model: SweepModel, cells_out: dict,
+                settings: SweepSettings | None = None) -> None:
+    """Store each cell's predictions (every video); its accuracy is over the cell's subset
+    (``settings.videos_per_cell``, mask stored as ``subsets/<cell>``)."""
     group = f"{GROUP}/{model.name}"
     for cell, (idx, tg, pred) in cells_out.items():
         if results.has(group, "indices"):
@@ -337,9 +429,14 @@ def write_cells(results, model: SweepModel, cells_out: dict) -> None:
         else:
             results.write(group, "indices", idx)
             results.write(group, "targets", tg)
-        correct = int((pred == tg).sum())
-        results.write(group, f"cells/{cell_name(cell)}", pred, accuracy=correct / len(tg),
-                      correct=correct, videos=int(len(tg)), noise=cell[0], severity=int(cell[1]))
+        n = cell_videos(cell, settings.videos_per_cell) if settings is not None else 0
+        mask = cell_subset(tg, n, settings.seed if settings is not None else 0, cell)
+        if n:
+            results.write(group, f"subsets/{cell_name(cell)}", mask.astype(np.int8))
+        correct = int((pred == tg)[mask].sum())
+        results.write(group, f"cells/{cell_name(cell)}", pred, accuracy=correct / int(mask.sum()),
+                      correct=correct, videos=int(mask.sum()), noise=cell[0],
+                      severity=int(cell[1]))
 
 
 def summarize(results, model: SweepModel, settings: SweepSettings) -> dict:
@@ -379,6 +476,7 @@ def run_sweep(models: Sequence[SweepModel], make_source: Callable[[int, int], It
     progress(total_videos_or_None, description) → callable(n) advancing a bar, or None.
     """
     cells = sweep_cells(settings.noises, settings.severities)
+    settings.check()
     for m in models:
         _check_settings(results, m, settings)
     groups: dict[tuple[int, int], list[SweepModel]] = {}
@@ -389,7 +487,9 @@ def run_sweep(models: Sequence[SweepModel], make_source: Callable[[int, int], It
         todo = [m for m in ms if pending[m.name]]
         if not todo:
             continue
-        source = make_source(clip_len, size)
+        # noise_at 'decoded': clips at the decoded crop's own size, resized after the noise
+        source = make_source(clip_len, settings.decoded_size if settings.noise_at == "decoded"
+                             else size)
         n_cells = len({c for m in todo for c in pending[m.name]})
         on_batch = None
         if progress is not None:
@@ -400,7 +500,7 @@ def run_sweep(models: Sequence[SweepModel], make_source: Callable[[int, int], It
                              device=device, forward_clips=forward_clips, on_batch=on_batch,
                              timing=timing)
         for m in todo:
-            write_cells(results, m, out[m.name])
+            write_cells(results, m, out[m.name], settings)
     return [summarize(results, m, settings) for m in models]
 
 

@@ -32,6 +32,11 @@ from dalivssl.cli.options import clip_options, config_options, run_options
 @click.option("--temperature", type=float, default=None, help="Softmax temperature (default 4).")
 @click.option("--alpha", type=float, default=None,
               help="Weight of the summed KD terms: L = CE + alpha * sum_i T^2 KL_i (default 1).")
+@click.option("--kd-loss", type=click.Choice(["hinton", "paper"]), default=None,
+              help="hinton (default): CE + alpha·Σ T²·KL; paper: CE + Σ KL at T = 1 (Kumar "
+                   "et al.).")
+@click.option("--student-checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Start the student from this checkpoint's backbone (default: random init).")
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 1e-3).")
 @click.option("--batch-size", type=int, default=None, help="Batch (default 8).")
 @clip_options
@@ -42,8 +47,9 @@ from dalivssl.cli.options import clip_options, config_options, run_options
 @config_options
 @run_options
 def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, temperature,
-            alpha, lr, batch_size, clip_len, size, normalize, eval_clips, out, config_path, sets,
-            name, device, threads, seed, resume, overwrite, no_progress):
+            alpha, kd_loss, student_checkpoint, lr, batch_size, clip_len, size, normalize,
+            eval_clips, out, config_path, sets, name, device, threads, seed, resume, overwrite,
+            no_progress):
     """Distil finetuned teachers (and/or precomputed logits) into a student:
     L = CE(s, y) + alpha * sum_i T^2 KL(softmax(t_i/T) || softmax(s/T)) (Hinton et al. 2015;
     multi-teacher as in Kumar et al. 2023). With no teacher this is plain supervised training.
@@ -56,8 +62,13 @@ def distill(teachers, teacher_logits, arch, data, eval_data, epochs, max_steps, 
                  temperature=temperature, alpha=alpha, lr=lr, batch_size=batch_size,
                  clip_len=clip_len, size=size, normalize=normalize, eval_clips=eval_clips,
                  name=name, device=device, threads=threads, seed=seed,
-                 progress=False if no_progress else None)
+                 progress=False if no_progress else None, kd_loss=kd_loss,
+                 student_checkpoint=student_checkpoint)
     cfg = resolve(DistillConfig, config_path, flags, sets).check()
+    if cfg.student_checkpoint and not Path(cfg.student_checkpoint).is_file():
+        from dalivssl.errors import DalivsslError
+
+        raise DalivsslError(f"{cfg.student_checkpoint}: student checkpoint not found")
     from dalivssl.analysis.distill import run_distill
 
     res = run_distill(cfg, out, resume=resume, overwrite=overwrite)

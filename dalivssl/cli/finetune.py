@@ -37,6 +37,9 @@ from dalivssl.config import OPTIMIZERS
 @click.option("--flip/--no-flip", default=None,
               help="Random horizontal flip of training clips. Default: on, except for datasets "
                    "whose classes name a left/right direction (synthetic, SSv2).")
+@click.option("--protocol", type=click.Choice(["original", "paper"]), default=None,
+              help="original (default): each task as its original repository; paper: the "
+                   "paper's resize + centre crop for training clips (supp. C.3).")
 @clip_options
 @click.option("--eval-clips", "--clips", "eval_clips", type=int, default=None,
               help="Evenly spaced test clips per video (video score = mean logits; default 10).")
@@ -45,9 +48,9 @@ from dalivssl.config import OPTIMIZERS
 @config_options
 @run_options
 def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_norm, epochs,
-             max_steps, batch_size, lr, optimizer, weight_decay, dropout, flip, clip_len, size,
-             normalize, eval_clips, out, config_path, sets, name, device, threads, seed, resume,
-             overwrite, no_progress):
+             max_steps, batch_size, lr, optimizer, weight_decay, dropout, flip, protocol,
+             clip_len, size, normalize, eval_clips, out, config_path, sets, name, device, threads,
+             seed, resume, overwrite, no_progress):
     """Finetune (or linear-probe) a backbone on labelled videos and report top-1 accuracy.
 
     Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips
@@ -70,7 +73,8 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     flags = dict(linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs, max_steps=max_steps,
                  batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                  dropout=dropout, flip=flip, eval_clips=eval_clips, name=name, device=device,
-                 threads=threads, seed=seed, progress=False if no_progress else None)
+                 threads=threads, seed=seed, progress=False if no_progress else None,
+                 protocol=protocol)
     cfg = resolve(FinetuneConfig, config_path, flags, sets)
     cfg = cfg.resolved().check()
     console = stderr_console()

@@ -20,6 +20,12 @@ from dalivssl.cli.options import RegistryOption
 @click.option("--batch-size", type=int, default=None, help="Per-process batch (default 8).")
 @click.option("--clip-len", type=int, default=None, help="Frames per clip (default 16, as the paper).")
 @click.option("--size", type=int, default=None, help="Crop size in px (default 64; paper 112).")
+@click.option("--protocol", type=click.Choice(["original", "paper"]), default=None,
+              help="original (default): each task as its original repository; paper: the "
+                   "benchmark's settings (Kumar et al. supp. C.3; README 'Reproducing the paper').")
+@click.option("--keep-epochs", default=None, metavar="E1,E2,…",
+              help="Also keep epoch_<E>.pt after these epochs (training stages), each with its "
+                   "own run record.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="YAML run config (flat keys).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -38,11 +44,11 @@ from dalivssl.cli.options import RegistryOption
 @click.option("--threads", "--workers", "threads", type=int, default=None,
               help="CPU threads for torch and DALI (default 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar or summary table.")
-@click.option("--explain", is_flag=True, help="Print the resolved settings beside the original's "
-              "and the task's known differences, then exit.")
+@click.option("--explain", is_flag=True, help="Print the resolved settings beside the paper "
+              "protocol's and the original's, and the task's known differences, then exit.")
 def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, size,
-             config_path, sets, device, out, resume, overwrite, seed, name, threads, no_progress,
-             explain):
+             protocol, keep_epochs, config_path, sets, device, out, resume, overwrite, seed, name,
+             threads, no_progress, explain):
     """Pretrain a backbone on a pretext task (Kumar et al., arXiv 2306.06010).
 
     Writes checkpoint.pt, config.yaml, log.csv, tb/ and summary.json into the run dir. Under
@@ -53,7 +59,8 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
     flags = dict(task=task, arch=arch, data=data, subset=subset, epochs=epochs,
                  max_steps=max_steps, batch_size=batch_size, clip_len=clip_len, size=size,
                  device=device, out=out, seed=seed, name=name, threads=threads,
-                 progress=False if no_progress else None)
+                 progress=False if no_progress else None, protocol=protocol,
+                 keep_epochs=_epochs(keep_epochs))
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
     if explain:
@@ -65,6 +72,19 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
     from dalivssl.engine.trainer import pretrain as run
 
     run(cfg, resume=resume, overwrite=overwrite)
+
+
+def _epochs(text):
+    """'50,100,150' -> [50, 100, 150] (None when not given); one-line error otherwise."""
+    if text is None:
+        return None
+    from dalivssl.errors import DalivsslError
+
+    try:
+        return [int(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise DalivsslError(f"--keep-epochs {text!r}: expected comma-separated epochs, e.g. "
+                            "50,100,150") from None
 
 
 def _validate_names(cfg) -> None:

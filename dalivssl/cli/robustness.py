@@ -30,6 +30,13 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
               help="Evenly spaced clips per video; their logits are averaged.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1),
               help="Videos per decoded batch.")
+@click.option("--noise-at", default="model", show_default=True,
+              type=click.Choice(["model", "decoded"]),
+              help="model: noise at model resolution; decoded: on the decoded frames before the "
+                   "resize (the paper's reference code).")
+@click.option("--videos-per-cell", default="0", show_default=True,
+              help="Videos per noise cell: 0 = all, N = a seeded class-balanced subset, paper = "
+                   "the paper's sets (gaussian all; others 400 at severity 1, 550 above).")
 @click.option("--forward-clips", default=None, type=click.IntRange(1),
               help="Clips per model forward call (noise cells are stacked to fill it). "
                    "Default: 64 on a GPU, one cell per call on a CPU.")
@@ -47,8 +54,8 @@ NOISES = ("gaussian", "shot", "impulse", "speckle")
 @click.option("--threads", "--num-threads", "num_threads", default=2, show_default=True,
               type=click.IntRange(1), help="CPU threads for torch and DALI.")
 def robustness(checkpoints, data, noises, severities, constants, rounding, clips_per_video,
-               batch_size, forward_clips, out_dir, overwrite, no_progress, device, decoder, seed,
-               num_threads):
+               batch_size, noise_at, videos_per_cell, forward_clips, out_dir, overwrite,
+               no_progress, device, decoder, seed, num_threads):
     """Clean and noisy video accuracy of each CHECKPOINT; R_s = (A_c − A_p)/A_c per cell."""
     from dalivssl.errors import DalivsslError
     from pipelines.noise import parse_noises, parse_severities
@@ -61,6 +68,11 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     for p in checkpoints:
         if not p.is_file():
             raise DalivsslError(f"{p}: checkpoint not found")
+    if videos_per_cell != "paper":
+        if not videos_per_cell.isdigit():
+            raise DalivsslError(f"--videos-per-cell {videos_per_cell!r}: expected an integer "
+                                ">= 0 or 'paper'")
+        videos_per_cell = int(videos_per_cell)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -80,14 +92,14 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
     try:
         _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_per_video,
                batch_size, forward_clips, out_dir, overwrite, no_progress, device, tdev,
-               decoder, seed, num_threads)
+               decoder, seed, num_threads, noise_at, videos_per_cell)
     finally:
         lock.release()
 
 
 def _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_per_video,
            batch_size, forward_clips, out_dir, overwrite, no_progress, device, tdev, decoder,
-           seed, num_threads):
+           seed, num_threads, noise_at="model", videos_per_cell=0):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from dalivssl import record as rec
@@ -111,7 +123,9 @@ def _sweep(checkpoints, data, noise_list, sev_list, constants, rounding, clips_p
             raise DalivsslError(f"{m.source}: classifier has {m.num_classes} classes, but "
                                 f"{data} uses label {max(labels)}")
     settings = rb.SweepSettings(noise_list, sev_list, constants, rounding, clips_per_video, seed,
-                                decoder, rec.manifest_hash(manifest), device)
+                                decoder, rec.manifest_hash(manifest), device, noise_at,
+                                rb.decoded_side(manifest) if noise_at == "decoded" else 0,
+                                videos_per_cell).check()
     if overwrite:
         (out_dir / "robustness.h5").unlink(missing_ok=True)
 

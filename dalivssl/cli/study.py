@@ -58,6 +58,7 @@ def plan(study_file, out, show_runs):
     from dalivssl.study.spec import AXES, expand, load_study
 
     p = expand(load_study(study_file))
+    click.echo(f"{p.study.name} (protocol {p.study.protocol}): {p.study.description}\n")
     state = {n: (runner.status(out, r) if out else "") for n, r in p.runs.items()}
     rows = [[*(getattr(c, a) for a in AXES), len(p.by_cell[c.label]),
              sum(state[n] == "done" for n in p.by_cell[c.label]) if out else "-"]

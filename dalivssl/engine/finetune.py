@@ -189,7 +189,8 @@ def resolve_data(data: str | None, test_data: str | None) -> FinetuneData:
 
 
 def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
-    """One random clip per video with random crop + flip (eval sampler, ``random=True``); under
+    """One random clip per video with random crop + flip (eval sampler, ``random=True``; under
+    ``protocol='paper'`` the centre crop, no flip: supp. C.3 "Resize and Center Crop"); under
     DDP each rank takes its ``shard`` (rank, world) of every epoch's order."""
     from dalivssl.analysis.features import make_loader
 
@@ -197,7 +198,8 @@ def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
     return make_loader("eval", manifest, where, batch_size=cfg.batch_size, device=cfg.device,
                        clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed, augment=True,
                        drop_last=drop_last, num_threads=cfg.threads, random=True,
-                       num_clips=1, normalize=cfg.normalize, flip=cfg.flip, shard=shard)
+                       num_clips=1, normalize=cfg.normalize, flip=cfg.flip, shard=shard,
+                       protocol=cfg.protocol)
 
 
 class BatchList:

@@ -182,6 +182,8 @@ class FitConfig:
     progress: bool = True
     log_name: str = "log.csv"
     items_per_step: int = 1  # clips per optimiser step over all ranks (for the rate column)
+    # step -> epoch: after these steps a copy is kept as ``epoch_<E>.pt`` (training stages)
+    keep: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -211,7 +213,7 @@ def restore(ckpt: dict, model, optimizer, scheduler, loader, rank: int = 0) -> i
 
 def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         checkpoint_fields: Callable[[], dict], net=None, dist=None, device="cpu",
-        start_step: int = 0) -> FitResult:
+        start_step: int = 0, stage_fields: Callable[[int], dict] | None = None) -> FitResult:
     """Train ``model`` for ``cfg.total_steps`` optimiser steps from ``start_step``.
 
     model: nn.Module, ``forward(batch) -> {'loss': scalar tensor, other scalars...}``.
@@ -220,6 +222,8 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     checkpoint_fields: (final) -> the run's own checkpoint fields (kind, record — 'complete' in
     the final save — and weights); ``fit`` adds
     optimiser, scheduler, rng, loader, step and epoch. Checkpoints go to ``run_dir/checkpoint.pt``.
+    stage_fields: (epoch) -> the fields of a kept stage ``run_dir/epoch_<E>.pt`` (its own,
+    complete record), written after each step of ``cfg.keep``.
     """
     from dalivssl.engine import distributed
     from dalivssl.record import versions
@@ -230,12 +234,15 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     ckpt_path = run_dir / ck.CKPT_NAME
     step = int(start_step)
 
-    def save(final: bool) -> None:
+    def save(final: bool, epoch: int | None = None) -> None:
         enabled = dist is not None and dist.enabled
         rng = distributed.all_gather_object(ck.rng_state()) if enabled else ck.rng_state()
         if not is_main:
             return
-        ck.save_checkpoint(ckpt_path, **checkpoint_fields(final), versions=versions(), step=step,
+        path, fields = ckpt_path, checkpoint_fields
+        if epoch is not None:
+            path, fields = run_dir / stage_name(epoch), lambda _final: stage_fields(epoch)
+        ck.save_checkpoint(path, **fields(final), versions=versions(), step=step,
                            epoch=loader.epoch, optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(),
                            final=final)
@@ -314,6 +321,8 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                     rep.update(step)
                 if saving:
                     save(final=False)
+                if step in cfg.keep and stage_fields is not None:
+                    save(final=True, epoch=cfg.keep[step])
                 if kill_at and step == kill_at:
                     import signal
 
@@ -336,6 +345,16 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         res.history = list(log.rows)
         log.close()
     return res
+
+
+def stage_name(epoch: int) -> str:
+    """File name of the checkpoint kept after ``epoch`` (``PretrainConfig.keep_epochs``)."""
+    return f"epoch_{int(epoch)}.pt"
+
+
+def keep_steps(keep_epochs, steps_per_epoch: int) -> dict:
+    """{step: epoch} of the kept stages: the end of each epoch in ``keep_epochs``."""
+    return {int(e) * int(steps_per_epoch): int(e) for e in keep_epochs}
 
 
 def loss_summary(losses: list) -> tuple[float, float]:

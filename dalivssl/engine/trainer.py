@@ -22,8 +22,8 @@ from torch import nn
 from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, save_yaml, to_dict
 from dalivssl.engine import checkpoint as ck
 from dalivssl.engine import distributed
-from dalivssl.engine.fit import (KILL_ENV, SCHEDULES, FitConfig, LRFactor, fit, loss_summary,
-                                 make_scheduler, restore, seed_all)
+from dalivssl.engine.fit import (KILL_ENV, SCHEDULES, FitConfig, LRFactor, fit, keep_steps,
+                                 loss_summary, make_scheduler, restore, seed_all)
 from dalivssl.errors import DalivsslError
 
 __all__ = ["pretrain", "TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
@@ -54,9 +54,11 @@ class TaskModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- optimiser
-def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_steps: int) -> dict:
+def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_steps: int,
+                  steps_per_epoch: int = 1) -> dict:
     """Optimiser/schedule settings: config value if set, else SPEC (lr scaled from the SPEC's
-    reference batch when it says so)."""
+    reference batch when it says so). ``warmup_epochs`` (VideoMAE's 40) wins over warmup_steps
+    and the SPEC's fraction of the steps."""
     o, s = dict(spec.get("optimizer", {})), dict(spec.get("schedule", {}))
     lr = cfg.lr
     if lr is None:
@@ -67,6 +69,8 @@ def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_step
         elif ref and scaling == "sqrt":
             lr *= math.sqrt(global_batch / ref)
     warm = cfg.warmup_steps
+    if getattr(cfg, "warmup_epochs", None) is not None:
+        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if warm is None:
         warm = int(round(float(s.get("warmup", 0.0)) * total_steps))
     out = {
@@ -244,14 +248,17 @@ def _build(cfg: PretrainConfig, task, dist):
     from pipelines.samplers import SAMPLERS
 
     spec = task.SPEC
-    from dalivssl.tasks import resolve_options
+    from dalivssl.tasks import dataset_overrides, resolve_options
     from dalivssl.tasks.explain import _defaults
 
-    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < config
+    manifest = _manifest(cfg)
+    opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < paper < config
+    for key, vals in dataset_overrides(cfg.task, manifest).items():  # under the config's own
+        own = dict(getattr(cfg, key, None) or {})
+        opts[key].update({k: v for k, v in vals.items() if k not in own})
     sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
-    manifest = _manifest(cfg)
     try:
         loader = PretextLoader(spec["sampler"], manifest, cfg.batch_size, device=cfg.device,
                                clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed,
@@ -273,7 +280,7 @@ def _build(cfg: PretrainConfig, task, dist):
     except ValueError as exc:  # a head option of the right name but a bad value
         raise DalivsslError(f"{cfg.task} head: {exc}") from None
     model = TaskModel(task, backbone, head).to(torch.device(dist.device))
-    opt = resolve_optim(cfg, spec, cfg.batch_size * dist.world, total_steps)
+    opt = resolve_optim(cfg, spec, cfg.batch_size * dist.world, total_steps, len(loader))
     try:
         optimizer = build_optimizer(model, opt, spec.get("lr_mult"))
     except ValueError as exc:  # torch's own range checks (e.g. betas)
@@ -365,13 +372,20 @@ def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
                     clip_len=resolved.clip_len, size=resolved.size,
                     normalize=record.clip.normalize)
 
+    def stage(epoch: int) -> dict:
+        """A kept stage: the weights after ``epoch``, with its own complete record."""
+        staged = record.replace(name=f"{record.name}@{epoch}",
+                                settings={**record.settings, "stage": epoch})
+        return {**fields(True), "record": staged.marked(True).to_dict(), "stage": epoch}
+
     clips_per_step = cfg.batch_size * loader.sampler.num_clips * dist.world
     fcfg = FitConfig(total_steps=total_steps, label=f"{cfg.task}/{cfg.arch}", amp=cfg.amp,
                      grad_clip=opt["grad_clip"], log_every=cfg.log_every,
                      ckpt_every=cfg.ckpt_every, tensorboard=cfg.tensorboard,
-                     progress=cfg.progress, items_per_step=clips_per_step)
+                     progress=cfg.progress, items_per_step=clips_per_step,
+                     keep=keep_steps(cfg.keep_epochs, len(loader)))
     res = fit(model, loader, optimizer, scheduler, fcfg, run_dir, fields, net=net, dist=dist,
-              device=torch.device(dist.device), start_step=step)
+              device=torch.device(dist.device), start_step=step, stage_fields=stage)
     first, last = loss_summary(res.losses)
     summary = {
         "name": record.name, "task": cfg.task, "arch": cfg.arch, "steps": res.step,

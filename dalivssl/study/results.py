@@ -144,7 +144,8 @@ def write_table(rows: list[dict], out_dir) -> dict:
     except ImportError:
         pass
     else:
-        types = {"subset": pa.int64(), "seed": pa.int64(), "severity": pa.int64(),
+        types = {"subset": pa.int64(), "seed": pa.int64(), "stage": pa.int64(),
+                 "severity": pa.int64(),
                  "value": pa.float64()}
         pq.write_table(pa.table({k: pa.array([r[k] if k in types else _text(r[k])
                                               for r in rows], type=types.get(k, pa.string()))

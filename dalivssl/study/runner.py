@@ -71,9 +71,10 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
     per machine (--name, threads, --resume) where the command has them."""
     argv = []
     for a in run.argv:
-        if a.startswith("{run:") and a.endswith("}"):
-            parent = plan.runs[a[5:-1]]
-            a = str(run_dir(out, parent).resolve() / CHECKPOINTS[parent.step])
+        if a.startswith("{run:") and a.endswith("}"):  # {run:NAME} or {run:NAME:FILE}
+            name, _, file = a[5:-1].partition(":")
+            parent = plan.runs[name]
+            a = str(run_dir(out, parent).resolve() / (file or CHECKPOINTS[parent.step]))
         elif a.startswith("{data:") and a.endswith("}"):
             name, split = a[6:-1].rsplit(":", 1)
             a = getattr(plan.study.datasets[name], split)

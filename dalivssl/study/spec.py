@@ -4,6 +4,7 @@ and runs.
 A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
 
     name: tiny-cpu
+    protocol: paper             # original (default) | paper: the benchmark's settings (below)
     device: cpu                 # every command's --device
     threads: 2                  # --threads of every command that has it
     data:                       # named datasets: manifests relative to this file ($VARS expanded)
@@ -15,20 +16,30 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       subset: [null, 1000]      # training videos (nested subsets); null = all
       complexity: [null, C2]    # C1..C3 of the task's knob (SPEC['levels']); null = the task default
       seed: [0, 1]
+      stage: [50, 100]          # finetune from the checkpoint kept after each epoch (one
+                                # pretraining per cell, --set keep_epochs); null = the last
     pretrain: {epochs: 100, clip_len: 16, size: 112}   # options of `dalivssl pretrain`
     steps:                      # downstream of every pretrained cell (options of each command)
       finetune: {data: [ucf101], epochs: 50}            # `dalivssl finetune`
       probe: {data: [ucf101]}                           # `dalivssl finetune --linear-probe`
       retrieve: {data: [ucf101], topk: [1, 5]}          # `dalivssl retrieve`
       robustness: {data: [ucf101], model: finetune}     # `dalivssl robustness` of finetuned models
-      cka: {against: [finetune, {task: vcop}, my_ref]}  # `dalivssl cka` vs other models
-      distill: {teachers: [{task: rotnet}, {task: vcop}], data: ucf101}   # `dalivssl distill`
+      cka: {against: [self, finetune, {task: vcop}, my_ref]}  # `dalivssl cka`; self: the
+                                                        # model's own layer × layer map
+      distill: {teachers: [{task: rotnet}, {task: vcop}], data: ucf101,   # `dalivssl distill`
+                teacher_logits: [vifm]}  # precomputed logits files (paths or references)
     per:                        # options fixed per axis value: per.<axis>.<value>.<step>
       task: {vcop: {pretrain: {batch_size: 16}}}
+      task+complexity: {vcop+C3: {pretrain: {batch_size: 8}}}   # a combination (wins)
     references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
 
 Each run's name is its readable settings plus a short hash of its whole command line, so a
 changed option gives new runs (the unchanged ones are reused) and a rerun skips what is done.
+
+``protocol: paper`` (Kumar et al.; :data:`PAPER_FLAGS`) adds to each command the settings of the
+paper's benchmark: the supp. C.3 augmentation and TDL K = 500 (pretrain), resize + centre crop
+(finetune, probe), the CE + Σ KL loss (distill), noise on the decoded frames and the paper's
+per-cell video counts (robustness, where the command has the options).
 """
 from __future__ import annotations
 
@@ -44,10 +55,17 @@ from pathlib import Path
 from dalivssl.errors import DalivsslError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-AXES = ("task", "arch", "data", "subset", "complexity", "seed")
+AXES = ("task", "arch", "data", "subset", "complexity", "seed", "stage")
+PROTOCOLS = ("original", "paper")
+# step -> (option, value) pairs ``protocol: paper`` adds (a 'set' entry: --set key=value)
+PAPER_FLAGS = {"pretrain": {"set": {"protocol": "paper"}},
+               "finetune": {"set": {"protocol": "paper"}},
+               "probe": {"set": {"protocol": "paper"}},
+               "distill": {"set": {"kd_loss": "paper"}},
+               "robustness": {"noise_at": "decoded", "videos_per_cell": "paper"}}
 EMBEDDED = "embedded"  # the embedded synthetic dataset: commands run without data flags
-TOP_KEYS = ("name", "description", "device", "threads", "data", "axes", "pretrain", "steps",
-            "per", "complexity", "references")
+TOP_KEYS = ("name", "description", "protocol", "device", "threads", "data", "axes", "pretrain",
+            "steps", "per", "complexity", "references")
 # step -> the dalivssl command it runs; downstream steps run in this order
 STEP_COMMANDS = {"pretrain": "pretrain", "finetune": "finetune", "probe": "finetune",
                  "retrieve": "retrieve", "robustness": "robustness", "cka": "cka",
@@ -57,7 +75,7 @@ MODEL_STEPS = ("finetune", "probe")  # steps whose checkpoint is a classifier
 # keys of a step that shape the study (not command options)
 STRUCTURE = {"pretrain": (), "finetune": ("data",), "probe": ("data",), "retrieve": ("data",),
              "robustness": ("data", "model"), "cka": ("data", "against"),
-             "distill": ("data", "teachers", "student", "baseline")}
+             "distill": ("data", "teachers", "student", "baseline", "teacher_logits")}
 # command options the study sets itself: an error when a study file gives them
 RESERVED = {"out", "out_dir", "resume", "overwrite", "name", "checkpoint", "checkpoints", "data",
             "test_data", "eval_data", "train", "test", "task", "arch", "subset", "seed",
@@ -67,7 +85,9 @@ RESERVED = {"out", "out_dir", "resume", "overwrite", "name", "checkpoint", "chec
 # the file each step's checkpoint lands in (what a downstream run reads)
 CHECKPOINTS = {"pretrain": "checkpoint.pt", "finetune": "checkpoint.pt",
                "probe": "checkpoint.pt", "distill": "checkpoint.pt"}
-COLUMNS = ("step", "task", "arch", "data", "subset", "complexity", "seed", "target", "ref")
+COLUMNS = ("step", "task", "arch", "data", "subset", "complexity", "seed", "stage", "target",
+           "ref")
+SELF = "self"  # cka against: the model's own layer × layer map (the paper's Figs 2, 8, 9, 12, 14)
 
 
 # ------------------------------------------------------------------------------- types
@@ -102,6 +122,7 @@ class Step:
     model: str = "finetune"                 # robustness: the model step it stresses
     against: tuple = ()                     # cka: 'finetune' | 'probe' | reference | selector
     teachers: tuple = ()                    # distill: selectors of teacher cells
+    teacher_logits: tuple = ()              # distill: precomputed logits files (Table 7)
     student: str | None = None              # distill: student arch (default: the cell's)
     baseline: bool = True                   # distill: also train the student without teachers
 
@@ -120,6 +141,8 @@ class Study:
     complexity: dict
     references: dict
     source: str | None = None
+    protocol: str = "original"
+
 
     def step(self, kind: str) -> Step | None:
         return next((s for s in self.steps if s.kind == kind), None)
@@ -135,13 +158,19 @@ class Cell:
     subset: int | None
     complexity: str | None
     seed: int
+    stage: int | None = None  # the pretraining epoch whose kept checkpoint it uses
 
     @property
     def label(self) -> str:
         parts = [self.task, self.arch, self.data]
         parts += [f"n{self.subset}"] if self.subset else []
         parts += [self.complexity] if self.complexity else []
-        return "_".join(parts + [f"s{self.seed}"])
+        return "_".join(parts + [f"s{self.seed}"] + ([f"e{self.stage}"] if self.stage else []))
+
+    @property
+    def pretraining(self) -> "Cell":
+        """The cell whose pretraining run this one uses (stages share one run)."""
+        return dataclasses.replace(self, stage=None)
 
     def columns(self) -> dict:
         return dataclasses.asdict(self)
@@ -216,6 +245,9 @@ def parse_study(raw: dict, base=".", source=None) -> Study:
     _need(isinstance(raw.get("axes"), dict), "needs 'axes:' (a mapping of axis: [values])")
     device = raw.get("device", "cpu")
     _need(device in ("cpu", "gpu"), f"device: expected cpu or gpu, got {device!r}")
+    protocol = raw.get("protocol", "original")
+    _need(protocol in PROTOCOLS, f"protocol: expected {' or '.join(PROTOCOLS)}, got "
+          f"{protocol!r}")
     threads = raw.get("threads")
     _need(threads is None or (isinstance(threads, int) and threads >= 1),
           f"threads: expected an integer >= 1, got {threads!r}")
@@ -230,12 +262,13 @@ def parse_study(raw: dict, base=".", source=None) -> Study:
                       f"levels: {', '.join(known) or 'none'}")
     refs = {str(k): _path(Path(base), v) for k, v in dict(raw.get("references") or {}).items()}
     pretrain = _check_options("pretrain", dict(raw.get("pretrain") or {}))
-    steps = _parse_steps(raw.get("steps") or {}, datasets, axes, refs)
+    steps = _parse_steps(raw.get("steps") or {}, datasets, axes, refs, Path(base))
     per = _parse_per(raw.get("per") or {}, axes)
     return Study(name=str(raw.get("name") or Path(source or "study").stem),
                  description=str(raw.get("description") or "").strip(), device=device,
                  threads=threads, datasets=datasets, axes=axes, pretrain=pretrain,
-                 steps=steps, per=per, complexity=complexity, references=refs, source=source)
+                 steps=steps, per=per, complexity=complexity, references=refs, source=source,
+                 protocol=protocol)
 
 
 def _parse_datasets(raw: dict, base: Path) -> dict:
@@ -265,7 +298,8 @@ def _parse_axes(raw: dict, datasets: dict) -> dict:
     _need(not unknown, f"axes: unknown axis {unknown[0] if unknown else ''!r}; valid: "
           f"{', '.join(AXES)}")
     _need("task" in raw and "arch" in raw, "axes: needs at least 'task' and 'arch'")
-    defaults = {"data": [EMBEDDED], "subset": [None], "complexity": [None], "seed": [0]}
+    defaults = {"data": [EMBEDDED], "subset": [None], "complexity": [None], "seed": [0],
+                "stage": [None]}
     axes = {}
     for axis in AXES:
         values = _as_list(raw.get(axis, defaults.get(axis)))
@@ -283,6 +317,9 @@ def _parse_axes(raw: dict, datasets: dict) -> dict:
     for v in axes["seed"]:
         _need(isinstance(v, int) and not isinstance(v, bool),
               f"axes.seed: expected integers, got {v!r}")
+    for v in axes["stage"]:
+        _need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+              f"axes.stage: expected epochs (integers >= 1) or null, got {v!r}")
     return axes
 
 
@@ -354,7 +391,7 @@ def _selector(sel, where) -> tuple:
     return tuple(sorted(sel.items()))
 
 
-def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
+def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict, base: Path) -> tuple:
     from models import BACKBONES
 
     _need(isinstance(raw, dict), "steps: expected a mapping of step: {options}")
@@ -378,16 +415,21 @@ def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
                 if isinstance(a, dict):
                     against.append(_selector(a, f"{where}.against"))
                 else:
-                    _need(a in MODEL_STEPS or a in refs, f"{where}.against: {a!r} is neither "
-                          f"finetune, probe, a selector nor a reference ({', '.join(refs)})")
+                    _need(a in MODEL_STEPS or a in refs or a == SELF, f"{where}.against: {a!r} "
+                          f"is neither self, finetune, probe, a selector nor a reference "
+                          f"({', '.join(refs)})")
                     against.append(str(a))
             _need(against, f"{where}: needs 'against:' (finetune, probe, selectors, references)")
             extra["against"] = tuple(against)
         if kind == "distill":
             teachers = [_selector(t, f"{where}.teachers") for t in _as_list(body.get("teachers",
                                                                                []))]
-            _need(teachers, f"{where}: needs 'teachers:' (selectors of teacher cells)")
+            logits = [refs.get(str(t), _path(base, t))
+                      for t in _as_list(body.get("teacher_logits", []))]
+            _need(teachers or logits, f"{where}: needs 'teachers:' (selectors of teacher cells) "
+                  "or 'teacher_logits:' (files)")
             extra["teachers"] = tuple(teachers)
+            extra["teacher_logits"] = tuple(logits)
             extra["student"] = body.get("student")
             _need(extra["student"] is None or extra["student"] in BACKBONES,
                   f"{where}.student: unknown arch {extra['student']!r}")
@@ -397,7 +439,10 @@ def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
     for a in steps["cka"].against if "cka" in steps else ():
         _need(a not in MODEL_STEPS or a in steps, f"steps.cka.against: {a!r} needs a {a!r} step")
     for kind in ("robustness", "distill"):
-        if kind in steps:
+        if kind == "distill" and kind in steps and not steps[kind].teachers:
+            steps[kind] = dataclasses.replace(steps[kind], targets=steps[kind].targets
+                                              or tuple(axes["data"]))  # logits only
+        elif kind in steps:
             model = steps[kind].model if kind == "robustness" else "finetune"
             _need(model in steps, f"steps.{kind}: needs a '{model}' step (its models)")
             have = steps[model].targets or tuple(axes["data"])
@@ -410,14 +455,21 @@ def _parse_steps(raw: dict, datasets: dict, axes: dict, refs: dict) -> tuple:
 
 
 def _parse_per(raw: dict, axes: dict) -> dict:
+    """{(axis, value, step): options}; ``axis`` may combine axes ('task+complexity', value
+    'vcop+C2'): options for that combination only, applied after the single axes'."""
     _need(isinstance(raw, dict), "per: expected per.<axis>.<value>.<step>: {options}")
     out = {}
     for axis, by_value in raw.items():
-        _need(axis in AXES, f"per: unknown axis {axis!r}; valid: {', '.join(AXES)}")
+        names = str(axis).split("+")
+        for a in names:
+            _need(a in AXES, f"per: unknown axis {a!r}; valid: {', '.join(AXES)}")
         _need(isinstance(by_value, dict), f"per.{axis}: expected a mapping value: {{step: ...}}")
         for value, by_step in by_value.items():
-            _need(str(value) in map(str, axes[axis]),
-                  f"per.{axis}: {value!r} is not a value of axes.{axis}")
+            values = str(value).split("+")
+            _need(len(values) == len(names), f"per.{axis}: {value!r} needs one value per axis "
+                  f"({'+'.join(names)})")
+            for a, v in zip(names, values):
+                _need(v in map(str, axes[a]), f"per.{axis}: {v!r} is not a value of axes.{a}")
             _need(isinstance(by_step, dict), f"per.{axis}.{value}: expected step: {{options}}")
             for step, opts in by_step.items():
                 _need(step in STEP_COMMANDS, f"per.{axis}.{value}: unknown step {step!r}; "
@@ -479,8 +531,23 @@ class _Expander:
         return run.name
 
     def options(self, cell: Cell, step: str, base: dict) -> dict:
+        """The step's options for ``cell``: the paper's (``protocol: paper``, those the command
+        has) < the step's own < per-axis values."""
         per = [self.s.per.get((a, str(getattr(cell, a)), step), {}) for a in AXES]
-        return _merge(base, *per)
+        per += [opts for (axis, value, s), opts in self.s.per.items() if s == step and "+" in axis
+                and value == "+".join(str(getattr(cell, a)) for a in axis.split("+"))]
+        paper = {}
+        if self.s.protocol == "paper":
+            params = command_options(step)
+            paper = {k: v for k, v in PAPER_FLAGS.get(step, {}).items() if k in params}
+        return _merge(paper, base, *per)
+
+    def checkpoint(self, cell: Cell, pre: str) -> str:
+        """The reference to ``cell``'s pretrained weights: the kept ``epoch_<stage>.pt`` of its
+        pretraining run, or its last checkpoint."""
+        from dalivssl.engine.fit import stage_name
+
+        return f"{{run:{pre}:{stage_name(cell.stage)}}}" if cell.stage else f"{{run:{pre}}}"
 
     def make(self, step, label, argv, deps, columns, data_names) -> Run:
         given = {d: self.s.datasets[d].given for d in data_names}
@@ -490,7 +557,11 @@ class _Expander:
         return Run(name, step, tuple(argv), tuple(deps), cols)
 
     def pretrain(self, cell: Cell) -> Run:
+        cell = cell.pretraining  # the stages of a cell share one pretraining
         opts = self.options(cell, "pretrain", self.s.pretrain)
+        stages = sorted(s for s in self.s.axes["stage"] if s is not None)
+        if stages:
+            opts = _merge(opts, {"set": {"keep_epochs": stages}})
         if cell.complexity is not None:
             knob = _task_knob(cell.task)
             level = self.s.complexity[cell.task][cell.complexity]
@@ -507,7 +578,7 @@ class _Expander:
         pre = self.add(self.pretrain(cell))
         step = self.s.step(kind)
         opts = self.options(cell, kind, step.options)
-        argv = ["finetune", "--checkpoint", f"{{run:{pre}}}",
+        argv = ["finetune", "--checkpoint", self.checkpoint(cell, pre),
                 *self.s.datasets[target].flags(kind), "--seed", str(cell.seed),
                 *self.device, *(["--linear-probe"] if kind == "probe" else []),
                 *option_argv(kind, opts)]
@@ -530,7 +601,7 @@ class _Expander:
         elif step.kind == "retrieve":
             pre = self.add(self.pretrain(cell))
             for t in targets:
-                argv = ["retrieve", "--checkpoint", f"{{run:{pre}}}",
+                argv = ["retrieve", "--checkpoint", self.checkpoint(cell, pre),
                         *self.s.datasets[t].flags("retrieve"), *self.device,
                         *option_argv("retrieve", self.options(cell, "retrieve", step.options))]
                 out.append(self.make("retrieve", f"{cell.label}_ret-{t}", argv, (pre,),
@@ -557,7 +628,11 @@ class _Expander:
     def cka(self, cell: Cell, step: Step, against) -> Run | None:
         data = step.targets[0] if step.targets else cell.data
         a = cell
-        if isinstance(against, tuple):  # another cell's pretrained model; one run per pair
+        if against == SELF:  # the model's own layer × layer map: one --checkpoint
+            ra = self.add(self.pretrain(cell))
+            label, ref = f"{cell.label}_self", SELF
+            paths, deps = [self.checkpoint(cell, ra)], (ra,)
+        elif isinstance(against, tuple):  # another cell's pretrained model; one run per pair
             b = self.other(cell, against, "steps.cka.against")
             if b == cell:
                 return None
@@ -565,16 +640,16 @@ class _Expander:
             ra, rb = self.add(self.pretrain(a)), self.add(self.pretrain(b))
             ref = ",".join(f"{k}={getattr(b, k)}" for k in AXES if getattr(a, k) != getattr(b, k))
             label, deps = f"{a.label}_vs_{b.label}", (ra, rb)
-            paths = [f"{{run:{ra}}}", f"{{run:{rb}}}"]
+            paths = [self.checkpoint(a, ra), self.checkpoint(b, rb)]
         elif against in MODEL_STEPS:  # how far finetuning moved the representation
             target = (self.s.step(against).targets or (cell.data,))[0]
             ra, rb = self.add(self.pretrain(cell)), self.add(self.model(cell, against, target))
             label, ref = f"{cell.label}_vs_{against}-{target}", f"{against}-{target}"
-            paths, deps = [f"{{run:{ra}}}", f"{{run:{rb}}}"], (ra, rb)
+            paths, deps = [self.checkpoint(cell, ra), f"{{run:{rb}}}"], (ra, rb)
         else:
             ra = self.add(self.pretrain(cell))
             label, ref = f"{cell.label}_vs_{against}", against
-            paths, deps = [f"{{run:{ra}}}", self.s.references[against]], (ra,)
+            paths, deps = [self.checkpoint(cell, ra), self.s.references[against]], (ra,)
         opts = self.options(a, "cka", step.options)
         clip = _clip_of(self.options(a, "pretrain", self.s.pretrain))
         params = command_options("cka")
@@ -599,14 +674,16 @@ class _Expander:
                            for sel in step.teachers}, key=lambda c: c.label)
         models = [self.add(self.model(c, "finetune", target)) for c in teachers]
         argv = head + [x for m in models for x in ("--teacher", f"{{run:{m}}}")]
+        argv += [x for f in step.teacher_logits for x in ("--teacher-logits", f)]
         argv += option_argv("distill", opts)
         shared = {a: getattr(teachers[0], a) for a in ("data", "subset", "complexity")
-                  if len({getattr(c, a) for c in teachers}) == 1}
-        tasks = "+".join(sorted({c.task for c in teachers}))
-        label = f"kd_{student}_{target}_{len(teachers)}t_s{cell.seed}"
+                  if teachers and len({getattr(c, a) for c in teachers}) == 1}
+        names = [c.label for c in teachers] + [Path(f).stem for f in step.teacher_logits]
+        tasks = "+".join(sorted({c.task for c in teachers}) or ["logits"])
+        label = f"kd_{student}_{target}_{len(names)}t_s{cell.seed}"
         return self.make("distill", label, argv, tuple(models),
                          {**shared, "arch": student, "task": tasks, "seed": cell.seed,
-                          "target": target, "ref": ",".join(c.label for c in teachers)},
+                          "target": target, "ref": ",".join(names)},
                          [target, *{c.data for c in teachers}])
 
 

@@ -8,7 +8,10 @@
 - ``step(backbone, head, batch) -> dict`` with at least ``'loss'``;
 - ``ORIGINAL``: the original's value of each setting ("head.dim", "lr", …) for ``--explain``;
 - ``DIFFERENCES``: the known differences from the original, one line each;
-- ``DEMO`` (optional): sampler/head overrides of the demo preset (below).
+- ``DEMO`` (optional): sampler/head overrides of the demo preset (below);
+- ``PAPER`` (optional): head/sampler values of the benchmark's protocol (``protocol: paper``,
+  Kumar et al. arXiv 2306.06010: supp. C.3 and §4), beyond the sampler's own ``protocol``;
+  ``PAPER_NOTES``: setting -> the paper's value, or "paper gives no value: <choice>" (--explain).
 
 Demo preset: with no ``--data`` the trainer runs the embedded synthetic dataset on CPU for two
 minutes; a few settings that are not the originals' make those first steps count. They apply
@@ -46,19 +49,43 @@ def demo_overrides(task_name: str, arch: str | None = None) -> dict:
     return out
 
 
+PROTOCOLS = ("original", "paper")
+
+
+def dataset_overrides(task_name: str, manifest) -> dict:
+    """The task's per-dataset option defaults (``DATASET``, keyed by the manifest's meta
+    'format', e.g. VideoMAE's sampling rate 2 on SSv2): {"sampler": {…}, …}."""
+    fmt = (getattr(manifest, "meta", None) or {}).get("format")
+    own = getattr(get_task(task_name), "DATASET", {}).get(fmt, {})
+    return {k: dict(own.get(k, {})) for k in SUB_OPTIONS}
+
+
+def paper_overrides(task_name: str) -> dict:
+    """{"sampler": {…}, "head": {…}, "backbone": {…}} of ``protocol: paper``: the sampler's
+    ``protocol='paper'`` (supp. C.3 augmentation) and the task's ``PAPER`` (TDL: K = 500)."""
+    paper = getattr(get_task(task_name), "PAPER", {})
+    out = {k: dict(paper.get(k, {})) for k in SUB_OPTIONS}
+    out["sampler"] = {"protocol": "paper", **out["sampler"]}
+    return out
+
+
 def resolve_options(cfg) -> dict:
     """The option dicts a run of ``cfg`` (a PretrainConfig) uses, each lowest to highest: SPEC
-    (sampler_opts) < demo preset (only when ``cfg.data`` is None) < the config's own
+    (sampler_opts) < demo preset (only when ``cfg.data`` is None) < the paper's
+    values (``cfg.protocol == 'paper'``, :func:`paper_overrides`) < the config's own
     ``sampler`` / ``head`` / ``backbone``. Returns {"sampler", "head", "backbone": dicts, "demo":
     the preset values that took effect ({} with --data or when all were overridden)}. Head values
     the trainer takes from the run (num_classes, clip_len, …) are added later, under these."""
     spec = get_task(cfg.task).SPEC
     demo = demo_overrides(cfg.task, cfg.arch) if cfg.data is None else {}
+    paper = (paper_overrides(cfg.task) if getattr(cfg, "protocol", "original") == "paper"
+             else {})
     base = {"sampler": spec.get("sampler_opts", {}), "head": {}, "backbone": {}}
     out: dict = {"demo": {}}
     for key in SUB_OPTIONS:
         own = dict(getattr(cfg, key, None) or {})
         preset = {k: v for k, v in demo.get(key, {}).items() if k not in own}
-        out[key] = {**base[key], **preset, **own}
+        out[key] = {**base[key], **preset, **paper.get(key, {}), **own}
+        preset = {k: v for k, v in preset.items() if k not in paper.get(key, {})}
         out["demo"].update({f"{key}.{k}": v for k, v in preset.items()})
     return out

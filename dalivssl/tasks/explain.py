@@ -1,5 +1,7 @@
-"""``dalivssl pretrain --explain``: the settings a run would use, each beside the original's
-value (the task's ``ORIGINAL``), then the task's known ``DIFFERENCES``."""
+"""``dalivssl pretrain --explain``: the settings a run would use, each beside the paper
+protocol's value (Kumar et al., ``protocol: paper``) and the original's (the task's
+``ORIGINAL``), then the paper's augmentation with the values the paper does not give, and the
+task's known ``DIFFERENCES``."""
 from __future__ import annotations
 
 import inspect
@@ -74,30 +76,55 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def paper_lines(cfg) -> list[str]:
+    """The paper protocol's augmentation for ``cfg.task`` (supp. C.3), each value marked
+    "paper gives no value" with where the value used comes from."""
+    from dalivssl.tasks import get_task
+    from pipelines.samplers import SAMPLERS
+    from pipelines.samplers.base import GAMMA_CHOICE, PAPER_CHOICES
+
+    what = getattr(SAMPLERS[get_task(cfg.task).SPEC["sampler"]], "paper_augment", False)
+    if not what:
+        return ["  the paper keeps this task's own augmentation (supp. C.3)"]
+    choices = PAPER_CHOICES if what is True else (GAMMA_CHOICE,)
+    head = ("random rotation, resize, random crop, colour jitter, horizontal flip" if what is True
+            else "the original's augmentation plus gamma adjustment")
+    return [f"  supp. C.3: {head}"] + [f"  - {a}: {v} (paper gives no value; from {src})"
+                                      for a, v, src in choices]
+
+
 def explain(cfg) -> str:
-    """Text table: setting, this run's value, the original's value, '≠' where they differ; then
-    the task's known differences and, without --data, the demo preset."""
+    """Text table: setting, this run's value, the paper protocol's, the original's, '≠' where
+    this run differs from the original; then the paper's augmentation, the task's known
+    differences and, without --data, the demo preset."""
+    import dataclasses
+
     from dalivssl.tasks import get_task
     from models import BACKBONES
 
     task = get_task(cfg.task)
     vals, demo = settings(cfg)
+    paper, _ = settings(dataclasses.replace(cfg, protocol="paper"))
     original = dict(getattr(task, "ORIGINAL", {}))
     builder = BACKBONES[cfg.arch]  # the backbone's original is its reference default
     for k, v in _defaults(builder.__init__ if inspect.isclass(builder) else builder,
                           SKIP | {"dropout"}).items():
         original.setdefault(f"backbone.{k}", v)
-    rows = [("setting", "this run", "original", "")]
-    for k, v in vals.items():
+    original.setdefault("sampler.protocol", "original")
+    rows = [("setting", "this run", "paper", "original", "")]
+    for k in dict.fromkeys([*vals, *paper]):
+        v, p = vals.get(k, "–"), paper.get(k, "–")
         if k in original:
             mark = "" if _same(v, original[k]) else "≠"
-            rows.append((k, _fmt(v), _fmt(original[k]), mark))
+            rows.append((k, _fmt(v), _fmt(p), _fmt(original[k]), mark))
         else:
-            rows.append((k, _fmt(v), "–", ""))
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
+            rows.append((k, _fmt(v), _fmt(p), "–", ""))
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
     data = cfg.data or "the embedded synthetic dataset" + (" (demo preset)" if demo else "")
-    lines = [f"pretrain {cfg.task} / {cfg.arch} on {data}", ""]
-    lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    lines = [f"pretrain {cfg.task} / {cfg.arch} on {data} (protocol {cfg.protocol})", ""]
+    lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d:<{w[3]}}  {e}".rstrip()
+              for a, b, c, d, e in rows]
+    lines += ["", "Paper protocol (Kumar et al., protocol: paper):", *paper_lines(cfg)]
     lines += ["", "Known differences from the original:"]
     lines += [f"  - {d}" for d in getattr(task, "DIFFERENCES", ())]
     if demo:

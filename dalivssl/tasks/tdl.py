@@ -69,6 +69,10 @@ class TDLHead(nn.Module):
         return self.key_proj(self.key_backbone.forward_features(x))
 
 
+# The benchmark (Kumar et al. §4): "queue size 16384 for RSPNet and 500 for TDL".
+PAPER = {"head": {"queue_size": 500}}
+
+
 def build_head(backbone, queue_size: int = 5000, dim: int = 128, momentum: float = 0.999,
                temperature: float = 0.07, shuffle_groups: int = 1):
     """``shuffle_groups`` 1: the original trains on one GPU, where its ShuffleBN is a permutation

@@ -188,6 +188,59 @@ def blur_sigma(rng: np.random.Generator, p: float, lo: float = 0.1, hi: float = 
     return float(s) if applied else 0.0
 
 
+# ------------------------------------------------------------------------------------------------
+# the benchmark's protocol (Kumar et al., arXiv 2306.06010, supp. C.3)
+
+PROTOCOLS = ("original", "paper")
+# Values of C.3's recipe that the paper does not give ("paper gives no value"), chosen here:
+PAPER_ROTATION = 10.0  # ±10°: TDL's RandomRotation(10), the only rotation among the originals
+PAPER_JITTER = (0.4, 0.4, 0.4, 0.1)  # ColorJitter(b, c, s, hue) with p 0.8: MoCo v2 / SimCLR's
+PAPER_JITTER_P = 0.8
+PAPER_GAMMA = 1.5  # CVRL's gamma γ log-uniform in [1/1.5, 1.5], p 0.8 (like its colour jitter)
+# (augmentation, value used, where it comes from) for --explain: each "paper gives no value"
+PAPER_CHOICES = (
+    ("rotation", f"U(±{PAPER_ROTATION:g}°) per clip", "TDL's RandomRotation(10)"),
+    ("resize + random crop", "short side → size·128/112, random size² crop",
+     "VCOP/PRP's 128→112"),
+    ("colour jitter", f"b/c/s {PAPER_JITTER[0]:g}, hue {PAPER_JITTER[3]:g}, p {PAPER_JITTER_P:g}",
+     "MoCo v2 / SimCLR"),
+    ("horizontal flip", "p 0.5", "torchvision RandomHorizontalFlip"),
+)
+GAMMA_CHOICE = ("gamma (CVRL)", f"log-uniform [1/{PAPER_GAMMA:g}, {PAPER_GAMMA:g}], p "
+                f"{PAPER_JITTER_P:g}", "symmetric in log, as the jitter's p")
+
+
+def check_protocol(name: str, protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"{name} sampler: protocol must be one of {', '.join(PROTOCOLS)}, got "
+                         f"{protocol!r}")
+    return protocol
+
+
+def paper_params(rng: np.random.Generator, aspect: float, size: int,
+                 angle: float = 0.0) -> dict[str, float]:
+    """Supp. C.3's augmentation of one clip (VCOP, RotNet, PRP under ``protocol='paper'``):
+    "Random Rotation, Resizing, Random Crop, Color Jittering and Random Horizontal Flipping".
+    Resize the short side to size·128/112 and random-crop size×size (the 128→112 convention of
+    VCOP/PRP), flip p 0.5, rotation U(±PAPER_ROTATION)° added to ``angle`` (RotNet's label
+    angle), colour jitter PAPER_JITTER with p PAPER_JITTER_P."""
+    p = {"crop": short_side_crop_box(rng, aspect, size), "flip": coin(rng, 0.5),
+         "angle": float(angle + rng.uniform(-PAPER_ROTATION, PAPER_ROTATION))}
+    p.update(colour_jitter(rng, *PAPER_JITTER, p=PAPER_JITTER_P))
+    return p
+
+
+PAPER_KEYS = ("crop", "flip", "angle") + COLOUR_KEYS
+
+
+def paper_gamma(rng: np.random.Generator) -> float:
+    """CVRL's extra "gamma adjustment" under the paper (supp. C.3): γ log-uniform in
+    [1/PAPER_GAMMA, PAPER_GAMMA] with p PAPER_JITTER_P, else 1."""
+    applied = coin(rng, PAPER_JITTER_P)
+    g = float(np.exp(rng.uniform(-np.log(PAPER_GAMMA), np.log(PAPER_GAMMA))))
+    return g if applied else 1.0
+
+
 def stack_params(per_clip: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     """List of K per-clip dicts (same keys) -> dict of arrays with leading dim K, typed per key."""
     keys = per_clip[0].keys()
@@ -200,6 +253,9 @@ def stack_params(per_clip: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
 class Sampler:
     """Base of every sampler (contract C3).
 
+    ``protocol``: 'original' (each task as its original repository) or 'paper' (the
+    benchmark's changes, supp. C.3; see each subclass).
+
     Subclasses set ``name``, ``normalize`` and the per-instance attributes num_clips (K),
     clip_len (T of the plan), num_classes, out_size (H, W), min_frames (usable frames a video
     needs so that ``plan`` never raises TooShort; 1 for samplers that loop/wrap short videos) and
@@ -209,8 +265,11 @@ class Sampler:
 
     name = "base"
     normalize = "imagenet"
+    paper_augment: bool | str = False  # what protocol 'paper' changes in the plan (--explain)
 
-    def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True):
+    def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True,
+                 protocol: str = "original"):
+        self.protocol = check_protocol(self.name, protocol)
         if int(clip_len) < 1:
             raise ValueError(f"{self.name} sampler: clip_len must be >= 1, got {clip_len}")
         if int(size) < 1:
@@ -257,4 +316,4 @@ class Sampler:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(K={self.num_clips}, T={self.clip_len}, "
-                f"size={self.size}, augment={self.augment})")
+                f"size={self.size}, augment={self.augment}, protocol={self.protocol})")

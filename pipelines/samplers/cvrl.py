@@ -6,8 +6,8 @@ import math
 import numpy as np
 
 from pipelines.samplers.base import (Sampler, blur_sigma, coin, colour_jitter, frame_aspect,
-                                     random_resized_box, short_side_crop_box, stack_params,
-                                     strided)
+                                     paper_gamma, random_resized_box, short_side_crop_box,
+                                     stack_params, strided)
 from pipelines.types import ClipPlan
 
 ORIGINAL_SIZE = 224.0  # CVRL's output size; its blur sigma is in pixels of it
@@ -49,17 +49,22 @@ class CVRLSampler(Sampler):
     224) or 0, solarize. The crop box: aspect drawn uniformly and 100 attempts, as TF's
     sample_distorted_bounding_box.
 
+    protocol 'paper' (supp. C.3: "CVRL has some extra data augmentation ... grayscale and gamma
+    adjustment"): the above plus ``gamma`` per view (``base.paper_gamma``).
+
     No complexity knob. Options: ``stride`` (default 2). Default size is the ``size`` argument
     (the original uses 224). augment=False: centre crop (short side → size·128/112), no colour,
     no blur/solarise.
     """
 
     name = "cvrl"
+    paper_augment = "gamma"  # its own augmentation plus gamma
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  stride: int = 2, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if int(stride) < 1:
             raise ValueError(f"cvrl sampler: stride must be >= 1, got {stride}")
@@ -67,6 +72,8 @@ class CVRLSampler(Sampler):
         self.num_clips = 2
         self.param_keys = (("crop", "flip", "brightness", "contrast", "saturation", "hue", "gray",
                             "blur_sigma", "solarize") if self.augment else ("crop",))
+        if self.augment and self.protocol == "paper":
+            self.param_keys += ("gamma",)
 
     def offsets(self, length: int, rng: np.random.Generator) -> tuple[int, int, int]:
         """(o₁, o₂, Δ) relative to the usable range; Δ = −1 on the short-video path."""
@@ -99,6 +106,8 @@ class CVRLSampler(Sampler):
             p["blur_sigma"] = blur_sigma(rng, 1.0 if v == 0 else 0.1,
                                          scale=self.size / ORIGINAL_SIZE)
             p["solarize"] = coin(rng, 0.2) if v == 1 else 0
+            if self.protocol == "paper":
+                p["gamma"] = paper_gamma(rng)
             views.append(p)
         return ClipPlan(frames, 0, stack_params(views), {},
                         {"delta": np.asarray(abs(o1 - o2), np.int64)})

@@ -30,6 +30,9 @@ class EvalSampler(Sampler):
     keeps the random crop and drops the flip: for classes that name a left/right direction
     (``Manifest.flip_safe``), where a flipped clip would carry the wrong label.
 
+    ``protocol='paper'``: "For finetuning the augmentations are Resize and Center Crop for all"
+    (supp. C.3): the training clip keeps its random start but takes the centre crop, no flip.
+
     Plan: frames (N, T); label = record.label (−1 if unlabelled); params crop (and flip when
     random). ``normalize`` option: 'imagenet' (default) or 'unit', to match the pretext task of
     the checkpoint. num_classes is 0: the class count comes from the manifest.
@@ -41,9 +44,10 @@ class EvalSampler(Sampler):
     name = "eval"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  num_clips: int = 1, stride: int = 1, random: bool = False, crop: str = "center",
                  normalize: str = "imagenet", flip: bool = True, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if int(num_clips) < 1 or int(stride) < 1:
             raise ValueError(f"eval sampler: num_clips and stride must be >= 1, got "
@@ -63,8 +67,9 @@ class EvalSampler(Sampler):
         self.normalize = normalize
         self.span = (self.clip_len - 1) * self.stride + 1
         self.flip = bool(flip)
-        self.param_keys = (("crop", "flip") if (self.random and self.augment and self.flip)
-                           else ("crop",))
+        # the paper's finetuning and evaluation: "Resize and Center Crop for all" (supp. C.3)
+        self.jitter = self.random and self.augment and self.protocol == "original"
+        self.param_keys = ("crop", "flip") if (self.jitter and self.flip) else ("crop",)
 
     def starts(self, length: int, rng: np.random.Generator) -> np.ndarray:
         """int64 (N,) clip starts relative to the usable range."""
@@ -79,7 +84,7 @@ class EvalSampler(Sampler):
         frames = np.stack([strided(s, self.clip_len, self.stride)
                            for s in self.starts(length, rng)]) % length
         aspect = frame_aspect(record)
-        jitter = self.random and self.augment
+        jitter = self.jitter
         clips = []
         for _ in range(self.num_clips):
             if self.crop == "full":

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.samplers.base import Sampler, TooShort, scale_crop_box, stack_params, strided
+from pipelines.samplers.base import (PAPER_KEYS, Sampler, TooShort, frame_aspect, paper_params,
+                                     scale_crop_box, stack_params, strided)
 from pipelines.types import ClipPlan
 
 RESIZE_HW = (128.0, 171.0)
@@ -46,15 +47,20 @@ class PRPSampler(Sampler):
     gets the same rate, the rate being the first draw of the sample's rng), and
     TooShort(permanent=True) only when it has fewer than T·min(rates)+1, too short for every
     rate (the loader then skips it for the run). ``min_frames`` = T·max(rates)+1 never fails.
-    augment has no effect (PRP pretrains with a centre crop).
+    augment has no effect under 'original' (PRP pretrains with a centre crop). protocol 'paper'
+    (supp. C.3): ``base.paper_params`` (drawn after the frames, so the temporal plan is the
+    original's); the reconstruction target and the motion frames get the same parameters (they
+    are augmented with the clip's row).
     """
 
     name = "prp"
+    paper_augment = True
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  rates=(1, 2, 4, 8), **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         rates = tuple(rates)
         if (not rates or len(set(rates)) != len(rates)
@@ -65,6 +71,8 @@ class PRPSampler(Sampler):
         self.num_classes = len(self.rates)
         self.min_frames = self.clip_len * max(self.rates) + 1
         self.motion_pad = 4 * max(self.rates)
+        if self.augment and self.protocol == "paper":
+            self.param_keys = PAPER_KEYS
 
     def _strict_length(self) -> bool:
         return False  # the need depends on the drawn rate
@@ -90,7 +98,10 @@ class PRPSampler(Sampler):
         motion = (start + (np.arange(s)[:, None] * t + motion_positions(t)[None, :])).reshape(-1)
         motion = np.concatenate([motion, np.full(self.motion_pad - motion.size, motion[-1])])
         hw = (RESIZE_HW[0] * self.size / 112.0, RESIZE_HW[1] * self.size / 112.0)
-        params = stack_params([{"crop": scale_crop_box(None, hw, (self.size, self.size))}])
+        if self.augment and self.protocol == "paper":
+            params = stack_params([paper_params(rng, frame_aspect(record), self.size)])
+        else:
+            params = stack_params([{"crop": scale_crop_box(None, hw, (self.size, self.size))}])
         return ClipPlan(frames[None], label, params,
                         {"recon": recon, "motion": motion.astype(np.int64)},
                         {"recon_flags": flags, "motion_len": np.asarray(4 * s, np.int64),

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.samplers.base import Sampler, coin, scale_crop_box, stack_params
+from pipelines.samplers.base import (PAPER_KEYS, Sampler, coin, frame_aspect, paper_params,
+                                     scale_crop_box, stack_params)
 from pipelines.types import ClipPlan
 
 # CtP's GroupScale sizes (w, h) = (149,112), (171,128), (192,144), stored here as (h, w) at 112.
@@ -39,6 +40,9 @@ class RotNetSampler(Sampler):
     Options: ``strides`` (default (1,2,3,4,5)), ``stride`` (a fixed stride, overrides strides),
     ``temporal_jitter`` (default True).
 
+    protocol 'paper' (supp. C.3): ``base.paper_params`` instead of CtP's recipe; the angle is
+    90°·label plus the C.3 random rotation (±10°).
+
     Short video (L < s(T−1)+1): as CtP, start 0 and indices clamped to L−1 (the last frame
     repeats); never raises unless the video has no frame. augment=False: centre 112-crop of the
     128×171 scale, no flip/colour; the rotation stays (it is the label) and temporal sampling
@@ -46,12 +50,14 @@ class RotNetSampler(Sampler):
     """
 
     name = "rotnet"
+    paper_augment = True  # protocol 'paper' swaps in supp. C.3's augmentation
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  strides=(1, 2, 3, 4, 5), stride: int | None = None, num_rotations: int = 4,
                  temporal_jitter: bool = True, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         strides = (stride,) if stride is not None else tuple(strides)
         if not strides or any(int(s) != s or int(s) < 1 for s in strides):
@@ -62,8 +68,9 @@ class RotNetSampler(Sampler):
         self.strides = tuple(int(s) for s in strides)
         self.temporal_jitter = bool(temporal_jitter)
         self.num_classes = int(num_rotations)
-        self.param_keys = (("crop", "angle", "flip", "brightness", "saturation", "hue")
-                           if self.augment else ("crop", "angle"))
+        self.param_keys = (("crop", "angle") if not self.augment else PAPER_KEYS
+                           if self.protocol == "paper" else
+                           ("crop", "angle", "flip", "brightness", "saturation", "hue"))
 
     def _plan(self, record, length, rng):
         t = self.clip_len
@@ -75,7 +82,9 @@ class RotNetSampler(Sampler):
         frames = np.minimum(start + s * np.arange(t) + jitter, length - 1).astype(np.int64)
         label = int(rng.integers(self.num_classes))
         p = {"angle": 90.0 * label}
-        if self.augment:
+        if self.augment and self.protocol == "paper":
+            p = paper_params(rng, frame_aspect(record), self.size, angle=90.0 * label)
+        elif self.augment:
             hh, ww = SCALES_HW[int(rng.integers(len(SCALES_HW)))]
             k = self.size / 112.0
             p["crop"] = scale_crop_box(rng, (hh * k, ww * k), (self.size, self.size))

@@ -52,8 +52,9 @@ class RSPNetSampler(Sampler):
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  max_speed: int | None = None, speeds=None, stride: int = 1, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if speeds is not None:  # the task's speed set: the window must hold its fastest speed
             if not tuple(speeds):

@@ -59,8 +59,9 @@ class TDLSampler(Sampler):
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  stride: int = 4, jitter: str = "one_of", **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if int(stride) < 1:
             raise ValueError(f"tdl sampler: stride must be >= 1, got {stride}")

@@ -5,8 +5,8 @@ import itertools
 
 import numpy as np
 
-from pipelines.samplers.base import (Sampler, jitter_factor, scale_crop_box, stack_params,
-                                     strided)
+from pipelines.samplers.base import (PAPER_KEYS, Sampler, frame_aspect, jitter_factor,
+                                     paper_params, scale_crop_box, stack_params, strided)
 from pipelines.types import ClipPlan
 
 RESIZE_HW = (128.0, 171.0)  # VCOP resizes every frame to 128×171 before cropping 112
@@ -31,6 +31,9 @@ class VCOPSampler(Sampler):
     U(1−b, 1+b) drawn per clip, so that a global exposure drift (a fade, an auto-exposure ramp)
     cannot order the clips on its own (not in the original).
 
+    protocol 'paper' (supp. C.3): ``base.paper_params`` per clip (independent between the clips
+    of a tuple, as the original's crops; consistent within a clip) instead of the crop.
+
     Short video: the original trains only on pre-filtered lists of long-enough videos
     (split/vcop_train_{cl}_{it}_{tl}.txt), so a video with fewer than ``window`` usable frames
     raises TooShort. augment=False: centre crop per clip (the order is still shuffled: it is the
@@ -38,11 +41,13 @@ class VCOPSampler(Sampler):
     """
 
     name = "vcop"
+    paper_augment = True
     normalize = "unit"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  num_clips: int = 3, interval: int = 8, brightness: float = 0.0, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if not 2 <= int(num_clips) <= 6:
             raise ValueError(f"vcop sampler: num_clips must be in 2..6, got {num_clips}")
@@ -53,7 +58,9 @@ class VCOPSampler(Sampler):
         self.num_clips = int(num_clips)
         self.interval = int(interval)
         self.brightness = float(brightness)
-        if self.augment and self.brightness > 0:
+        if self.augment and self.protocol == "paper":
+            self.param_keys = PAPER_KEYS
+        elif self.augment and self.brightness > 0:
             self.param_keys = ("crop", "brightness")
         self.permutations = list(itertools.permutations(range(self.num_clips)))
         self._perm_index = {p: i for i, p in enumerate(self.permutations)}
@@ -72,9 +79,12 @@ class VCOPSampler(Sampler):
         order = rng.permutation(tl)
         k = self.size / 112.0
         hw = (RESIZE_HW[0] * k, RESIZE_HW[1] * k)
-        params = [{"crop": scale_crop_box(rng if self.augment else None, hw,
-                                          (self.size, self.size))} for _ in range(tl)]
-        if "brightness" in self.param_keys:
+        if self.augment and self.protocol == "paper":
+            params = [paper_params(rng, frame_aspect(record), self.size) for _ in range(tl)]
+        else:
+            params = [{"crop": scale_crop_box(rng if self.augment else None, hw,
+                                              (self.size, self.size))} for _ in range(tl)]
+        if self.protocol != "paper" and "brightness" in self.param_keys:
             for p in params:
                 p["brightness"] = jitter_factor(rng, self.brightness)
         return ClipPlan(clips[order], self.label_of(order), stack_params(params))

@@ -73,9 +73,10 @@ class VideoMAESampler(Sampler):
     normalize = "imagenet"
 
     def __init__(self, clip_len: int = 16, size: int = 112, augment: bool = True, *,
+                 protocol: str = "original",
                  mask_ratio: float = 0.9, sampling_rate: int = 4, tubelet: int = 2,
                  patch: int = 16, **unknown):
-        super().__init__(clip_len, size, augment)
+        super().__init__(clip_len, size, augment, protocol)
         self._reject(unknown)
         if int(sampling_rate) < 1 or int(tubelet) < 1 or int(patch) < 1:
             raise ValueError(f"videomae sampler: sampling_rate, tubelet and patch must be >= 1, "

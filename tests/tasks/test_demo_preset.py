@@ -118,21 +118,26 @@ def _explain(argv, capsys) -> tuple[dict, str]:
 def test_explain_prints_settings_beside_the_originals(capsys):
     rows, text = _explain(["--task", "tdl", "--arch", "r21d", "--set", "sampler.jitter=all"],
                           capsys)
-    assert rows["sampler.jitter"] == ["all", "one_of", "≠"]
-    assert rows["head.shuffle_groups"] == ["1", "1"]
-    assert rows["lr"] == ["0.003", "0.003"]
-    assert rows["size"] == ["64", "224", "≠"]
-    assert rows["head.queue_size"][:2] == ["5000", "5000"] and rows["head.queue_size"][-1] != "≠"
+    assert rows["sampler.jitter"] == ["all", "all", "one_of", "≠"]  # this run, paper, original
+    assert rows["head.shuffle_groups"] == ["1", "1", "1"]
+    assert rows["lr"] == ["0.003", "0.003", "0.003"]
+    assert rows["size"] == ["64", "64", "224", "≠"]
+    assert rows["head.queue_size"][:3] == ["5000", "500", "5000"]  # the paper: K = 500 for TDL
+    assert rows["head.queue_size"][-1] != "≠"
+    assert "rotation: U(±10°) per clip (paper gives no value" not in text  # TDL keeps its own
     assert "Known differences from the original:" in text and "Rotation after the crop" in text
     assert "demo preset" not in text  # r21d: the preset changes nothing for tdl
     rows, text = _explain(["--task", "vcop"], capsys)
-    assert rows["head.feature_norm"] == ["batch", "none", "≠"]
-    assert rows["backbone.zero_init_residual"] == ["True", "False", "≠"]
+    assert rows["head.feature_norm"] == ["batch", "batch", "none", "≠"]
+    assert rows["backbone.zero_init_residual"] == ["True", "True", "False", "≠"]
     assert ("demo preset (no --data): head.feature_norm=batch, head.backbone_pass=joint, "
             "backbone.zero_init_residual=True" in " ".join(text.split()))
-    assert rows["head.backbone_pass"] == ["joint", "position", "≠"]
+    assert rows["head.backbone_pass"] == ["joint", "joint", "position", "≠"]
+    assert ("rotation: U(±10°) per clip (paper gives no value; from TDL's RandomRotation(10))"
+            in text)
     rows, text = _explain(["--task", "vcop", "--data", __file__], capsys)
-    assert rows["head.feature_norm"] == ["none", "none"]
-    assert rows["head.backbone_pass"] == ["position", "position"]
-    assert rows["backbone.zero_init_residual"] == ["False", "False"]
+    assert rows["head.feature_norm"] == ["none", "none", "none"]
+    assert rows["head.backbone_pass"] == ["position", "position", "position"]
+    assert rows["backbone.zero_init_residual"] == ["False", "False", "False"]
+    assert rows["sampler.protocol"] == ["original", "paper", "original"]
     assert "demo preset" not in text

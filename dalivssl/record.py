@@ -139,15 +139,27 @@ def file_hash(path) -> str:
 
 def manifest_hash(manifest) -> str:
     """Hash of a manifest's *content*: its resolved root, classes and every record (path, frame
-    count, label, split, range), so two files with the same names but other videos, labels or
-    splits differ, and a copied manifest file hashes the same."""
+    count, label, split, range) plus each video file's size and mtime (:func:`video_stamp`), so
+    two files with the same names but other videos, labels or splits differ, videos replaced in
+    place give another hash, and a copied manifest file hashes the same."""
     h = hashlib.sha256()
-    h.update(str(Path(manifest.root).resolve()).encode())
+    root = Path(manifest.root).resolve()
+    h.update(str(root).encode())
     h.update(json.dumps(list(manifest.classes)).encode())
     for r in manifest.records:
         h.update(f"\n{r.path}\t{r.num_frames}\t{r.label}\t{r.split}\t{r.start_frame}\t"
-                 f"{r.end_frame}".encode())
+                 f"{r.end_frame}\t{video_stamp(root / r.path)}".encode())
     return h.hexdigest()[:16]
+
+
+def video_stamp(path) -> str:
+    """'size:mtime_ns' of a video file ('missing' when it is gone): cheap (one stat), and it
+    changes whenever the file is rewritten."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def versions() -> dict:

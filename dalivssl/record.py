@@ -331,6 +331,10 @@ class RunLock:
             return self
         raise DalivsslError(f"{self.path}: could not take the run lock")
 
+    def busy(self) -> bool:
+        """Another live process holds the lock (what :meth:`acquire` would refuse)."""
+        return self.path.exists() and not self._stale()
+
     def _stale(self) -> bool:
         try:
             pid, host = self.path.read_text().split()[:2]

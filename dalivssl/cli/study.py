@@ -58,7 +58,7 @@ def plan(study_file, out, show_runs):
     from dalivssl.study.spec import AXES, expand, load_study
 
     p = expand(load_study(study_file))
-    state = {n: (runner.status(out, r) if out else "") for n, r in p.runs.items()}
+    state = {n: (runner.status(out, r, p) if out else "") for n, r in p.runs.items()}
     rows = [[*(getattr(c, a) for a in AXES), len(p.by_cell[c.label]),
              sum(state[n] == "done" for n in p.by_cell[c.label]) if out else "-"]
             for c in p.cells]

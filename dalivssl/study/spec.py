@@ -27,8 +27,9 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       task: {vcop: {pretrain: {batch_size: 16}}}
     references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
 
-Each run's name is its readable settings plus a short hash of its whole command line, so a
-changed option gives new runs (the unchanged ones are reused) and a rerun skips what is done.
+Each run's name is its readable settings plus a short hash of its whole command line and of its
+data's content (manifest records and video files), so a changed option or other data gives new
+runs (the unchanged ones are reused) and a rerun skips what is done.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ class Dataset:
     train: str | None = None
     test: str | None = None
     given: tuple = ()  # the paths as the file wrote them (part of run hashes)
+    content: tuple = ()  # manifest_hash of each manifest found (part of run hashes: new data,
+    #                      or videos replaced in place, give new runs)
 
     def flags(self, step: str) -> list[str]:
         """The data options of ``step``'s command for this dataset, paths as ``{data:NAME:split}``
@@ -247,8 +250,18 @@ def _parse_datasets(raw: dict, base: Path) -> dict:
         _need(isinstance(d, dict) and set(d) == {"train", "test"},
               f"data.{name}: expected {{train: PATH, test: PATH}}")
         paths = [_path(base, d[k]) for k in ("train", "test")]
-        out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])))
+        out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])),
+                                 content=_content(paths))
     return out
+
+
+def _content(paths) -> tuple:
+    """The content hash (record.manifest_hash: records, root, each video's size and mtime) of
+    each manifest in ``paths`` that exists; None for one that does not (yet)."""
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.record import manifest_hash
+
+    return tuple(manifest_hash(load_manifest(p)) if Path(p).is_file() else None for p in paths)
 
 
 def _path(base: Path, given) -> str:
@@ -485,7 +498,7 @@ class _Expander:
         return _merge(base, *per)
 
     def make(self, step, label, argv, deps, columns, data_names) -> Run:
-        given = {d: self.s.datasets[d].given for d in data_names}
+        given = {d: (*self.s.datasets[d].given, *self.s.datasets[d].content) for d in data_names}
         name = f"{label}-{_short_hash({'step': step, 'argv': argv, 'data': given})}"
         cols = {k: columns.get(k) for k in COLUMNS}
         cols["step"] = step

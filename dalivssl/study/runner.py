@@ -51,9 +51,14 @@ def run_done(run_dir, step: str = "", data=()) -> bool:
 _MANIFEST_HASHES: dict = {}
 
 
+def forget_hashes() -> None:
+    """Forget the memoised data hashes (:func:`prepare` does: each study command looks anew)."""
+    _MANIFEST_HASHES.clear()
+
+
 def _manifest_hash(path: str) -> str | None:
-    """record.manifest_hash of the manifest at ``path`` (None when unreadable); memoised for one
-    study command (:func:`prepare` clears it)."""
+    """record.manifest_hash of the manifest at ``path`` (None when unreadable); memoised until
+    :func:`forget_hashes` (a study command's runs share a few manifests)."""
     from dalivssl.data.manifest import load_manifest
     from dalivssl.record import manifest_hash
 
@@ -342,7 +347,7 @@ def prepare(plan: Plan, out, force: bool = False) -> tuple[Path, RunLock, list[R
     lock = RunLock(out).acquire()
     try:
         check_same_study(plan, out, force)
-        _MANIFEST_HASHES.clear()
+        forget_hashes()
         if plan.study.source:
             (out / "study.yaml").write_text(Path(plan.study.source).read_text())
         write_plan(plan, out)

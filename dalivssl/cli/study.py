@@ -55,9 +55,9 @@ def presets(name):
 def plan(study_file, out, show_runs):
     """List the cells of STUDY_FILE (a file or preset name) and the runs they expand to."""
     from dalivssl.study import runner
-    from dalivssl.study.spec import AXES, expand, load_study
+    from dalivssl.study.spec import AXES, load_plan
 
-    p = expand(load_study(study_file))
+    p = load_plan(study_file)
     state = {n: (runner.status(out, r, p) if out else "") for n, r in p.runs.items()}
     rows = [[*(getattr(c, a) for a in AXES), len(p.by_cell[c.label]),
              sum(state[n] == "done" for n in p.by_cell[c.label]) if out else "-"]
@@ -116,9 +116,9 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
 
     from dalivssl.errors import DalivsslError
     from dalivssl.study import runner
-    from dalivssl.study.spec import expand, load_study
+    from dalivssl.study.spec import load_plan
 
-    p = expand(load_study(study_file))
+    p = load_plan(study_file)
     missing = _missing_manifests(p.study)
     if missing:
         raise DalivsslError(f"manifest {missing[0]} not found"

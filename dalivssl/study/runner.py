@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 from dalivssl.record import RunLock, read_run_record
-from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options
+from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options, data_path
 
 RUN_FILE = "study.json"
 PLAN_FILE = "study_plan.json"
@@ -94,8 +94,7 @@ def run_dir(out, run: Run) -> Path:
 
 def run_data(plan: Plan, run: Run) -> list[str]:
     """The manifests ``run``'s command reads (its ``{data:NAME:split}`` arguments)."""
-    return [getattr(plan.study.datasets[a[6:-1].rsplit(":", 1)[0]], a[6:-1].rsplit(":", 1)[1])
-            for a in run.argv if a.startswith("{data:") and a.endswith("}")]
+    return [data_path(plan, a) for a in run.argv if a.startswith("{data:") and a.endswith("}")]
 
 
 def status(out, run: Run, plan: Plan | None = None) -> str:
@@ -129,10 +128,7 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
         if a.startswith("{run:") and a.endswith("}"):
             parent = plan.runs[a[5:-1]]
             a = str(run_dir(out, parent).resolve() / CHECKPOINTS[parent.step])
-        elif a.startswith("{data:") and a.endswith("}"):
-            name, split = a[6:-1].rsplit(":", 1)
-            a = getattr(plan.study.datasets[name], split)
-        argv.append(a)
+        argv.append(data_path(plan, a))
     params = command_options(run.step)
     argv += name_flag(params, run)
     for key in ("threads", "num_threads"):

@@ -203,6 +203,15 @@ def load_study(name_or_path) -> Study:
         raise DalivsslError(f"{path}: {exc}") from None
 
 
+def load_plan(name_or_path) -> Plan:
+    """:func:`expand` of :func:`load_study`, every run checked; errors name the file."""
+    study = load_study(name_or_path)
+    try:
+        return expand(study)
+    except DalivsslError as exc:
+        raise DalivsslError(f"{study.source}: {exc}") from None
+
+
 def _need(cond, msg):
     if not cond:
         raise DalivsslError(msg)
@@ -640,8 +649,9 @@ def _clip_of(pretrain_opts: dict) -> dict:
             "size": pretrain_opts.get("size", d.size)}
 
 
-def expand(study: Study) -> Plan:
-    """Cells (the axes' product, in file order) and their runs, parents before children."""
+def expand(study: Study, check: bool = True) -> Plan:
+    """Cells (the axes' product, in file order) and their runs, parents before children; with
+    ``check`` every run's options are checked as its command checks them (:func:`check_run`)."""
     ex = _Expander(study)
     by_cell = {}
     for cell in ex.cells:
@@ -649,4 +659,60 @@ def expand(study: Study) -> Plan:
         for step in study.steps:
             names += [ex.add(r) for r in ex.downstream(cell, step)]
         by_cell[cell.label] = tuple(dict.fromkeys(names))
-    return Plan(study, tuple(ex.cells), dict(ex.runs), by_cell)
+    plan = Plan(study, tuple(ex.cells), dict(ex.runs), by_cell)
+    if check:
+        for run in plan.runs.values():
+            check_run(plan, run)
+    return plan
+
+
+# step -> the typed config its command builds from its options (dalivssl.config)
+STEP_CONFIGS = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig",
+                "probe": "FinetuneConfig", "distill": "DistillConfig"}
+
+
+def check_run(plan: Plan, run: Run) -> None:
+    """``run``'s command line checked the way its command checks it, before any run starts
+    (review t3 #23: a bad value failed only after the parents had run): click's own parsing
+    (types, ranges, choices), the typed config's ranges and keys (``--set`` included), the
+    noise and severity names of robustness, and a subset larger than its training data."""
+    import click
+
+    from dalivssl import config as C
+    from dalivssl.cli import COMMANDS
+
+    module, attr, _ = COMMANDS[STEP_COMMANDS[run.step]]
+    cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
+    argv = [data_path(plan, a) for a in run.argv[1:]]
+    where = f"{run.step} run {run.name}"
+    try:
+        params = cmd.make_context(cmd.name, argv).params
+        if run.step in STEP_CONFIGS:
+            cls = getattr(C, STEP_CONFIGS[run.step])
+            fields = {f.name for f in dataclasses.fields(cls)}
+            cfg = C.resolve(cls, None, {k: v for k, v in params.items() if k in fields},
+                            params.get("sets"))
+            (cfg.resolved() if hasattr(cfg, "resolved") else cfg).check()
+        if run.step == "robustness":
+            from pipelines.noise import parse_noises, parse_severities
+
+            parse_noises(params["noises"])
+            parse_severities(params["severities"])
+        if run.step == "pretrain" and params.get("subset") and params.get("data") and \
+                Path(params["data"]).is_file():
+            from dalivssl.data.subsets import nested_subsets
+            from dalivssl.data.synth import resolve_manifest
+
+            nested_subsets(resolve_manifest(params["data"], "train")[1], [params["subset"]])
+    except click.ClickException as exc:
+        raise DalivsslError(f"{where}: {exc.format_message()}") from None
+    except (DalivsslError, ValueError) as exc:
+        raise DalivsslError(f"{where}: {exc}") from None
+
+
+def data_path(plan: Plan, arg: str) -> str:
+    """A ``{data:NAME:split}`` argument as its manifest path (left as is when unknown)."""
+    if arg.startswith("{data:") and arg.endswith("}"):
+        name, split = arg[6:-1].rsplit(":", 1)
+        return getattr(plan.study.datasets[name], split) or arg
+    return arg

@@ -300,7 +300,8 @@ def test_cli_videos_replaced_in_place_are_not_reprinted(tmp_path, capsys):
             "gaussian", "--severities", "1", "--clips-per-video", "1", "--out",
             str(tmp_path / "out"), "--no-progress"]
     assert _main(argv) == 0
-    generate(tmp_path / "d", videos=6, classes=3, frames=16, size=32, seed=1, workers=1)
+    generate(tmp_path / "d", videos=6, classes=3, frames=16, size=32, seed=1, workers=1,
+             overwrite=True)
     capsys.readouterr()
     assert _main(argv) == 2
     err = capsys.readouterr().err

@@ -122,7 +122,8 @@ def test_replaced_videos_give_new_runs_and_stale_records(tmp_path):
     raw, out = raw_study(data["train"], data["test"]), tmp_path / "out"
     plan = expand(parse_study(raw))
     assert len(run(raw, out).ran) == 2
-    generate(tmp_path / "d", videos=8, classes=4, frames=16, size=32, seed=1, workers=1)
+    generate(tmp_path / "d", videos=8, classes=4, frames=16, size=32, seed=1, workers=1,
+             overwrite=True)
     runner.forget_hashes()  # as a new study command does
     assert [r.name for r in plan.runs.values()] != list(expand(parse_study(raw)).runs)
     assert {runner.status(out, r, plan) for r in plan.runs.values()} == {"stale"}

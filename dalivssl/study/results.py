@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from dalivssl.errors import DalivsslError
+from dalivssl.record import read_run_record
 from dalivssl.study.runner import PLAN_FILE, RUN_FILE, attempts, read_plan, run_done
 from dalivssl.study.spec import COLUMNS
 
@@ -110,13 +111,15 @@ def collect(out, warn=None) -> list[dict]:
             continue  # not started (its dir removed by hand)
         try:
             info = json.loads(info_path.read_text())
+            read_run_record(d)  # an unreadable record.json: named (it raises), not "pending"
             if not run_done(d, info["step"]):
                 continue
             where = d
             metrics = read_metrics(info["step"], d)
         except (OSError, ValueError, KeyError, TypeError, DalivsslError) as exc:
-            if warn is not None:
-                warn(f"{getattr(exc, 'filename', None) or where}: unreadable ({_reason(exc)}); "
+            if warn is not None:  # a DalivsslError names its file already
+                warn(f"{exc}; skipped" if isinstance(exc, DalivsslError) else
+                     f"{getattr(exc, 'filename', None) or where}: unreadable ({_reason(exc)}); "
                      "skipped")
             continue
         base = {"study": info.get("study"), "name": info["name"], **info["columns"]}

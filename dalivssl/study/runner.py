@@ -5,7 +5,7 @@
 ``$ command`` line per start) and ``study_attempts.jsonl`` (one line per finished attempt: start,
 end, exit code). ``OUT/study_plan.json`` names the study and its current runs (what ``study
 results``, ``status`` and ``clean`` read). A run is done when the command says so and what it
-was made from is unchanged (:func:`run_done`: its data's content, its parents' checkpoints); a
+was made from is unchanged (:func:`run_done`: its data, its parents' checkpoints); a
 rerun of the study skips done runs, restarts killed ones with ``--resume`` where the command
 supports it, and remakes stale ones (a parent remade, data changed) in a clean dir.
 
@@ -44,43 +44,18 @@ def run_done(run_dir, step: str = "", data=()) -> bool:
     """The run in ``run_dir`` finished (its run record says complete: every command writes
     ``record.json`` with status 'running' when it starts and 'complete' when its outputs are
     written) and is still current (:func:`stale_reason`)."""
-    rec = read_run_record(run_dir)
-    return rec is not None and rec.status == "complete" and stale_reason(rec, data) is None
-
-
-_MANIFEST_HASHES: dict = {}
-
-
-def forget_hashes() -> None:
-    """Forget the memoised data hashes (:func:`prepare` does: each study command looks anew)."""
-    _MANIFEST_HASHES.clear()
-
-
-def _manifest_hash(path: str) -> str | None:
-    """record.manifest_hash of the manifest at ``path`` (None when unreadable); memoised until
-    :func:`forget_hashes` (a study command's runs share a few manifests)."""
-    from dalivssl.data.manifest import load_manifest
-    from dalivssl.record import manifest_hash
-
-    if path not in _MANIFEST_HASHES:
-        try:
-            _MANIFEST_HASHES[path] = manifest_hash(load_manifest(path))
-        except (DalivsslError, OSError, ValueError):
-            _MANIFEST_HASHES[path] = None
-    return _MANIFEST_HASHES[path]
+    return dir_state(Path(run_dir), data) == "done"
 
 
 def stale_reason(rec, data=()) -> str | None:
-    """Why a finished run no longer matches what the plan would make now, or None: its data is
-    not one of the plan's manifests ``data``, its data's content changed since (records, video
-    sizes and mtimes), or a parent it was made from (checkpoint, reference) changed or is gone.
+    """Why a run no longer matches what the plan would make now, or None: its data is not one
+    of the plan's manifests ``data``, or a parent it was made from (checkpoint, reference)
+    changed or is gone. (Other data content gives other run names: spec.Dataset.content.)
     Records that lack a field (made by other tools) are not checked on it."""
     from dalivssl.record import file_hash
 
     if rec.data and data and Path(rec.data).resolve() not in {Path(d).resolve() for d in data}:
         return f"made from other data ({rec.data})"
-    if rec.data and rec.data_hash and _manifest_hash(rec.data) != rec.data_hash:
-        return f"its data changed ({rec.data})"
     if rec.parent and rec.parent_hash:
         for path, h in zip(rec.parent.split(";"), rec.parent_hash.split(";")):
             if not Path(path).is_file() or file_hash(path) != h:
@@ -98,13 +73,22 @@ def run_data(plan: Plan, run: Run) -> list[str]:
 
 
 def status(out, run: Run, plan: Plan | None = None) -> str:
-    """'done' | 'stale' (finished, but a parent or its data changed: remade in a clean dir) |
-    'partial' (started, not finished) | 'pending'. With ``plan``, a run whose data is not the
-    plan's is stale too."""
-    d = run_dir(out, run)
-    rec = read_run_record(d)
+    """'done' | 'stale' (a parent or its data changed since it ran, or its record is unreadable:
+    remade in a clean dir) | 'partial' (started, not finished: resumed) | 'pending'. With
+    ``plan``, a run whose data is not the plan's is stale too."""
+    return dir_state(run_dir(out, run), run_data(plan, run) if plan else ())
+
+
+def dir_state(d: Path, data=()) -> str:
+    """:func:`status` of the run dir ``d`` (``data``: the manifests the plan gives it)."""
+    try:
+        rec = read_run_record(d)
+    except DalivsslError:
+        return "stale"
+    if rec is not None and stale_reason(rec, data):
+        return "stale"
     if rec is not None and rec.status == "complete":
-        return "stale" if stale_reason(rec, run_data(plan, run) if plan else ()) else "done"
+        return "done"
     return "partial" if _started(d) else "pending"
 
 
@@ -198,7 +182,7 @@ def execute(job: dict) -> int:
         _append_attempt(d, time.time(), DEP_FAILED, job, note="a parent run failed")
         return DEP_FAILED
     _wait_unlocked(d)
-    state = _dir_state(d, job.get("data", ()))
+    state = dir_state(d, job.get("data", ()))
     if state == "done":
         return 0
     cmd = list(job["cmd"])
@@ -222,15 +206,6 @@ def execute(job: dict) -> int:
                 _CHILDREN.discard(proc)
     _append_attempt(d, start, rc, {**job, "cmd": cmd})
     return rc
-
-
-def _dir_state(d: Path, data=()) -> str:
-    rec = read_run_record(d)
-    if rec is not None and stale_reason(rec, data):
-        return "stale"
-    if rec is not None and rec.status == "complete":
-        return "done"
-    return "partial" if _started(d) else "pending"
 
 
 def clean_run_dir(d: Path) -> None:
@@ -343,7 +318,6 @@ def prepare(plan: Plan, out, force: bool = False) -> tuple[Path, RunLock, list[R
     lock = RunLock(out).acquire()
     try:
         check_same_study(plan, out, force)
-        forget_hashes()
         if plan.study.source:
             (out / "study.yaml").write_text(Path(plan.study.source).read_text())
         write_plan(plan, out)

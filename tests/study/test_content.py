@@ -114,7 +114,7 @@ def test_changed_data_variable_gives_new_runs(tmp_path, tiny_data, monkeypatch):
     assert len(runner.runs_not_in_plan(out)) == 2
 
 
-def test_replaced_videos_give_new_runs_and_stale_records(tmp_path):
+def test_replaced_videos_give_new_runs(tmp_path):
     """Review t3 #38/#39 in a study: videos replaced in place (same manifest records)."""
     from dalivssl.data.synth import generate
 
@@ -124,10 +124,11 @@ def test_replaced_videos_give_new_runs_and_stale_records(tmp_path):
     assert len(run(raw, out).ran) == 2
     generate(tmp_path / "d", videos=8, classes=4, frames=16, size=32, seed=1, workers=1,
              overwrite=True)
-    runner.forget_hashes()  # as a new study command does
-    assert [r.name for r in plan.runs.values()] != list(expand(parse_study(raw)).runs)
-    assert {runner.status(out, r, plan) for r in plan.runs.values()} == {"stale"}
-    assert len(run(raw, out).ran) == 2
+    again = expand(parse_study(raw))
+    assert not set(plan.runs) & set(again.runs)  # the names hash the data's content
+    res = run(raw, out)
+    assert len(res.ran) == 2 and res.done_before == 0
+    assert {d.name for d in runner.runs_not_in_plan(out)} == set(plan.runs)
 
 
 def test_remade_parent_reruns_its_children(tmp_path, tiny_data):
@@ -162,6 +163,7 @@ def test_results_name_unreadable_files_and_go_on(tmp_path, tiny_data, capsys):
     pres = [r for r in plan.runs.values() if r.step == "pretrain"]
     (runner.run_dir(out, pres[0]) / "summary.json").write_text("{not json")
     (runner.run_dir(out, pres[1]) / runner.RUN_FILE).write_text("")
+    (runner.run_dir(out, pres[2]) / "record.json").write_text("{")
     ft = next(r for r in plan.runs.values() if r.step == "finetune")
     (runner.run_dir(out, ft) / "record.json").unlink()
     with open(runner.run_dir(out, ft) / runner.ATTEMPTS_FILE, "a") as f:
@@ -169,12 +171,14 @@ def test_results_name_unreadable_files_and_go_on(tmp_path, tiny_data, capsys):
     res = cli("study", "results", out)
     assert res.exit_code == 0, res.output
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 2
-    assert str(runner.run_dir(out, pres[0])) in warnings[0] + warnings[1]
-    assert str(runner.run_dir(out, pres[1]) / runner.RUN_FILE) in warnings[0] + warnings[1]
-    assert "5 of 6 runs done, 1 failed, 0 pending" in res.stdout
-    names = {r["name"] for r in R.collect(out)}
-    assert pres[2].name.rsplit("-", 1)[0] in {n.rsplit("-", 1)[0] for n in names}
+    assert len(warnings) == 3
+    text = "\n".join(warnings)
+    assert str(runner.run_dir(out, pres[0])) in text
+    assert str(runner.run_dir(out, pres[1]) / runner.RUN_FILE) in text
+    assert str(runner.run_dir(out, pres[2]) / "record.json") in text
+    assert "4 of 6 runs done, 1 failed, 1 pending" in res.stdout
+    names = {r["name"] for r in R.collect(out)}  # the two finetunes still readable
+    assert len(names) == 2 and all("_ft-" in n for n in names)
     (tmp_path / "plain").mkdir()
     rc, err = main_rc(capsys, "study", "results", tmp_path / "plain")
     assert rc == 2 and "not a study directory" in err and len(err.splitlines()) == 1

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalivssl.errors import DalivsslError
+from dalivssl.data.manifest import manifest_hash, video_stamp  # noqa: F401  (re-exported)
 from pipelines.types import NORMALIZE_MODES
 
 RECORD_VERSION = 1
@@ -135,19 +136,6 @@ def file_hash(path) -> str:
                 h.update(block)
         _FILE_HASHES[key] = h.hexdigest()[:16]
     return _FILE_HASHES[key]
-
-
-def manifest_hash(manifest) -> str:
-    """Hash of a manifest's *content*: its resolved root, classes and every record (path, frame
-    count, label, split, range), so two files with the same names but other videos, labels or
-    splits differ, and a copied manifest file hashes the same."""
-    h = hashlib.sha256()
-    h.update(str(Path(manifest.root).resolve()).encode())
-    h.update(json.dumps(list(manifest.classes)).encode())
-    for r in manifest.records:
-        h.update(f"\n{r.path}\t{r.num_frames}\t{r.label}\t{r.split}\t{r.start_frame}\t"
-                 f"{r.end_frame}".encode())
-    return h.hexdigest()[:16]
 
 
 def versions() -> dict:
@@ -318,6 +306,10 @@ class RunLock:
             self.held = True
             return self
         raise DalivsslError(f"{self.path}: could not take the run lock")
+
+    def busy(self) -> bool:
+        """Another live process holds the lock (what :meth:`acquire` would refuse)."""
+        return self.path.exists() and not self._stale()
 
     def _stale(self) -> bool:
         try:

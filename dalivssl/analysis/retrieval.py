@@ -23,7 +23,8 @@ import numpy as np
 from dalivssl.errors import DalivsslError
 
 DEFAULT_TOPK = (1, 5, 10, 20, 50)
-CACHE_VERSION = 2  # 2: hashes from dalivssl.record.file_hash, device in the settings
+CACHE_VERSION = 3  # 2: hashes from dalivssl.record.file_hash, device in the settings;
+#                   3: the manifest by content (record.manifest_hash: video sizes, mtimes)
 
 
 @dataclass
@@ -86,17 +87,17 @@ def topk_retrieval(query: np.ndarray, query_labels, gallery: np.ndarray, gallery
 
 def cache_key(checkpoint: str | None, arch: str, manifest_path, settings: dict) -> str:
     """Hash of what determines the features: checkpoint bytes (or 'random' + arch + seed),
-    manifest bytes and root, and the clip settings (clips, clip_len, size, normalize)."""
+    manifest content (record.manifest_hash: records, root, each video's size and mtime), and
+    the clip settings (clips, clip_len, size, normalize)."""
     from dalivssl.data.manifest import load_manifest
-    from dalivssl.record import file_hash
+    from dalivssl.record import file_hash, manifest_hash
 
     m = load_manifest(manifest_path)
     parts = {
         "version": CACHE_VERSION,
         "checkpoint": file_hash(checkpoint) if checkpoint else "random",
         "arch": arch,
-        "manifest": file_hash(manifest_path),
-        "root": str(Path(m.root).resolve()),
+        "manifest": manifest_hash(m),
         "settings": {k: settings[k] for k in sorted(settings)},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

@@ -119,7 +119,8 @@ def subset(manifest, sizes, seed, split_name, output):
 @click.option("--size", type=int, default=None, help="Frame side in pixels (default 128: NVDEC decodes VP9 from 128 px).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=int, default=None)
-def synth(output, videos, classes, frames, size, seed, workers):
+@click.option("--overwrite", is_flag=True, help="Replace another dataset in OUTPUT (else refused).")
+def synth(output, videos, classes, frames, size, seed, workers, overwrite):
     """Generate the synthetic motion dataset into OUTPUT (default: the cache, reused)."""
     from dalivssl.data import synth as s
 
@@ -131,7 +132,7 @@ def synth(output, videos, classes, frames, size, seed, workers):
         d = s.DEFAULT
         paths = s.generate(output, videos=videos or d.videos, classes=classes or d.classes,
                            frames=frames or d.frames, size=size or d.size, seed=seed,
-                           workers=workers, progress=True)
+                           workers=workers, progress=True, overwrite=overwrite)
     for k, p in paths.items():
         click.echo(f"{k}: {p}")
 
@@ -176,17 +177,20 @@ def check(ctx, manifest, device, min_frames, write_clean, decode, workers):
 @click.option("--segment-frames", type=int, default=None,
               help="Cut each video into segments of N frames (a tail < N/2 joins the last).")
 @click.option("--workers", type=int, default=None)
-def prepare(manifest, output, codec, short_side, gop, segment_frames, workers):
+@click.option("--overwrite", is_flag=True,
+              help="Replace what OUTPUT holds from other settings or sources (else refused).")
+def prepare(manifest, output, codec, short_side, gop, segment_frames, workers, overwrite):
     """Transcode MANIFEST's videos into OUTPUT for fast DALI decoding; writes OUTPUT/manifest.jsonl.
 
-    Resumable: finished videos are skipped on a rerun.
+    Resumable: finished videos are skipped on a rerun with the same settings.
     """
     from dalivssl.data.manifest import load_manifest
     from dalivssl.data.prepare import prepare as run
 
     m = load_manifest(manifest)
     new, failures, path = run(m, output, codec=codec, short_side=short_side or None, gop=gop,
-                              segment_frames=segment_frames, workers=workers, progress=True)
+                              segment_frames=segment_frames, workers=workers, progress=True,
+                              overwrite=overwrite)
     _report(failures, "prepare", path)
     click.echo(f"{path}: {len(new)} records from {len(m) - len(failures)} of {len(m)} videos")
     return 1 if failures else 0

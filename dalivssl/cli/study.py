@@ -55,11 +55,11 @@ def presets(name):
 def plan(study_file, out, show_runs):
     """List the cells of STUDY_FILE (a file or preset name) and the runs they expand to."""
     from dalivssl.study import runner
-    from dalivssl.study.spec import AXES, expand, load_study
+    from dalivssl.study.spec import AXES, load_plan
 
-    p = expand(load_study(study_file))
+    p = load_plan(study_file)
     click.echo(f"{p.study.name} (protocol {p.study.protocol}): {p.study.description}\n")
-    state = {n: (runner.status(out, r) if out else "") for n, r in p.runs.items()}
+    state = {n: (runner.status(out, r, p) if out else "") for n, r in p.runs.items()}
     rows = [[*(getattr(c, a) for a in AXES), len(p.by_cell[c.label]),
              sum(state[n] == "done" for n in p.by_cell[c.label]) if out else "-"]
             for c in p.cells]
@@ -108,16 +108,18 @@ def _missing_manifests(study) -> list[str]:
               help="Start at most N runs, then stop (rerun to continue).")
 @click.option("--wait/--no-wait", "wait", default=None,
               help="submitit: wait for the jobs (default: wait, except on slurm).")
+@click.option("--force", is_flag=True, help="Make --out this study's dir although it holds "
+              "another study (its runs stay until `study clean`).")
 def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min, threads,
-        max_runs, wait):
+        max_runs, wait, force):
     """Run STUDY_FILE's runs that are not done yet into --out (resumes killed runs)."""
     import os
 
     from dalivssl.errors import DalivsslError
     from dalivssl.study import runner
-    from dalivssl.study.spec import expand, load_study
+    from dalivssl.study.spec import load_plan
 
-    p = expand(load_study(study_file))
+    p = load_plan(study_file)
     missing = _missing_manifests(p.study)
     if missing:
         raise DalivsslError(f"manifest {missing[0]} not found"
@@ -133,7 +135,7 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
         jobs = jobs or max(1, len(ids))  # GPUs bound how many run at once
         threads = threads or p.study.threads or max(1, (os.cpu_count() or 1) // jobs)
         res = runner.run_local(p, out, jobs=jobs, gpus=ids, gpus_per_run=gpus_per_run,
-                               threads=threads, max_runs=max_runs, say=say)
+                               threads=threads, max_runs=max_runs, say=say, force=force)
     else:
         try:
             import submitit  # noqa: F401
@@ -145,7 +147,7 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
                                   gpus_per_run=gpus_per_run, threads=threads or p.study.threads,
                                   time_min=time_min, max_runs=max_runs,
                                   wait_jobs=executor != "slurm" if wait is None else wait,
-                                  say=say)
+                                  say=say, force=force)
     total = len(p.runs)
     # submitit jobs still queued or running (the local executor submits nothing: waits for all)
     unfinished = max(0, len(res.submitted) - len(res.ran) - len(res.failed) - len(res.blocked))
@@ -168,25 +170,78 @@ def run(study_file, out, executor, jobs, gpus, gpus_per_run, partition, time_min
 @click.option("--views", "views_dir", type=click.Path(file_okay=False), default=None,
               help="Where to write the table and views (default STUDY_DIR/results).")
 def results(study_dir, other, views_dir):
-    """Collect every finished run of STUDY_DIR into one tidy table (CSV, Parquet) and the
-    paper's views (PNG, markdown, LaTeX); print the headline tables."""
+    """Collect every finished run of STUDY_DIR's current plan (the study file it last ran) into
+    one tidy table (CSV, Parquet) and the paper's views (PNG, markdown, LaTeX); print the
+    headline tables."""
     from dalivssl.study import results as R
 
-    rep = R.report(study_dir, views_dir)
+    warn = lambda line: click.echo(f"warning: {line}", err=True)  # noqa: E731
+    rep = R.report(study_dir, views_dir, warn)
     for t in rep["tables"]:
         click.echo(f"\n{t['title']}")
         click.echo(_columns(t["header"], t["rows"]))
     paths = rep["paths"]
-    click.echo(f"\n{len({r['name'] for r in rep['rows']})} finished runs, {len(rep['rows'])} "
-               f"rows -> {paths['csv']}" + (f", {paths['parquet'].name}" if "parquet" in paths
+    n = rep["progress"]
+    click.echo(f"\n{n['done']} of {n['total']} runs done, {n['failed']} failed, "
+               f"{n['pending']} pending; {len(rep['rows'])} rows -> {paths['csv']}" + (f", {paths['parquet'].name}" if "parquet" in paths
                                             else "")
                + f", summary.csv, tables.md, tables.tex"
                + "".join(f", {p.name}" for p in paths["figures"]))
     if other:
-        rows_b = R.collect(other)
+        rows_b = R.collect(other, warn)
         cmp = R.compare(rep["summary"], R.summarize(rows_b))
         out = Path(views_dir or Path(study_dir) / "results") / "compare.csv"
         R.write_csv(out, cmp, [*cmp[0].keys()] if cmp else ["metric"])
         click.echo(f"\n{Path(study_dir).name} vs {Path(other).name}")
         click.echo(R.compare_markdown(cmp, Path(study_dir).name, Path(other).name))
         click.echo(f"-> {out}")
+
+
+@study.command("status")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+def status(study_dir):
+    """How far STUDY_DIR's current plan is (runs per step: done, failed, pending), and the run
+    dirs that are not in it (made by an older version of the study file)."""
+    from dalivssl.study import results as R
+    from dalivssl.study import runner
+
+    rows: dict = {}
+    for d in R.plan_dirs(study_dir):
+        state = "done" if runner.run_done(d) else "failed" if (
+            (a := runner.attempts(d)) and a[-1].get("rc") != 0) else "pending"
+        rows.setdefault(d.parent.name, {"done": 0, "failed": 0, "pending": 0})[state] += 1
+    click.echo(_columns(["step", "done", "failed", "pending"],
+                        [[k, v["done"], v["failed"], v["pending"]] for k, v in rows.items()]))
+    n = R.progress(study_dir)
+    click.echo(f"\n{n['done']} of {n['total']} runs done, {n['failed']} failed, "
+               f"{n['pending']} pending")
+    extra = runner.runs_not_in_plan(study_dir)
+    if extra:
+        click.echo(f"\n{len(extra)} run dir(s) not in the current plan (`dalivssl study clean "
+                   f"{study_dir}` removes them):")
+        for d in extra:
+            click.echo(f"  {d.parent.name}/{d.name}")
+
+
+@study.command("clean")
+@click.argument("study_dir", type=click.Path(file_okay=False))
+@click.option("--dry-run", is_flag=True, help="List what would be removed.")
+def clean(study_dir, dry_run):
+    """Remove the run dirs of STUDY_DIR that its current plan does not have."""
+    import shutil
+
+    from dalivssl.errors import DalivsslError
+    from dalivssl.record import RunLock
+    from dalivssl.study import runner
+
+    if runner.read_plan(study_dir) is None:
+        raise DalivsslError(f"{study_dir}: no {runner.PLAN_FILE} (run `dalivssl study run` into "
+                            "it first); nothing removed")
+    with RunLock(study_dir):
+        extra = runner.runs_not_in_plan(study_dir)
+        for d in extra:
+            click.echo(f"{'would remove' if dry_run else 'removed'} {d.parent.name}/{d.name}")
+            if not dry_run:
+                shutil.rmtree(d)
+    click.echo(f"{len(extra)} run dir(s) not in the plan" + (" (dry run)" if dry_run else
+                                                               " removed"))

@@ -13,6 +13,7 @@ still works (its videos are decoded from frame 0); ``dalivssl data index --updat
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -239,3 +240,28 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     if side is not None and not Path(side).is_absolute():
         side = str((path.parent / side).resolve())
     return Manifest(root, records, classes, header.get("meta", {}), side)
+
+
+def manifest_hash(manifest) -> str:
+    """Hash of a manifest's *content*: its resolved root, classes and every record (path, frame
+    count, label, split, range) plus each video file's size and mtime (:func:`video_stamp`), so
+    two files with the same names but other videos, labels or splits differ, videos replaced in
+    place give another hash, and a copied manifest file hashes the same."""
+    h = hashlib.sha256()
+    root = Path(manifest.root).resolve()
+    h.update(str(root).encode())
+    h.update(json.dumps(list(manifest.classes)).encode())
+    for r in manifest.records:
+        h.update(f"\n{r.path}\t{r.num_frames}\t{r.label}\t{r.split}\t{r.start_frame}\t"
+                 f"{r.end_frame}\t{video_stamp(root / r.path)}".encode())
+    return h.hexdigest()[:16]
+
+
+def video_stamp(path) -> str:
+    """'size:mtime_ns' of a video file ('missing' when it is gone): cheap (one stat), and it
+    changes whenever the file is rewritten."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"

@@ -18,12 +18,15 @@ frames, and the prepared manifest's sidecar holds them all.
 
 Resumable: outputs are written under a temporary name and renamed when complete; a video's
 records are then saved to ``OUT/.done/<path>.json`` and a rerun skips videos that have one. One bad
-input is reported and never stops the others.
+input is reported and never stops the others. ``OUT/.done/settings.json`` holds what OUT was
+prepared from and with (source manifest content, codec, size, GOP, segments): a rerun with other
+ones is refused, or with ``overwrite`` replaces the old output (never a mix of both).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from dalivssl.errors import DalivsslError, VideoError
 
 PREPARE_CODECS = ("vp9", "mjpeg", "h264")
 DONE_DIR = ".done"
+SETTINGS_FILE = "settings.json"  # in DONE_DIR
 
 
 def _out_size(w: int, h: int, short_side: int | None) -> tuple[int, int]:
@@ -163,10 +167,34 @@ def _packets_of(path: Path):
         return None
 
 
+def _claim(out: Path, settings: dict, overwrite: bool) -> None:
+    """Make ``out`` hold output of ``settings`` only: an output of other settings (or of an
+    unknown version) is refused, or removed with ``overwrite``; then the settings are recorded."""
+    done = out / DONE_DIR
+    f = done / SETTINGS_FILE
+    old = json.loads(f.read_text()) if f.is_file() else None
+    made = [p for p in done.rglob("*.json") if p != f] if done.is_dir() else []
+    if (made or (out / "manifest.jsonl").is_file()) and old != settings:
+        if not overwrite:
+            diff = "; ".join(f"{k}: {(old or {}).get(k)!r} → {v!r}" for k, v in settings.items()
+                             if (old or {}).get(k) != v) if old else "settings not recorded"
+            raise DalivsslError(f"{out}: holds a dataset prepared from or with other settings "
+                                f"({diff}); pass --overwrite to replace it, or another OUTPUT")
+        for rows in made:  # the outputs of the old settings, then their bookkeeping
+            for row in json.loads(rows.read_text()):
+                (out / row["path"]).unlink(missing_ok=True)
+        shutil.rmtree(done)
+        (out / "manifest.jsonl").unlink(missing_ok=True)
+    done.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(settings, indent=1))
+
+
 def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | None = 128,
             gop: int | None = 16, segment_frames: int | None = None, workers: int | None = None,
-            progress: bool = False) -> tuple[Manifest, list[tuple[str, str]], Path]:
+            progress: bool = False, overwrite: bool = False
+            ) -> tuple[Manifest, list[tuple[str, str]], Path]:
     """Transcode every record of ``manifest`` into ``out_dir``; writes out_dir/manifest.jsonl.
+    ``out_dir`` prepared with other settings is refused, or replaced with ``overwrite``.
 
     Returns (new manifest, failures [(source path, reason)], manifest path).
     """
@@ -180,6 +208,12 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
     if out == Path(manifest.root).resolve():
         raise DalivsslError(f"{out}: output folder must differ from the dataset root")
     out.mkdir(parents=True, exist_ok=True)
+    from dalivssl.data.manifest import manifest_hash
+
+    _claim(out, {"source_root": str(Path(manifest.root).resolve()),
+                 "source_hash": manifest_hash(manifest), "codec": codec,
+                 "short_side": short_side, "gop": gop, "segment_frames": segment_frames},
+           overwrite)
     for stale in out.rglob("*.partial.*"):  # left by a killed run; never part of the output
         stale.unlink(missing_ok=True)
     n_workers = parallel.default_workers(len(manifest)) if workers is None else workers

@@ -291,10 +291,13 @@ def plan_videos(videos: int, classes: int, test_fraction: float = 0.25) -> list[
 def generate(out_dir, videos: int = DEFAULT.videos, classes: int = DEFAULT.classes,
              frames: int = DEFAULT.frames, size: int = DEFAULT.size, seed: int = 0,
              fps: int = DEFAULT.fps, test_fraction: float = DEFAULT.test_fraction,
-             workers: int | None = None, progress: bool = False) -> dict[str, Path]:
+             workers: int | None = None, progress: bool = False,
+             overwrite: bool = False) -> dict[str, Path]:
     """Write a synthetic dataset into ``out_dir``: videos/<class>/<class>_NNNN.webm (VP9) and the
     manifests train.jsonl, test.jsonl and all.jsonl. Returns {"train": Path, "test": Path, "all":
-    Path}. Same arguments -> same files' content (every video has its own seeded generator)."""
+    Path}. Same arguments -> same files' content (every video has its own seeded generator).
+    A folder holding another dataset (other arguments, or videos no manifest of it lists) is
+    refused, or emptied of it first with ``overwrite``, so no stale video is left to index."""
     from dalivssl.data.manifest import Manifest, VideoRecord, save_manifest
 
     if not 1 <= classes <= len(CLASS_NAMES):
@@ -306,6 +309,8 @@ def generate(out_dir, videos: int = DEFAULT.videos, classes: int = DEFAULT.class
                             f"(got frames={frames}, size={size})")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _claim(out, {"videos": videos, "classes": classes, "frames": frames, "size": size,
+                 "seed": seed, "fps": fps}, overwrite)
     names = CLASS_NAMES[:classes]
     jobs = []
     for i, (label, split) in enumerate(plan_videos(videos, classes, test_fraction)):
@@ -319,12 +324,41 @@ def generate(out_dir, videos: int = DEFAULT.videos, classes: int = DEFAULT.class
         r["packets"] = i if indexes[i] is not None else -1  # row in the sidecar
     records = [VideoRecord.from_json(r) for r in rows]
     meta = {"synth": {"videos": videos, "classes": classes, "frames": frames, "size": size,
-                      "seed": seed, "fps": fps}}
+                      "seed": seed, "fps": fps}}  # what _claim compares
     full = Manifest(out, records, list(names), meta, packets=indexes)
     paths = {"train": save_manifest(full.split("train"), out / "train.jsonl"),
              "test": save_manifest(full.split("test"), out / "test.jsonl"),
              "all": save_manifest(full, out / "all.jsonl")}
     return paths
+
+
+def _claim(out: Path, params: dict, overwrite: bool) -> None:
+    """Refuse (or with ``overwrite`` remove) a dataset in ``out`` other than the one ``params``
+    makes: the videos its all.jsonl lists, or a videos/ folder no manifest describes."""
+    from dalivssl.data.manifest import load_manifest
+
+    listed = out / "all.jsonl"
+    old = None
+    if listed.is_file():
+        try:
+            old = load_manifest(listed)
+        except DalivsslError:
+            old = None
+        if old is not None and old.meta.get("synth") == params:
+            return  # the same dataset: rewritten with the same content
+    elif not any(p.is_file() for p in (out / "videos").rglob("*")):
+        return  # nothing there to mix with
+    if not overwrite:
+        was = (old.meta.get("synth") or {}) if old is not None else {}
+        diff = "; ".join(f"{k} {was.get(k)} → {v}" for k, v in params.items()
+                         if was.get(k) != v) if was else "videos no synthetic manifest lists"
+        raise DalivsslError(f"{out}: holds another dataset ({diff}); pass --overwrite to "
+                            "replace it, or another OUTPUT")
+    if old is not None:
+        for r in old.records:
+            old.abspath(r).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(out / "videos", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ cache

@@ -26,7 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from dalivssl.errors import DalivsslError
-from dalivssl.study.runner import RUN_FILE, attempts, run_done
+from dalivssl.record import read_run_record
+from dalivssl.study.runner import PLAN_FILE, RUN_FILE, attempts, read_plan, run_done
 from dalivssl.study.spec import COLUMNS
 
 FIELDS = ("study", "name", *COLUMNS, "metric", "noise", "severity", "value")
@@ -99,24 +100,71 @@ def _robustness(path: Path) -> list[dict]:
     return rows
 
 
-def collect(out) -> list[dict]:
-    """The tidy table of every finished run under the study dir ``out``."""
+def collect(out, warn=None) -> list[dict]:
+    """The tidy table of every finished, current run of the study dir ``out``'s plan (runs of
+    older versions of the study file are left out: ``study status`` lists them). A run whose
+    files cannot be read is named through ``warn`` (a callable taking one line) and skipped."""
+    rows = []
+    for d in plan_dirs(out):
+        where = info_path = d / RUN_FILE
+        if not info_path.is_file():
+            continue  # not started (its dir removed by hand)
+        try:
+            info = json.loads(info_path.read_text())
+            read_run_record(d)  # an unreadable record.json: named (it raises), not "pending"
+            if not run_done(d, info["step"]):
+                continue
+            where = d
+            metrics = read_metrics(info["step"], d)
+        except (OSError, ValueError, KeyError, TypeError, DalivsslError) as exc:
+            if warn is not None:  # a DalivsslError names its file already
+                warn(f"{exc}; skipped" if isinstance(exc, DalivsslError) else
+                     f"{getattr(exc, 'filename', None) or where}: unreadable ({_reason(exc)}); "
+                     "skipped")
+            continue
+        base = {"study": info.get("study"), "name": info["name"], **info["columns"]}
+        wall = sum(a["end"] - a["start"] for a in attempts(d) if a.get("rc") == 0)
+        for m in metrics + ([{"metric": "wall_s", "value": wall}] if wall else []):
+            rows.append({k: None for k in FIELDS} | base | m)
+    return _with_kd_gain(rows)
+
+
+def _reason(exc) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def plan_dirs(out) -> list[Path]:
+    """The run dirs of ``out``'s current plan (OUT/study_plan.json; a dir written before plans
+    were recorded: every OUT/<step>/<run>/study.json). One-line error for a non-study dir."""
     out = Path(out)
     if not out.is_dir():
         raise DalivsslError(f"{out}: no such study directory")
-    rows, runs = [], []
-    for info_path in sorted(out.glob(f"*/*/{RUN_FILE}")):
-        info = json.loads(info_path.read_text())
-        d = info_path.parent
-        if not run_done(d, info["step"]):
-            continue
-        base = {"study": info.get("study"), "name": info["name"], **info["columns"]}
-        runs.append(base)
-        wall = sum(a["end"] - a["start"] for a in attempts(d) if a.get("rc") == 0)
-        for m in read_metrics(info["step"], d) + ([{"metric": "wall_s", "value": wall}]
-                                                  if wall else []):
-            rows.append({k: None for k in FIELDS} | base | m)
-    return _with_kd_gain(rows)
+    plan = read_plan(out)
+    if plan is not None:
+        return [out / step / name for name, step in plan["runs"].items()]
+    dirs = sorted(p.parent for p in out.glob(f"*/*/{RUN_FILE}"))
+    if not dirs:
+        raise DalivsslError(f"{out}: not a study directory (no {PLAN_FILE}); give the --out of "
+                            "`dalivssl study run`")
+    return dirs
+
+
+def progress(out) -> dict:
+    """How far ``out``'s plan is: {total, done, failed (last attempt failed), pending}."""
+    dirs = plan_dirs(out)
+    done = failed = 0
+    for d in dirs:
+        try:
+            if run_done(d):
+                done += 1
+                continue
+        except DalivsslError:
+            pass
+        tries = attempts(d)
+        failed += bool(tries) and tries[-1].get("rc") != 0
+    return {"total": len(dirs), "done": done, "failed": failed,
+            "pending": len(dirs) - done - failed}
 
 
 def _with_kd_gain(rows: list[dict]) -> list[dict]:
@@ -382,10 +430,10 @@ def compare_markdown(rows: list[dict], name_a: str, name_b: str) -> str:
     return "\n".join(lines)
 
 
-def report(out, views_dir=None) -> dict:
+def report(out, views_dir=None, warn=None) -> dict:
     """Collect ``out``, write the table, summary, views and tables into ``views_dir``
-    (default OUT/results). Returns {rows, summary, tables, paths}."""
-    rows = collect(out)
+    (default OUT/results). Returns {rows, summary, tables, paths, progress}."""
+    rows = collect(out, warn)
     views_dir = Path(views_dir or Path(out) / "results")
     paths = write_table(rows, views_dir)
     summary = summarize(rows)
@@ -393,4 +441,5 @@ def report(out, views_dir=None) -> dict:
     (views_dir / "tables.md").write_text(markdown(tables))
     (views_dir / "tables.tex").write_text(latex(tables))
     paths["figures"] = plot_views(summary, views_dir)
-    return {"rows": rows, "summary": summary, "tables": tables, "paths": paths}
+    return {"rows": rows, "summary": summary, "tables": tables, "paths": paths,
+            "progress": progress(out)}

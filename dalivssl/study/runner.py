@@ -3,9 +3,11 @@
 ``OUT/<step>/<run name>/`` holds what the command writes, plus the study's own three files:
 ``study.json`` (the run's settings and command), ``study.log`` (the command's output, one
 ``$ command`` line per start) and ``study_attempts.jsonl`` (one line per finished attempt: start,
-end, exit code). A run is done when the command says so (:func:`run_done`); a rerun of the study
-skips done runs and restarts the others with ``--resume`` where the command supports it, so a
-killed run continues from its checkpoint.
+end, exit code). ``OUT/study_plan.json`` names the study and its current runs (what ``study
+results``, ``status`` and ``clean`` read). A run is done when the command says so and what it
+was made from is unchanged (:func:`run_done`: its data, its parents' checkpoints); a
+rerun of the study skips done runs, restarts killed ones with ``--resume`` where the command
+supports it, and remakes stale ones (a parent remade, data changed) in a clean dir.
 
 Executors: ``local`` (N commands at a time, one GPU each via CUDA_VISIBLE_DEVICES, torchrun for
 multi-GPU pretraining) and submitit's (``slurm``: one job per run, ``afterok`` dependencies;
@@ -28,34 +30,70 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 from dalivssl.record import RunLock, read_run_record
-from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options
+from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options, data_path
 
 RUN_FILE = "study.json"
+PLAN_FILE = "study_plan.json"
 LOG_FILE = "study.log"
 ATTEMPTS_FILE = "study_attempts.jsonl"
 STUDY_FILES = {RUN_FILE, LOG_FILE, ATTEMPTS_FILE, ".lock"}
 EXECUTORS = ("local", "slurm", "submitit-local", "debug")
 DEP_FAILED = 3  # exit code of a run whose parent failed (submitit jobs waiting on a parent)
 
-def run_done(run_dir, step: str = "") -> bool:
-    """The run in ``run_dir`` finished: its run record says complete (every command writes
+def run_done(run_dir, step: str = "", data=()) -> bool:
+    """The run in ``run_dir`` finished (its run record says complete: every command writes
     ``record.json`` with status 'running' when it starts and 'complete' when its outputs are
-    written)."""
-    rec = read_run_record(run_dir)
-    return rec is not None and rec.status == "complete"
+    written) and is still current (:func:`stale_reason`)."""
+    return dir_state(Path(run_dir), data) == "done"
+
+
+def stale_reason(rec, data=()) -> str | None:
+    """Why a run no longer matches what the plan would make now, or None: its data is not one
+    of the plan's manifests ``data``, or a parent it was made from (checkpoint, reference)
+    changed or is gone. (Other data content gives other run names: spec.Dataset.content.)
+    Records that lack a field (made by other tools) are not checked on it."""
+    from dalivssl.record import file_hash
+
+    if rec.data and data and Path(rec.data).resolve() not in {Path(d).resolve() for d in data}:
+        return f"made from other data ({rec.data})"
+    if rec.parent and rec.parent_hash:
+        for path, h in zip(rec.parent.split(";"), rec.parent_hash.split(";")):
+            if not Path(path).is_file() or file_hash(path) != h:
+                return f"its parent changed ({path})"
+    return None
 
 
 def run_dir(out, run: Run) -> Path:
     return Path(out) / run.step / run.name
 
 
-def status(out, run: Run) -> str:
-    """'done' | 'partial' (started, not finished) | 'pending'."""
-    d = run_dir(out, run)
-    if run_done(d, run.step):
+def run_data(plan: Plan, run: Run) -> list[str]:
+    """The manifests ``run``'s command reads (its ``{data:NAME:split}`` arguments)."""
+    return [data_path(plan, a) for a in run.argv if a.startswith("{data:") and a.endswith("}")]
+
+
+def status(out, run: Run, plan: Plan | None = None) -> str:
+    """'done' | 'stale' (a parent or its data changed since it ran, or its record is unreadable:
+    remade in a clean dir) | 'partial' (started, not finished: resumed) | 'pending'. With
+    ``plan``, a run whose data is not the plan's is stale too."""
+    return dir_state(run_dir(out, run), run_data(plan, run) if plan else ())
+
+
+def dir_state(d: Path, data=()) -> str:
+    """:func:`status` of the run dir ``d`` (``data``: the manifests the plan gives it)."""
+    try:
+        rec = read_run_record(d)
+    except DalivsslError:
+        return "stale"
+    if rec is not None and stale_reason(rec, data):
+        return "stale"
+    if rec is not None and rec.status == "complete":
         return "done"
-    started = d.is_dir() and any(p.name not in STUDY_FILES for p in d.iterdir())
-    return "partial" if started else "pending"
+    return "partial" if _started(d) else "pending"
+
+
+def _started(d: Path) -> bool:
+    return d.is_dir() and any(p.name not in STUDY_FILES for p in d.iterdir())
 
 
 def attempts(d) -> list[dict]:
@@ -75,17 +113,14 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
             name, _, file = a[5:-1].partition(":")
             parent = plan.runs[name]
             a = str(run_dir(out, parent).resolve() / (file or CHECKPOINTS[parent.step]))
-        elif a.startswith("{data:") and a.endswith("}"):
-            name, split = a[6:-1].rsplit(":", 1)
-            a = getattr(plan.study.datasets[name], split)
-        argv.append(a)
+        argv.append(data_path(plan, a))
     params = command_options(run.step)
     argv += name_flag(params, run)
     for key in ("threads", "num_threads"):
         if threads and key in params:
             argv += [next(o for o in params[key].opts if o.startswith("--")), str(threads)]
             break
-    if status(out, run) == "partial":
+    if status(out, run, plan) == "partial":
         # robustness has no --resume: a rerun into its dir resumes its content-keyed cells
         argv += ["--resume"] if "resume" in params else []
     argv += ["--out", str(run_dir(out, run).resolve())]
@@ -118,22 +153,51 @@ _CHILDREN: set = set()
 _CHILDREN_LOCK = threading.Lock()
 
 
+# The command runs under this launcher: on Linux it dies with the runner (parent-death signal
+# SIGTERM, which a command answers by saving a checkpoint), also when the runner is SIGKILLed;
+# SIGUSR2 (SLURM's warning before preemption or the time limit, sent to every process of the
+# job) is left to the runner, which stops the command itself (:meth:`Job.checkpoint`).
+_LAUNCHER = """import ctypes, os, signal, sys
+signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(143)  # the runner died before the signal was armed
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def launched(cmd: list[str]) -> list[str]:
+    """``cmd`` under the launcher that ties it to this process (see ``_LAUNCHER``)."""
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *cmd]
+
+
 def execute(job: dict) -> int:
     """Run one command (a job dict from :func:`make_job`); returns its exit code. With
-    ``job['wait']`` it first waits for its parents (submitit jobs started before them)."""
+    ``job['wait']`` it first waits for its parents (submitit jobs started before them). What the
+    dir holds is judged now (a requeued job, a parent remade since the job was made): a done run
+    is skipped, a stale one remade in a clean dir, a partial one resumed."""
     d = Path(job["dir"])
     d.mkdir(parents=True, exist_ok=True)
     if job.get("wait") and not _wait_for(job["deps"], job["since"]):
         _append_attempt(d, time.time(), DEP_FAILED, job, note="a parent run failed")
         return DEP_FAILED
-    if run_done(d, job["step"]):
+    _wait_unlocked(d)
+    state = dir_state(d, job.get("data", ()))
+    if state == "done":
         return 0
+    cmd = list(job["cmd"])
+    if state == "stale":
+        clean_run_dir(d)
+        cmd = [a for a in cmd if a != "--resume"]
+    elif state == "partial" and job.get("resumable") and "--resume" not in cmd:
+        cmd.append("--resume")
     start = time.time()
     env = {**os.environ, **job.get("env", {})}
     with open(d / LOG_FILE, "a") as log:
-        log.write(f"$ {shlex.join(job['cmd'])}\n")
+        log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.Popen(job["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(launched(cmd), stdout=log, stderr=subprocess.STDOUT, env=env)
         with _CHILDREN_LOCK:
             _CHILDREN.add(proc)
         try:
@@ -141,8 +205,44 @@ def execute(job: dict) -> int:
         finally:
             with _CHILDREN_LOCK:
                 _CHILDREN.discard(proc)
-    _append_attempt(d, start, rc, job)
+    _append_attempt(d, start, rc, {**job, "cmd": cmd})
     return rc
+
+
+def clean_run_dir(d: Path) -> None:
+    """Remove what a command wrote into ``d`` (the study's own files stay): a remade run starts
+    from a clean dir, so no old file is left beside the new ones."""
+    import shutil
+
+    for p in Path(d).iterdir():
+        if p.name not in STUDY_FILES:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _wait_unlocked(d: Path, timeout: float = 120.0, poll: float = 0.5) -> None:
+    """Wait (up to ``timeout``) while another live process holds ``d``'s run lock: the command
+    of a killed runner saving its checkpoint before it exits."""
+    lock, t0 = RunLock(d), time.time()
+    while lock.busy() and time.time() - t0 < timeout:
+        time.sleep(poll)
+
+
+class Job:
+    """A submitit job: :func:`execute` of one job dict. On SLURM's warning before preemption or
+    the time limit, submitit calls :meth:`checkpoint`: the command is stopped (SIGTERM: it saves
+    a checkpoint) and the same job is requeued; it then resumes the run (see :func:`execute`)."""
+
+    def __init__(self, job: dict):
+        self.job = job
+
+    def __call__(self) -> int:
+        return execute(self.job)
+
+    def checkpoint(self, *args, **kwargs):
+        from submitit.helpers import DelayedSubmission
+
+        _stop_children()
+        return DelayedSubmission(Job(self.job))
 
 
 def _append_attempt(d: Path, start: float, rc: int, job: dict, note: str | None = None):
@@ -170,6 +270,7 @@ def make_job(plan: Plan, out, run: Run, threads=None, gpus_per_run=1, env=None,
     """What :func:`execute` needs, as plain data (submitit pickles it)."""
     return {"name": run.name, "step": run.step, "dir": str(run_dir(out, run)),
             "cmd": command_line(plan, out, run, threads, gpus_per_run), "env": dict(env or {}),
+            "data": run_data(plan, run), "resumable": "resume" in command_options(run.step),
             "deps": [(str(run_dir(out, plan.runs[p])), plan.runs[p].step) for p in run.deps],
             "wait": wait_deps, "since": time.time()}
 
@@ -209,24 +310,72 @@ class _Budget:
         return True
 
 
-def prepare(plan: Plan, out) -> tuple[Path, RunLock, list[Run], Outcome]:
-    """Lock OUT, copy the study file there, write each run's study.json; the runs to do."""
+def prepare(plan: Plan, out, force: bool = False) -> tuple[Path, RunLock, list[Run], Outcome]:
+    """Lock OUT, refuse another study's dir (without ``force``), copy the study file there,
+    write the plan and each run's study.json; the runs to do: those not done, and every run
+    below one of them (a remade parent may change its children: :func:`execute` decides)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out).acquire()
-    if plan.study.source:
-        (out / "study.yaml").write_text(Path(plan.study.source).read_text())
-    write_run_files(plan, out)
-    todo = [r for r in plan.runs.values() if status(out, r) != "done"]
+    try:
+        check_same_study(plan, out, force)
+        if plan.study.source:
+            (out / "study.yaml").write_text(Path(plan.study.source).read_text())
+        write_plan(plan, out)
+        write_run_files(plan, out)
+    except BaseException:
+        lock.release()
+        raise
+    todo: list[Run] = []
+    for r in plan.runs.values():  # parents before children
+        if status(out, r, plan) != "done" or any(p in {t.name for t in todo} for p in r.deps):
+            todo.append(r)
     return out, lock, todo, Outcome(done_before=len(plan.runs) - len(todo))
 
 
+def read_plan(out) -> dict | None:
+    """OUT/study_plan.json ({study, source, runs: {name: step}}), None when OUT has none."""
+    p = Path(out) / PLAN_FILE
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except ValueError as exc:
+        raise DalivsslError(f"{p}: unreadable study plan ({exc})") from None
+
+
+def write_plan(plan: Plan, out) -> None:
+    info = {"study": plan.study.name, "source": plan.study.source and
+            str(Path(plan.study.source).resolve()),
+            "runs": {n: r.step for n, r in plan.runs.items()}}
+    (Path(out) / PLAN_FILE).write_text(json.dumps(info, indent=1))
+
+
+def check_same_study(plan: Plan, out, force: bool = False) -> None:
+    """A study dir holds one study: another study file (another ``name:``) is refused without
+    ``force``. An edited file of the same study replaces the plan (results then read its runs
+    only; ``study status`` lists the others, ``study clean`` removes them)."""
+    old = read_plan(out)
+    if old and old.get("study") != plan.study.name and not force:
+        raise DalivsslError(f"{out}: holds study {old.get('study')!r} (from {old.get('source')});"
+                            f" {plan.study.source or 'this file'} is study {plan.study.name!r}: "
+                            "use another --out, or --force to make it this study's dir")
+
+
+def runs_not_in_plan(out) -> list[Path]:
+    """Run dirs under OUT that the current plan does not have (older versions of the file)."""
+    plan = read_plan(out) or {}
+    names = set(plan.get("runs", {}))
+    return sorted(p.parent for p in Path(out).glob(f"*/*/{RUN_FILE}") if p.parent.name not in names)
+
+
 def run_local(plan: Plan, out, jobs: int = 1, gpus=(), gpus_per_run: int = 1,
-              threads: int | None = None, max_runs: int | None = None, say=print) -> Outcome:
+              threads: int | None = None, max_runs: int | None = None, say=print,
+              force: bool = False) -> Outcome:
     """Run what is not done, ``jobs`` commands at a time, children after their parents. With
     ``gpus`` each pretraining gets ``gpus_per_run`` of them (torchrun), other runs one
     (CUDA_VISIBLE_DEVICES). SIGTERM or Ctrl-C stops the running commands and the study."""
-    out, lock, todo, res = prepare(plan, out)
+    out, lock, todo, res = prepare(plan, out, force)
     if gpus and len(gpus) < gpus_per_run:
         lock.release()
         raise DalivsslError(f"--gpus-per-run {gpus_per_run} but only {len(gpus)} GPU(s)")
@@ -273,7 +422,12 @@ class _Local:
             self.failed.add(r.name)
             self.res.blocked.append(r.name)
         ready = [r for r in self.waiting
-                 if all(status(self.out, self.plan.runs[p]) == "done" for p in r.deps)]
+                 if all(status(self.out, self.plan.runs[p], self.plan) == "done"
+                        for p in r.deps)]
+        for r in [r for r in ready if status(self.out, r, self.plan) == "done"]:
+            ready.remove(r)  # below a remade run, but still current (its parents unchanged)
+            self.waiting.remove(r)
+            self.res.done_before += 1
         for r in ready:
             n_gpus = (self.per_run if r.step == "pretrain" else 1) if self.gpu_mode else 0
             if len(self.running) >= self.slots or len(self.free) < n_gpus or \
@@ -291,7 +445,7 @@ class _Local:
         rc = fut.result()
         d = run_dir(self.out, r)
         n = f"[{len(self.res.ran) + len(self.res.failed) + 1}/{len(self.todo)}]"
-        if rc == 0 and run_done(d, r.step):
+        if rc == 0 and run_done(d, r.step, run_data(self.plan, r)):
             self.res.ran.append(r.name)
             self.say(f"{n} done {r.name} ({time.time() - t0:.1f}s)")
         else:
@@ -326,14 +480,14 @@ def _stop_children():
 def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None = None,
                  gpus_per_run: int = 1, threads: int | None = None, time_min: int = 24 * 60,
                  max_runs: int | None = None, wait_jobs: bool = True, slurm_extra=None,
-                 say=print) -> Outcome:
+                 say=print, force: bool = False) -> Outcome:
     """One submitit job per run, in dependency order. On SLURM a child waits for its parents
     with ``--dependency=afterok:…``; every job also waits for its parents' completion itself, so
     submitit's local executor (all jobs at once) keeps the order too. ``cluster``: 'slurm',
     'local' or 'debug' (submitit's in-process executor, one job after the other)."""
     import submitit
 
-    out, lock, todo, res = prepare(plan, out)
+    out, lock, todo, res = prepare(plan, out, force)
     try:
         ex = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
         params = {"timeout_min": time_min, "name": f"study-{plan.study.name}",
@@ -343,7 +497,7 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
         ex.update_parameters(**params)
         budget, jobs = _Budget(max_runs), {}
         for r in todo:
-            if not all(p in jobs or status(out, plan.runs[p]) == "done" for p in r.deps) \
+            if not all(p in jobs or status(out, plan.runs[p], plan) == "done" for p in r.deps) \
                     or not budget.take():
                 res.left.append(r.name)
                 continue
@@ -356,7 +510,7 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
                 n_gpus = gpus_per_run if r.step == "pretrain" else 1
                 ex.update_parameters(gpus_per_node=n_gpus)
             job = make_job(plan, out, r, threads, n_gpus, wait_deps=True)
-            jobs[r.name] = ex.submit(execute, job)
+            jobs[r.name] = ex.submit(Job(job))
             res.submitted[r.name] = jobs[r.name].job_id
         say(f"submitted {len(jobs)} job(s) to {cluster}" + (f"; {len(res.left)} left" if
                                                            res.left else ""))
@@ -364,7 +518,7 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
             for name, job in jobs.items():
                 rc = job.result()
                 r = plan.runs[name]
-                if rc == 0 and run_done(run_dir(out, r), r.step):
+                if rc == 0 and run_done(run_dir(out, r), r.step, run_data(plan, r)):
                     res.ran.append(name)
                     say(f"done {name}")
                 elif rc == DEP_FAILED:

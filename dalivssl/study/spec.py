@@ -33,8 +33,9 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       task+complexity: {vcop+C3: {pretrain: {batch_size: 8}}}   # a combination (wins)
     references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
 
-Each run's name is its readable settings plus a short hash of its whole command line, so a
-changed option gives new runs (the unchanged ones are reused) and a rerun skips what is done.
+Each run's name is its readable settings plus a short hash of its whole command line and of its
+data's content (manifest records and video files), so a changed option or other data gives new
+runs (the unchanged ones are reused) and a rerun skips what is done.
 
 ``protocol: paper`` (Kumar et al.; :data:`PAPER_FLAGS`) adds to each command the settings of the
 paper's benchmark: the supp. C.3 augmentation and TDL K = 500 (pretrain), resize + centre crop
@@ -99,6 +100,8 @@ class Dataset:
     train: str | None = None
     test: str | None = None
     given: tuple = ()  # the paths as the file wrote them (part of run hashes)
+    content: tuple = ()  # manifest_hash of each manifest found (part of run hashes: new data,
+    #                      or videos replaced in place, give new runs)
 
     def flags(self, step: str) -> list[str]:
         """The data options of ``step``'s command for this dataset, paths as ``{data:NAME:split}``
@@ -228,6 +231,15 @@ def load_study(name_or_path) -> Study:
         raise DalivsslError(f"{path}: {exc}") from None
 
 
+def load_plan(name_or_path) -> Plan:
+    """:func:`expand` of :func:`load_study`, every run checked; errors name the file."""
+    study = load_study(name_or_path)
+    try:
+        return expand(study)
+    except DalivsslError as exc:
+        raise DalivsslError(f"{study.source}: {exc}") from None
+
+
 def _need(cond, msg):
     if not cond:
         raise DalivsslError(msg)
@@ -279,8 +291,18 @@ def _parse_datasets(raw: dict, base: Path) -> dict:
         _need(isinstance(d, dict) and set(d) == {"train", "test"},
               f"data.{name}: expected {{train: PATH, test: PATH}}")
         paths = [_path(base, d[k]) for k in ("train", "test")]
-        out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])))
+        out[str(name)] = Dataset(str(name), *paths, given=(str(d["train"]), str(d["test"])),
+                                 content=_content(paths))
     return out
+
+
+def _content(paths) -> tuple:
+    """The content hash (record.manifest_hash: records, root, each video's size and mtime) of
+    each manifest in ``paths`` that exists; None for one that does not (yet)."""
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.record import manifest_hash
+
+    return tuple(manifest_hash(load_manifest(p)) if Path(p).is_file() else None for p in paths)
 
 
 def _path(base: Path, given) -> str:
@@ -550,7 +572,7 @@ class _Expander:
         return f"{{run:{pre}:{stage_name(cell.stage)}}}" if cell.stage else f"{{run:{pre}}}"
 
     def make(self, step, label, argv, deps, columns, data_names) -> Run:
-        given = {d: self.s.datasets[d].given for d in data_names}
+        given = {d: (*self.s.datasets[d].given, *self.s.datasets[d].content) for d in data_names}
         name = f"{label}-{_short_hash({'step': step, 'argv': argv, 'data': given})}"
         cols = {k: columns.get(k) for k in COLUMNS}
         cols["step"] = step
@@ -702,8 +724,9 @@ def _clip_of(pretrain_opts: dict) -> dict:
             "size": pretrain_opts.get("size", d.size)}
 
 
-def expand(study: Study) -> Plan:
-    """Cells (the axes' product, in file order) and their runs, parents before children."""
+def expand(study: Study, check: bool = True) -> Plan:
+    """Cells (the axes' product, in file order) and their runs, parents before children; with
+    ``check`` every run's options are checked as its command checks them (:func:`check_run`)."""
     ex = _Expander(study)
     by_cell = {}
     for cell in ex.cells:
@@ -711,4 +734,60 @@ def expand(study: Study) -> Plan:
         for step in study.steps:
             names += [ex.add(r) for r in ex.downstream(cell, step)]
         by_cell[cell.label] = tuple(dict.fromkeys(names))
-    return Plan(study, tuple(ex.cells), dict(ex.runs), by_cell)
+    plan = Plan(study, tuple(ex.cells), dict(ex.runs), by_cell)
+    if check:
+        for run in plan.runs.values():
+            check_run(plan, run)
+    return plan
+
+
+# step -> the typed config its command builds from its options (dalivssl.config)
+STEP_CONFIGS = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig",
+                "probe": "FinetuneConfig", "distill": "DistillConfig"}
+
+
+def check_run(plan: Plan, run: Run) -> None:
+    """``run``'s command line checked the way its command checks it, before any run starts
+    (review t3 #23: a bad value failed only after the parents had run): click's own parsing
+    (types, ranges, choices), the typed config's ranges and keys (``--set`` included), the
+    noise and severity names of robustness, and a subset larger than its training data."""
+    import click
+
+    from dalivssl import config as C
+    from dalivssl.cli import COMMANDS
+
+    module, attr, _ = COMMANDS[STEP_COMMANDS[run.step]]
+    cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
+    argv = [data_path(plan, a) for a in run.argv[1:]]
+    where = f"{run.step} run {run.name}"
+    try:
+        params = cmd.make_context(cmd.name, argv).params
+        if run.step in STEP_CONFIGS:
+            cls = getattr(C, STEP_CONFIGS[run.step])
+            fields = {f.name for f in dataclasses.fields(cls)}
+            cfg = C.resolve(cls, None, {k: v for k, v in params.items() if k in fields},
+                            params.get("sets"))
+            (cfg.resolved() if hasattr(cfg, "resolved") else cfg).check()
+        if run.step == "robustness":
+            from pipelines.noise import parse_noises, parse_severities
+
+            parse_noises(params["noises"])
+            parse_severities(params["severities"])
+        if run.step == "pretrain" and params.get("subset") and params.get("data") and \
+                Path(params["data"]).is_file():
+            from dalivssl.data.subsets import nested_subsets
+            from dalivssl.data.synth import resolve_manifest
+
+            nested_subsets(resolve_manifest(params["data"], "train")[1], [params["subset"]])
+    except click.ClickException as exc:
+        raise DalivsslError(f"{where}: {exc.format_message()}") from None
+    except (DalivsslError, ValueError) as exc:
+        raise DalivsslError(f"{where}: {exc}") from None
+
+
+def data_path(plan: Plan, arg: str) -> str:
+    """A ``{data:NAME:split}`` argument as its manifest path (left as is when unknown)."""
+    if arg.startswith("{data:") and arg.endswith("}"):
+        name, split = arg[6:-1].rsplit(":", 1)
+        return getattr(plan.study.datasets[name], split) or arg
+    return arg

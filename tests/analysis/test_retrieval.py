@@ -121,6 +121,10 @@ def test_cache_key_depends_on_checkpoint_bytes_and_manifest(tmp_path):
     assert k1 != cache_key(str(ck), "tiny", test, s)
     ck.write_bytes(b"two")  # retrained weights at the same path
     assert k1 != cache_key(str(ck), "tiny", train, s)
+    ck.write_bytes(b"one")
+    assert cache_key(str(ck), "tiny", train, s) == k1
+    (tmp_path / "tr1.webm").write_bytes(b"other video")  # replaced in place, same records
+    assert cache_key(str(ck), "tiny", train, s) != k1
 
 
 # ---------------------------------------------------------------------------------------- CLI

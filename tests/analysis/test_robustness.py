@@ -287,3 +287,23 @@ def test_cli_bad_inputs_exit_2(tiny_synth, tmp_path, capsys):
     assert _main(["robustness", "--checkpoint", str(small), "--data",
                   str(tiny_synth["test"])]) == 2
     assert "2 classes" in capsys.readouterr().err
+
+
+def test_cli_videos_replaced_in_place_are_not_reprinted(tmp_path, capsys):
+    """Review t3 #38: `data synth --seed 1` over the same dir (same records, other videos); the
+    old cells must not be reprinted as the new videos' (the data hash covers the files)."""
+    from dalivssl.data.synth import generate
+
+    data = generate(tmp_path / "d", videos=6, classes=3, frames=16, size=32, seed=0, workers=1)
+    ck = _finetune_ckpt(tmp_path / "ft.pt")
+    argv = ["robustness", "--checkpoint", str(ck), "--data", str(data["test"]), "--noises",
+            "gaussian", "--severities", "1", "--clips-per-video", "1", "--out",
+            str(tmp_path / "out"), "--no-progress"]
+    assert _main(argv) == 0
+    generate(tmp_path / "d", videos=6, classes=3, frames=16, size=32, seed=1, workers=1,
+             overwrite=True)
+    capsys.readouterr()
+    assert _main(argv) == 2
+    err = capsys.readouterr().err
+    assert "swept with other settings or data (data_hash:" in err
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1

@@ -83,3 +83,30 @@ def test_not_a_manifest(tmp_path):
         load_manifest(tmp_path / "x.jsonl")
     with pytest.raises(DalivsslError, match="manifest not found"):
         load_manifest(tmp_path / "none.jsonl")
+
+
+def test_manifest_hash_covers_the_video_files(tmp_path):
+    """Videos replaced in place (same records) give another hash; a copied manifest file the
+    same one (issue 24 #3: robustness and retrieve reused results of the old videos)."""
+    import os
+    import shutil
+
+    from dalivssl.record import manifest_hash, video_stamp
+
+    path = _write(tmp_path, [{"path": "a.webm", "num_frames": 8, "label": 0},
+                             {"path": "b.webm", "num_frames": 8, "label": 1}])
+    (tmp_path / "data" / "a.webm").write_bytes(b"x" * 10)
+    (tmp_path / "data" / "b.webm").write_bytes(b"y" * 10)
+    h = manifest_hash(load_manifest(path))
+    shutil.copy(path, tmp_path / "copy.jsonl")
+    assert manifest_hash(load_manifest(tmp_path / "copy.jsonl")) == h
+    (tmp_path / "data" / "b.webm").write_bytes(b"z" * 12)  # another video, same name and record
+    assert manifest_hash(load_manifest(path)) != h
+    st = os.stat(tmp_path / "data" / "b.webm")
+    assert video_stamp(tmp_path / "data" / "b.webm") == f"12:{st.st_mtime_ns}"
+    h2 = manifest_hash(load_manifest(path))
+    os.utime(tmp_path / "data" / "b.webm", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same size
+    assert manifest_hash(load_manifest(path)) != h2
+    (tmp_path / "data" / "b.webm").unlink()
+    assert video_stamp(tmp_path / "data" / "b.webm") == "missing"
+    assert manifest_hash(load_manifest(path)) not in (h, h2)

@@ -11,6 +11,7 @@ from dalivssl.data.check import check_manifest
 from dalivssl.data.manifest import Manifest, VideoRecord, load_manifest, save_manifest
 from dalivssl.data.prepare import _segments, prepare
 from dalivssl.data.videoio import decode_frames
+from dalivssl.errors import DalivsslError
 
 
 @pytest.mark.parametrize("n,total,want", [
@@ -147,3 +148,24 @@ def test_h264_for_the_mixed_decoder(src, tmp_path):
     assert [r.num_frames for r in new if r.video_id == "x"] == [16, 16, 8]
     assert check_manifest(new, "gpu", decode=True) == []
     assert len(check_manifest(new, "cpu")) == len(new)  # and the CPU check says why not
+
+
+def test_rerun_with_other_settings_is_refused_or_replaced(src, tmp_path):
+    """Review t3 #48: a rerun with another short side kept the old 32-px files. It is refused
+    in one line; with overwrite the output is the new settings' only."""
+    out = tmp_path / "out"
+    first, _, _ = prepare(src, out, short_side=32)
+    assert {min(r.width, r.height) for r in first} == {32}
+    assert prepare(src, out, short_side=32)[0].records == first.records  # same: resumes
+    with pytest.raises(DalivsslError, match=r"other settings \(short_side: 32 → 48\); pass "
+                                            r"--overwrite") as exc:
+        prepare(src, out, short_side=48)
+    assert "\n" not in str(exc.value)
+    seg, _, _ = prepare(src, out, short_side=48, segment_frames=10, overwrite=True)
+    assert {min(r.width, r.height) for r in seg} == {48}
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*.webm")}
+    assert files == {r.path for r in seg} and "a/x.webm" not in files  # no old file left
+    assert load_manifest(out / "manifest.jsonl").records == seg.records
+    (src.root / "a" / "x.webm").write_bytes((src.root / "b" / "y.webm").read_bytes())
+    with pytest.raises(DalivsslError, match="source_hash"):  # the source videos changed
+        prepare(src, out, short_side=48, segment_frames=10)

@@ -220,3 +220,33 @@ def test_exposure_fades_in_linearly(monkeypatch):
         diff = lit[i].astype(float) - gain * plain[i].astype(float)
         assert np.abs(diff).max() <= 1.0 + 1e-9, (i, np.abs(diff).max())
     assert lit[-1].mean() > 1.7 * lit[0].mean()
+
+
+def test_synth_into_a_fuller_folder_is_refused_or_replaced(tmp_path):
+    """Review t3 #60: 8 videos over a 24-video dir left 18 stale videos that `data index` took
+    in. Refused in one line; with --overwrite only the new dataset's videos remain."""
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.data.index import index_dataset
+    from dalivssl.errors import DalivsslError
+
+    out = tmp_path / "s"
+    synth.generate(out, videos=12, classes=4, frames=8, size=32, workers=1)
+    synth.generate(out, videos=12, classes=4, frames=8, size=32, workers=1)  # same: fine
+    with pytest.raises(DalivsslError, match=r"holds another dataset \(videos 12 → 4\); pass "
+                                            r"--overwrite") as exc:
+        synth.generate(out, videos=4, classes=4, frames=8, size=32, workers=1)
+    assert "\n" not in str(exc.value)
+    args = ["data", "synth", str(out), "--videos", "4", "--classes", "4", "--frames", "8",
+            "--size", "32"]
+    assert CliRunner().invoke(cli, args).exit_code != 0
+    res = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "videos").rglob("*.webm"))) == 4
+    assert len(load_manifest(out / "all.jsonl")) == 4
+    assert len(index_dataset(out / "videos", "folders", workers=1)[0]) == 4
+    (tmp_path / "mine" / "videos").mkdir(parents=True)  # videos no synthetic manifest lists
+    (tmp_path / "mine" / "videos" / "own.webm").write_bytes(b"x")
+    with pytest.raises(DalivsslError, match="videos no synthetic manifest lists"):
+        synth.generate(tmp_path / "mine", videos=4, classes=4, frames=8, size=32, workers=1)

@@ -1,6 +1,7 @@
 """The local executor with a stand-in for the commands: order, GPUs, failures, budget, flags."""
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -107,7 +108,9 @@ def test_slurm_jobs_wait_for_their_parents(tmp_path, tiny_data, monkeypatch):
         def update_parameters(self, **kw):
             self.params.update(kw)
 
-        def submit(self, fn, job):
+        def submit(self, fn):
+            job = fn.job  # a runner.Job: submitit requeues it through its checkpoint()
+            assert callable(fn) and callable(fn.checkpoint)
             submitted.append((job, dict(self.params)))
             return type("Job", (), {"job_id": str(100 + len(submitted))})()
 
@@ -125,3 +128,84 @@ def test_slurm_jobs_wait_for_their_parents(tmp_path, tiny_data, monkeypatch):
             {"dependency": "afterok:" + ":".join(ids[d] for d in deps)} if deps else {})
         assert "--nproc_per_node=4" in job["cmd"] if job["step"] == "pretrain" else \
             "torch.distributed.run" not in job["cmd"]
+
+
+def _script_job(d, code, **extra) -> dict:
+    """A job whose command is a Python one-liner (argv: ... --out D), run by runner.execute."""
+    import sys
+
+    return {"name": "x", "step": "pretrain", "dir": str(d), "cmd": [sys.executable, "-c", code,
+            "--out", str(d)], "deps": [], "env": {}, "data": [], "resumable": True, **extra}
+
+
+ARGV_TO_FILE = "import sys, pathlib; pathlib.Path(sys.argv[-1] if sys.argv[-1] != '--resume' " \
+               "else sys.argv[-2], 'argv.txt').write_text(' '.join(sys.argv[1:]))"
+
+
+def test_execute_judges_the_dir_when_it_starts(tmp_path):
+    """Pending: started plain; partial: resumed; stale (a parent remade since): the dir is
+    cleaned and the run starts again; done: not started (issue 24: done means the same
+    content)."""
+    d = tmp_path / "run"
+    job = _script_job(d, ARGV_TO_FILE)
+    assert runner.execute(job) == 0 and (d / "argv.txt").read_text() == f"--out {d}"
+    write_run_record(d, RunRecord(kind="pretrain", name="x", status="running"))
+    assert runner.execute(job) == 0 and (d / "argv.txt").read_text() == f"--out {d} --resume"
+    parent = tmp_path / "parent.pt"
+    parent.write_bytes(b"old weights")
+    from dalivssl.record import file_hash
+
+    write_run_record(d, RunRecord(kind="pretrain", name="x", status="complete",
+                                  parent=str(parent), parent_hash=file_hash(parent)))
+    (d / "argv.txt").unlink()
+    (d / "old_output.csv").write_text("old")
+    assert runner.execute(job) == 0 and not (d / "argv.txt").exists()  # done: not started
+    parent.write_bytes(b"new weights")  # the parent was remade
+    assert runner.execute(job) == 0
+    assert (d / "argv.txt").read_text() == f"--out {d}"
+    assert not (d / "old_output.csv").exists() and not (d / "record.json").exists()
+    assert (d / runner.LOG_FILE).is_file()  # the study's own files stay
+
+
+def test_a_killed_runner_takes_its_command_with_it(tmp_path):
+    """SIGKILL of `study run` (review t3 #27): its command must not keep running (Linux:
+    parent-death signal), so a quick rerun does not find the run dir in use."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("parent-death signal: Linux only")
+    d = tmp_path / "run"
+    pid_file = tmp_path / "child.pid"
+    code = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    job = _script_job(d, code)
+    runner_code = ("import json, sys; from dalivssl.study import runner; "
+                   f"runner.execute(json.loads({json.dumps(json.dumps(job))}))")
+    proc = subprocess.Popen([sys.executable, "-c", runner_code])
+    t0 = time.time()
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() - t0 < 60 and proc.poll() is None
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the command outlived its runner")
+
+
+def test_submitit_requeues_the_same_job():
+    """SLURM preemption / time limit: submitit calls Job.checkpoint, which stops the command
+    and resubmits the same job (it then resumes the run: test_execute_judges_the_dir...)."""
+    job = runner.Job({"name": "x", "dir": "d"})
+    again = job.checkpoint()
+    assert isinstance(again.function, runner.Job) and again.function.job == job.job

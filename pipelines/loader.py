@@ -22,8 +22,7 @@ import os
 import numpy as np
 
 from pipelines.augment import graph_keys, param_arrays
-from pipelines.types import (IMAGENET_MEAN, IMAGENET_STD, NORMALIZE_MODES, Batch, ClipPlan,
-                             sample_rng)
+from pipelines.types import NORMALIZE_MODES, Batch, ClipPlan, norm_stats, sample_rng
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +53,9 @@ def normalize_clips(raw, mode: str = "imagenet"):
     if mode == "unit":
         x = x.mul_(1.0 / 255.0)
     else:
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device) * 255.0
-        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device) * 255.0)
-        x = x.sub_(mean).mul_(inv_std)
+        mean, std = norm_stats(mode, 255.0)
+        x = x.sub_(torch.tensor(mean, dtype=torch.float32, device=x.device)).mul_(
+            1.0 / torch.tensor(std, dtype=torch.float32, device=x.device))
     return x.permute(*perm).contiguous()
 
 

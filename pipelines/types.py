@@ -16,6 +16,17 @@ NORMALIZE_MODES = ("imagenet", "unit")  # input normalisations (loader.normalize
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+def norm_stats(mode: str, scale: float = 1.0) -> tuple[tuple, tuple]:
+    """(mean, std) per RGB channel of normalisation ``mode`` for pixels on [0, ``scale``]: the one
+    table behind DALI's crop_mirror_normalize, ``loader.normalize_clips`` and CKA's input hook.
+    'imagenet': the ImageNet statistics (RotNet/CtP, TDL, RSPNet); 'unit': x / scale (VCOP, PRP,
+    CVRL)."""
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"unknown normalisation {mode!r}; valid: {', '.join(NORMALIZE_MODES)}")
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if mode == "imagenet" else ((0.0,) * 3, (1.0,) * 3)
+    return tuple(m * scale for m in mean), tuple(d * scale for d in std)
+
 # Augmentation parameter keys a plan may carry in ``ClipPlan.params``. Every array has leading
 # dimension K (one value set per clip: clip-consistent augmentation). A missing key = identity.
 PARAM_KEYS = {

@@ -29,12 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.augment import augment_clip, graph_inputs, graph_keys
-from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
+from pipelines.types import norm_stats
 
 ENCODED, FRAMES, ORDER, PARAM_PREFIX = "encoded", "frames", "order", "p_"
-# (mean, std) per RGB channel on the 0..255 scale
-NORM_STATS = {"imagenet": ([m * 255 for m in IMAGENET_MEAN], [s * 255 for s in IMAGENET_STD]),
-              "unit": ([0.0, 0.0, 0.0], [255.0, 255.0, 255.0])}
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,7 @@ def build_pipeline(cfg: GraphConfig, batch_size: int, num_threads: int = 2,
             outs = [parts[0] if len(parts) == 1 else fn.cat(*parts, axis=0, device=dev)]
         else:
             # normalise + FHWC -> CFHW in one op on the DALI threads (or the GPU)
-            mean, std = NORM_STATS[cfg.normalize]
+            mean, std = map(list, norm_stats(cfg.normalize, 255.0))
             normed = [fn.crop_mirror_normalize(p, dtype=types.FLOAT, output_layout="CFHW",
                                                mean=mean, std=std, device=dev) for p in parts]
             outs = [fn.stack(*normed[:K], axis=0, device=dev)] + normed[K:]

@@ -451,15 +451,16 @@ def feed_normalized(model, mode: str):
     Layer names stay as they are, so CKA taps the same modules. Returns the hook handle."""
     import torch
 
-    from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
+    from pipelines.types import norm_stats
 
     if mode == "unit":
         return None
+    stats = norm_stats(mode)
 
     def pre(_module, args):
         x = args[0]
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+                     for v in stats)
         return ((x - mean) / std,) + tuple(args[1:])
 
     return model.register_forward_pre_hook(pre)

@@ -99,6 +99,28 @@ def write_case(case: Case, size: int, path: Path, n: int = FRAMES) -> Path:
     return path
 
 
+def write_vp9_altref(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """VP9 with hidden alt-ref frames (superframes), as libvpx writes web video in two-pass
+    'good' mode (YouTube/Kinetics .webm; R3). One-pass encoding through PyAV produces none
+    (measured), so the ffmpeg binary runs both passes; RuntimeError without it."""
+    import shutil
+
+    ff = shutil.which("ffmpeg")
+    if ff is None:
+        raise RuntimeError("the vp9-altref case needs the ffmpeg binary (two-pass libvpx)")
+    n, h, w = frames.shape[:3]
+    raw = np.ascontiguousarray(frames, np.uint8).tobytes()
+    with tempfile.TemporaryDirectory(prefix="dalivssl-altref-") as tmp:
+        common = [ff, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+                  f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libvpx-vp9", "-deadline",
+                  "good", "-cpu-used", "4", "-lag-in-frames", "25", "-auto-alt-ref", "1",
+                  "-b:v", "300k", "-pix_fmt", "yuv420p", "-passlogfile", str(Path(tmp) / "pass")]
+        for args in (["-pass", "1", "-f", "null", "-"], ["-pass", "2", str(path)]):
+            subprocess.run(common + args, input=raw, check=True, capture_output=True,
+                           timeout=120)
+    return path
+
+
 def backends_here() -> dict[str, str]:
     """{backend: '' if usable here, else why not}."""
     from dalivssl.devices import cuda_usable, nvcuvid_path

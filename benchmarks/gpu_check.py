@@ -70,7 +70,7 @@ def _click(cmd, args: list[str]):
 
 # ---------------------------------------------------------------------------------------- steps
 def step_doctor(ctx: Ctx) -> list[dict]:
-    from dalivssl.cli.doctor import report
+    from dalivssl.doctor import report
     from dalivssl.data.decode_matrix import agrees
 
     kw = {"cases": ["vp9", "h264"], "sizes": (64, 128)} if ctx.tiny else {}

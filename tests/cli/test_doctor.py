@@ -60,7 +60,8 @@ def test_doctor_prints_the_table(matrix, monkeypatch):
     assert "every measured cell agrees with the table" in out
     res = CliRunner().invoke(cli, ["doctor", "--json"])
     rep = json.loads(res.output)
-    assert set(rep) == {"versions", "gpus", "device_auto", "nvdec", "cupy", "table", "matrix"}
+    assert set(rep) == {"versions", "gpus", "device_auto", "nvdec", "cupy", "table", "verdicts",
+                        "matrix"}
     assert rep["gpus"] == [] and rep["device_auto"]["device"] == "cpu"
     assert rep["versions"]["dali"].startswith("2.")
     assert doc.render_matrix(matrix)[-1] == "  every measured cell agrees with the table"

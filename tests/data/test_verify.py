@@ -161,3 +161,25 @@ def test_the_loader_stops_on_a_class_verified_bad_and_runs_a_clean_one(files, ca
     with pytest.raises(LoaderError, match=r"^decode class vp9/p0/sd/a16/inorder/hidden verified "
                                           r"bad on cpu \(frames shifted by \+1\); transcode"):
         next(iter(loader))
+
+
+def test_data_check_verify_fills_the_cache_that_doctor_shows(files, cache, tmp_path):
+    import shutil as sh
+
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.data.manifest import save_manifest
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    sh.copy(files["vp9"], root / "clean.webm")
+    m = _manifest({"vp9": root / "clean.webm"}, ["vp9"])
+    save_manifest(m, tmp_path / "m.jsonl")
+    res = CliRunner().invoke(cli, ["data", "check", str(tmp_path / "m.jsonl"), "--verify", "1"])
+    assert res.exit_code == 0, res.output
+    assert "cpu vp9/p0/sd/a16/inorder: ok (1 clips, e.g. clean.webm)" in res.output
+    res = CliRunner().invoke(cli, ["doctor", "--no-matrix"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if "vp9/p0/sd/a16/inorder" in ln)
+    assert line.startswith("  cpu, DALI 2.") and ": vp9/p0/sd/a16/inorder: ok (1 clips" in line

@@ -189,7 +189,7 @@ def render_matrix(m: dict) -> list[str]:
             cells.append(f"{v:9s}")
         exp = "/".join(r["expected"][d] for d in devs)
         mean = [str(r[d].get("mean_abs")) for d in devs if r[d].get("mean_abs") is not None]
-        lines.append(f"  {r['case']:13s} {r['size']:>4d}  " + "  ".join(cells) +
+        lines.append(f"  {r['case']:13s} {r['size']:>4}  " + "  ".join(cells) +
                      f"  {exp:14s} {','.join(mean)}")
     for d, why in m["backends"].items():
         if why:

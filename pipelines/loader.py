@@ -288,8 +288,8 @@ class PretextLoader:
         sub-stream codecs (and, on GPU, the classes whose sub-streams are verified)."""
         route = self._route(idx)
         codecs = self._range_codecs
-        if route is not None and route.substream and self.gop_ranges is True:
-            codecs = codecs | {rec.codec}
+        if route is not None and self.gop_ranges is True:  # sub-streams as verified
+            codecs = codecs | {rec.codec} if route.substream else codecs - {rec.codec}
         enc = encode_sample(self.manifest.abspath(rec), self._packet_index(rec), frames, codecs,
                             self._note, rec.path)
         if route is not None and isinstance(enc, Encoded):

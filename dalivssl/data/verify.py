@@ -298,7 +298,9 @@ def verify(manifest, backend: str, n: int = DEFAULT_CLIPS, seed: int = 0, force:
     (every one with ``force``). Classes the backend cannot decode at all (capability table) are
     not decoded: their entry says ``bad: <the table's reason>``. ``range_codecs``: the codecs
     decoded as GOP-range sub-streams (default: every codec one can be built for, so an ``ok``
-    covers the sub-stream path too)."""
+    covers the sub-stream path too). A class whose sub-streams fail but whose whole files decode
+    is ``ok`` with ``substream`` False (the loader then decodes it whole) and keeps the
+    sub-stream's verdict as ``substream_verdict``."""
     from dalivssl.data.capabilities import record_problem
     from pipelines.packets import RANGE_CODECS
 
@@ -322,18 +324,28 @@ def verify(manifest, backend: str, n: int = DEFAULT_CLIPS, seed: int = 0, force:
         if why:
             cache.put(mach, cls, f"bad: {why}", 0, {"example": rec.path, "table": True})
         else:
-            with tempfile.TemporaryDirectory(prefix="dalivssl-verify-") as tmp:
-                jobs = _clip_jobs(manifest, records, pos, n, seed, backend, Path(tmp),
-                                  range_codecs)
-                verdicts = _run_jobs(jobs, backend)
-            bad = [v for v in verdicts if v != OK]
-            verdict = bad[0] if bad else (OK if verdicts else "bad: no clip could be encoded")
-            cache.put(mach, cls, verdict, len(verdicts),
-                      {"example": rec.path, "substream": any(j["substream"] for j in jobs)})
+            verdict, clips, sub, detail = _verify_class(manifest, records, pos, n, seed, backend,
+                                                        range_codecs)
+            if verdict != OK and sub:  # the sub-stream fails: does the whole file decode?
+                whole, clips, _, _ = _verify_class(manifest, records, pos, n, seed, backend, ())
+                detail = {"substream_verdict": verdict}
+                verdict, sub = whole, False
+            cache.put(mach, cls, verdict, clips,
+                      {"example": rec.path, "substream": sub, **detail})
         out[cls] = {**cache.get(mach, cls), "cached": False}
         if progress:
             progress(cls, out[cls])
     return out
+
+
+def _verify_class(manifest, records, pos, n, seed, backend, range_codecs):
+    """(verdict, clips, sub-streams used, {}) of one class decoded with ``range_codecs``."""
+    with tempfile.TemporaryDirectory(prefix="dalivssl-verify-") as tmp:
+        jobs = _clip_jobs(manifest, records, pos, n, seed, backend, Path(tmp), range_codecs)
+        verdicts = _run_jobs(jobs, backend)
+    bad = [v for v in verdicts if v != OK]
+    verdict = bad[0] if bad else (OK if verdicts else "bad: no clip could be encoded")
+    return verdict, len(verdicts), any(j["substream"] for j in jobs), {}
 
 
 def _run_jobs(jobs: list[dict], backend: str) -> list[str]:

@@ -183,3 +183,14 @@ def test_data_check_verify_fills_the_cache_that_doctor_shows(files, cache, tmp_p
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if "vp9/p0/sd/a16/inorder" in ln)
     assert line.startswith("  cpu, DALI 2.") and ": vp9/p0/sd/a16/inorder: ok (1 clips" in line
+
+
+def test_a_class_whose_substreams_fail_but_whole_files_decode_is_decoded_whole(files, cache,
+                                                                               monkeypatch):
+    monkeypatch.setenv(V.HOOK_ENV, HOOK + "substream_decode_order")
+    m = _manifest(files, ["h264b"])
+    e = V.verify(m, "gpu", n=2)["h264/p100/sd/a16/reorder"]
+    assert e["verdict"] == "ok" and e["substream"] is False
+    assert e["substream_verdict"] == "bad: frames in decode order, not presentation order"
+    routes, _ = V.routes(m, m.records, "gpu")
+    assert routes["h264/p100/sd/a16/reorder"] == V.Route("gpu", False)

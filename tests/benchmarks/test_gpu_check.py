@@ -31,10 +31,8 @@ def test_gpu_check_fits_its_deadline_on_cpu_with_gpu_rows_skipped(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this test pins the CPU behaviour")
-    deadline = 240
-    res, rep, wall = _run(tmp_path, "--deadline-s", str(deadline),
-                          "--steps", "preflight,verify,matrix,pytest-gpu,same-plans,memory,"
-                                     "pretrain,cka")
+    deadline = 300
+    res, rep, wall = _run(tmp_path, "--deadline-s", str(deadline))
     assert res.returncode == 0, res.stdout + res.stderr
     assert wall < deadline + 15  # the children, the table and the interpreter start
     assert rep["gpu"] is False and rep["cuda"] is False and rep["seconds"] <= deadline
@@ -51,6 +49,7 @@ def test_gpu_check_fits_its_deadline_on_cpu_with_gpu_rows_skipped(tmp_path):
     assert rows[("memory", "cpu")]["status"] == "ok"
     assert rows[("pretrain (fp32)", "cpu")]["data"]["steps"] == 2
     assert all(r["status"] not in ("fail", "error", "timeout") for r in rep["rows"])
+    assert {"loader", "sweep", "cka"} <= set(steps)  # throughput: tiny sizes fit on CPU
     assert [r["t_s"] for r in rep["rows"]] == sorted(r["t_s"] for r in rep["rows"])
     assert "preflight" in res.stderr.splitlines()[0]  # rows are printed as they finish
     assert res.stdout.startswith("gpu_check: no CUDA device (")

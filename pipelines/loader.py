@@ -480,8 +480,8 @@ class PretextLoader:
         for i in sorted(bad):
             idx, plan, enc = items[i]
             if getattr(enc, "codec", ""):
-                whole = self._whole_file(self.manifest.abspath(self.records[idx]),
-                                         plan.all_frames())
+                whole = _whole_file(self.manifest.abspath(self.records[idx]),
+                                   plan.all_frames())
                 if isinstance(whole, Encoded) and self._decodes((idx, plan, whole)):
                     self._range_codecs.discard(enc.codec)
                     log.warning("%s: DALI rejected its GOP-range sub-stream; %s videos are "

@@ -1,65 +1,96 @@
-"""The GPU path verified in one command: ``benchmarks/gpu_check.sh`` (= ``python -m
-benchmarks.gpu_check``, = ``dalivssl bench gpu-check``). Under 8 minutes on one H200.
+"""The GPU path checked in one command that fits five minutes on an offline node:
+``benchmarks/gpu_check.sh --deadline-s 300`` (= ``python3 -m benchmarks.gpu_check``, from the
+checkout with ``PYTHONPATH=$PWD``; reviews/gpu_first_run.md §5).
 
-Steps (``STEPS``; each a row of one table and one entry of one JSON file):
-  doctor       ``dalivssl doctor``: versions, GPUs, NVDEC, and the decode matrix (codec x size x
-               backend, against PyAV and against the capability table);
-  pytest-gpu   ``pytest -m gpu`` (the GPU-marked tests);
-  same-plans   every pretext task's first batch decoded + augmented on CPU and on GPU from the
-               same plans (128-px VP9, decodable by both): mean and p99 |GPU - CPU| per pixel;
-  loader       clips/s of the loader for VCOP and RSPNet: DALI GPU on H.264 UCF-like videos vs
-               DataLoader + PyAV (and torchcodec, if installed) on the same plans, and DALI CPU on
-               the VP9 originals (``benchmarks.loader_throughput``);
-  sweep        the 21-cell robustness sweep vs one clean evaluation (goal <= 3x;
-               ``benchmarks.sweep_cost``);
-  cka          CKA map, CuPy vs NumPy float64: agreement and speed-up (goal >= 20x;
-               ``benchmarks.cka_throughput``);
-  pretrain     20 optimiser steps of RSPNet/R(2+1)D with bf16 AMP: steps/s and the share of time
-               spent waiting for data (goal < 5 %).
+Steps (``STEPS``, in this order; each writes rows of one table and one JSON file):
+  preflight    5 s: nvidia-smi (driver, MIG), where libnvcuvid is, DALI/CuPy/torch imports,
+               NVDEC's caps per codec; printed at once;
+  verify       the decode verification (``dalivssl.data.verify``) of the synthetic set and the
+               decode-matrix files on this GPU (and the CPU), verdicts into the machine's cache;
+  matrix       the trimmed decode matrix (``decode_matrix.first_run_cells``: the R1-R4 cases
+               first, 15 s per cell): one row per cell, compared with PyAV and the table;
+  pytest-gpu   ``pytest -m gpu -o faulthandler_timeout=60 --durations=15`` (log in --work);
+  same-plans   every task's first batch decoded on CPU and GPU from the same plans: pixels,
+               and a failure when the GPU loader dropped its GOP-range sub-streams;
+  memory       forward + backward at 16x224², batch 8, bf16, for r21d, r2plus1d_18, swin, vit_b:
+               ``torch.cuda.max_memory_allocated``;
+  pretrain     20 AMP steps of RSPNet/R(2+1)D on the small synthetic set;
+  loader, sweep, cka   throughput (``OPTIONAL``): only when the deadline leaves time.
 
-Without a GPU every step still runs its CPU side at small sizes (``--tiny``), and the GPU rows
-say 'skipped: no GPU', so the script cannot rot unnoticed (tests/benchmarks/test_gpu_check.py).
-A step that raises is an 'error' row; the others still run. Exit code 1 if a step failed.
+Never losing what ran: every step runs in its own child process (``python3 -X faulthandler``, its
+own session, killed with its group at its time limit), writes each row the moment it has it, and
+the parent prints the row and rewrites the JSON at once. ``--deadline-s``: each step gets at most
+what is left minus the minimum of the required steps after it; a step that does not fit is a
+'not run (deadline)' row. "No NVDEC" is not "no GPU" (G9): CUDA-only rows (pytest, memory, CKA)
+still run. Without a GPU the GPU rows say 'skipped: no GPU' and the CPU sides run at small sizes
+(tests/benchmarks/test_gpu_check.py). Exit code 1 if a row failed.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import os
+import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 SKIP_GPU = "skipped: no GPU"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Ctx:
-    """What every step gets: sizes (full or tiny), the work folder, whether a GPU is usable."""
+    """What every step gets: sizes (full or tiny), the work folder, what the GPU offers, and
+    ``emit(row)``, which hands a finished row to the parent at once."""
 
-    def __init__(self, tiny: bool, work: Path, gpu: bool, log, pytest_timeout: int):
-        self.tiny, self.work, self.gpu, self.log = tiny, work, gpu, log
-        self.pytest_timeout = pytest_timeout
-        self._synth = None
+    def __init__(self, tiny: bool, work: Path, cuda: bool, nvdec: bool, why: str = "",
+                 rows_file: Path | None = None, timeout: float = 60.0):
+        self.tiny, self.work, self.cuda, self.nvdec, self.why = tiny, Path(work), cuda, nvdec, why
+        self.rows_file, self.timeout = rows_file, timeout
+        self.rows: list[dict] = []
+
+    @property
+    def gpu(self) -> bool:
+        """NVDEC decoding usable (the GPU loader, pretraining)."""
+        return self.nvdec
+
+    def skip(self, cuda_only: bool = False) -> str:
+        """The status of a GPU row that cannot run here."""
+        if not self.cuda:
+            return SKIP_GPU
+        return "" if cuda_only else f"skipped: no NVDEC ({self.why})"
+
+    def emit(self, row: dict) -> dict:
+        row.setdefault("result", "")
+        row.setdefault("goal", "")
+        self.rows.append(row)
+        if self.rows_file is not None:
+            with open(self.rows_file, "a") as f:
+                f.write(json.dumps(row, default=str) + "\n")
+        return row
 
     def synth(self) -> dict:
-        """A small 128-px VP9 synthetic set (decodable by both decoders), made once."""
-        if self._synth is None:
-            from dalivssl.data.synth import generate
+        """A small 128-px VP9 synthetic set (decodable by both decoders), made once per run (the
+        children share it through the work folder)."""
+        from dalivssl.data.synth import generate
 
-            self._synth = generate(self.work / "synth", videos=8 if self.tiny else 16, classes=4,
-                                   frames=150, size=128, seed=0)
-        return self._synth
+        out = self.work / "synth"
+        names = ("train", "test", "all")
+        if all((out / f"{n}.jsonl").is_file() for n in names):
+            return {n: out / f"{n}.jsonl" for n in names}
+        return generate(out, videos=8 if self.tiny else 16, classes=4, frames=150, size=128,
+                        seed=0)
 
 
 def _quiet(fn, *args, **kw):
     """Run ``fn`` with its stdout (rich tables of the reused benchmarks) captured."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
         return fn(*args, **kw)
 
 
@@ -68,53 +99,149 @@ def _click(cmd, args: list[str]):
     return _quiet(cmd.main, args=args, standalone_mode=False)
 
 
-# ---------------------------------------------------------------------------------------- steps
-def step_doctor(ctx: Ctx) -> list[dict]:
-    from dalivssl.cli.doctor import report
-    from dalivssl.data.decode_matrix import agrees
-
-    kw = {"cases": ["vp9", "h264"], "sizes": (64, 128)} if ctx.tiny else {}
-    rep = report(matrix=True, **kw)
-    cells = rep["matrix"]["cells"]
-    rows = []
-    for dev in ("cpu", "gpu"):
-        got = [r for r in cells if r[dev]["status"] != "SKIP"]
-        if not got:
-            rows.append({"step": "doctor", "device": dev, "status": SKIP_GPU})
-            continue
-        bad = [f"{r['case']}@{r['size']}" for r in got if agrees(r, dev) is False]
-        ok = sum(r[dev]["status"] == "OK" for r in got)
-        rows.append({"step": "doctor", "device": dev, "status": "fail" if bad else "ok",
-                     "result": f"{ok}/{len(got)} cells OK; {len(bad)} disagree with the table"
-                               + (f" ({', '.join(bad[:6])})" if bad else ""),
-                     "goal": "matrix = table", "data": {"disagree": bad}})
-    rows[0]["data"] = {**rows[0].get("data", {}), "report": rep}
-    return rows
-
-
-def step_pytest_gpu(ctx: Ctx) -> list[dict]:
-    if not ctx.gpu:
-        return [{"step": "pytest-gpu", "device": "gpu", "status": SKIP_GPU}]
-    root = Path(__file__).resolve().parent.parent
+def _sh(cmd: list[str], timeout: float = 5.0) -> str:
     try:
-        res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE",
-                              "-p", "no:cacheprovider", "tests"], cwd=root, capture_output=True,
-                             text=True, timeout=ctx.pytest_timeout)
-        out = res.stdout
-        status = "ok" if res.returncode == 0 else "fail"
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        status = "fail"
-        out += f"\ntimed out after {ctx.pytest_timeout} s"
-    lines = [ln for ln in out.splitlines() if ln.strip()]
-    summary = lines[-1] if lines else ""
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout.strip()
+    except Exception:  # a missing tool is an empty answer
+        return ""
+
+
+# ---------------------------------------------------------------------------------------- steps
+def step_preflight(ctx: Ctx) -> None:
+    from dalivssl.doctor import versions
+
+    v = versions()
+    smi = _sh(["nvidia-smi", "--query-gpu=name,driver_version,mig.mode.current,memory.total",
+               "--format=csv,noheader"])
+    ldc = [ln.split("=>")[-1].strip() for ln in _sh(["ldconfig", "-p"]).splitlines()
+           if "libnvcuvid" in ln]
+    from dalivssl.devices import nvcuvid_path
+
+    lib = nvcuvid_path()
+    ctx.emit({"step": "preflight", "device": "cpu", "status": "ok",
+              "result": f"torch {v['torch']} (CUDA {v['torch_cuda']}), DALI {v['dali']}, CuPy "
+                        f"{v['cupy']}, PyAV {v['pyav']}",
+              "data": {"versions": v}})
+    if not ctx.cuda:
+        ctx.emit({"step": "preflight", "device": "gpu", "status": SKIP_GPU,
+                  "result": f"nvidia-smi: {smi or 'none'}; libnvcuvid: {lib or 'not found'}"})
+        return
+    caps = {}
+    if lib:
+        from dalivssl.data.capabilities import DECODERS, nvdec_caps
+
+        caps = {c: nvdec_caps(0, c) for c in DECODERS["gpu"]}
+    yes = [c for c, x in caps.items() if x and x["supported"]]
+    n = max([x["nvdecs"] for x in caps.values() if x] or [0])
+    ctx.emit({"step": "preflight", "device": "gpu", "status": "ok" if ctx.nvdec else "fail",
+              "result": f"{smi or 'nvidia-smi: none'}; libnvcuvid {lib or 'NOT FOUND'} "
+                        f"(ldconfig: {', '.join(ldc) or 'none'}); {n} NVDEC(s), caps: "
+                        f"{'/'.join(yes) or 'none'}" + ("" if ctx.nvdec else f"; {ctx.why}"),
+              "goal": "NVDEC usable", "data": {"caps": caps, "nvidia_smi": smi,
+                                               "libnvcuvid": lib, "ldconfig": ldc}})
+
+
+def _verify_files(ctx: Ctx):
+    """The synthetic set plus one file per decode-matrix case that NVDEC should read, as one
+    manifest with packet indexes."""
+    from dalivssl.data import decode_matrix as dm
+    from dalivssl.data.index import probe_with_packets
+    from dalivssl.data.manifest import Manifest, VideoRecord, load_manifest
+
+    synth = load_manifest(ctx.synth()["train"])
+    folder = ctx.work / "verify_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = ("vp9-altref", "vp9-200x150", "h264", "h264-bframes", "h264-200x150", "hevc",
+             "mpeg4-avi", "mpeg4-avi-nob", "vp8")
+    records, indexes = [], []
+    for rec in synth.records:
+        records.append(VideoRecord(str(synth.abspath(rec)), rec.num_frames, label=0,
+                                   codec=rec.codec, width=rec.width, height=rec.height,
+                                   packets=len(indexes), extra=dict(rec.extra)))
+        indexes.append(synth.packet_index(rec))
+    for name in names:
+        case = dm.CASES[name]
+        path = folder / f"{name}{case.suffix}"
+        try:
+            if not path.is_file():
+                dm.write_case(case, 160, path, n=48)
+            info = probe_with_packets(path)
+        except Exception:  # an encoder or the ffmpeg binary missing: one file fewer
+            continue
+        records.append(VideoRecord(str(path), info["num_frames"], label=0, codec=info["codec"],
+                                   width=info["width"], height=info["height"],
+                                   packets=len(indexes), extra={"pix_fmt": info["pix_fmt"]}))
+        indexes.append(info["packets"])
+    return Manifest(Path("/"), records, ["x"], packets=indexes)
+
+
+def step_verify(ctx: Ctx) -> None:
+    from dalivssl.data.verify import verify
+
+    man = _verify_files(ctx)
+    for backend in ("gpu", "cpu"):
+        if backend == "gpu" and not ctx.gpu:
+            ctx.emit({"step": "verify", "device": "gpu", "status": ctx.skip()})
+            continue
+
+        def row(cls, e, backend=backend):
+            ok = e["verdict"] == "ok"
+            table = e.get("table")  # not decodable by the table: expected, not a failure
+            ctx.emit({"step": f"verify {cls}", "device": backend,
+                      "status": "ok" if ok else "no (table)" if table else "fail",
+                      "result": f"{e['verdict']} ({e['clips']} clips)"[:160],
+                      "goal": "ok", "data": e})
+
+        verify(man, backend, 1 if ctx.tiny else 2, force=True, progress=row)
+
+
+def step_matrix(ctx: Ctx) -> None:
+    from dalivssl.data import decode_matrix as dm
+
+    if ctx.gpu:
+        cells, backend = dm.first_run_cells(), "gpu"
+    else:
+        ctx.emit({"step": "matrix", "device": "gpu", "status": ctx.skip()})
+        cells, backend = [(c, 128) for c in dm.NEW_CASES], "cpu"
+    for cell in cells:  # one matrix per cell: each row is out the moment it is measured
+        r = dm.run_matrix(cells=[cell], backends=(backend,), timeout=15)["cells"][0]
+        agrees = dm.agrees(r, backend)
+        ctx.emit({"step": f"matrix {r['case']}@{r['size']}", "device": backend,
+                  "status": {True: "ok", False: "fail", None: "info"}[agrees],
+                  "result": f"{dm.verdict(r, backend)}: {r[backend].get('detail', '')}"[:160]
+                            .rstrip(": "),
+                  "goal": f"table: {r['expected'][backend]}", "data": r})
+
+
+def step_pytest_gpu(ctx: Ctx) -> None:
+    if not ctx.cuda:
+        ctx.emit({"step": "pytest-gpu", "device": "gpu", "status": SKIP_GPU})
+        return
+    log = ctx.work / "pytest_gpu.log"
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "pytest", "-m", "gpu", "-q", "-rfE",
+           "-o", "faulthandler_timeout=60", "--durations=15", "-p", "no:cacheprovider", "tests"]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=max(5.0, ctx.timeout - 5))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            rc = None
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     failed = [ln for ln in lines if ln.startswith(("FAILED", "ERROR"))]
-    return [{"step": "pytest-gpu", "device": "gpu", "status": status, "result": summary[:120],
-             "goal": "all pass", "data": {"failed": failed, "tail": lines[-40:]}}]
+    summary = lines[-1] if lines else ""
+    if rc is None:
+        summary = f"killed at {ctx.timeout - 5:.0f} s; {summary}"
+    ctx.emit({"step": "pytest-gpu", "device": "gpu", "status": "ok" if rc == 0 else "fail",
+              "result": summary[:160], "goal": "all pass",
+              "data": {"failed": failed, "tail": lines[-60:], "log": str(log)}})
 
 
-def step_same_plans(ctx: Ctx) -> list[dict]:
+def step_same_plans(ctx: Ctx) -> None:
     import numpy as np
+    import torch
 
     from dalivssl.data.manifest import load_manifest
     from pipelines.loader import PretextLoader
@@ -122,7 +249,6 @@ def step_same_plans(ctx: Ctx) -> list[dict]:
 
     man = load_manifest(ctx.synth()["train"])
     clip_len, size, bs = (8, 32, 2) if ctx.tiny else (16, 112, 4)
-    rows = []
     for task in sorted(SAMPLERS):
         def first(device):
             ld = PretextLoader(task, man, bs, device=device, clip_len=clip_len, size=size,
@@ -130,42 +256,120 @@ def step_same_plans(ctx: Ctx) -> list[dict]:
             t = time.perf_counter()
             b = ld.batch_at(0, 0)
             parts = [b.clips.reshape(-1)] + [v.reshape(-1) for v in b.extra_clips.values()]
-            import torch
-
             arr = torch.cat([p.cpu() for p in parts]).numpy()
-            return arr, b.frames.cpu().numpy(), time.perf_counter() - t
+            return arr, b.frames.cpu().numpy(), time.perf_counter() - t, ld
 
-        cpu, cpu_frames, t_cpu = first("cpu")
+        cpu, cpu_frames, t_cpu, _ = first("cpu")
         if not ctx.gpu:
-            rows.append({"step": f"same-plans {task}", "device": "gpu", "status": SKIP_GPU,
-                         "result": f"CPU side decoded {cpu.size} values in {t_cpu:.2f} s"})
+            ctx.emit({"step": f"same-plans {task}", "device": "gpu", "status": ctx.skip(),
+                      "result": f"CPU side decoded {cpu.size} values in {t_cpu:.2f} s"})
             continue
-        gpu, gpu_frames, t_gpu = first("gpu")
+        gpu, gpu_frames, t_gpu, ld = first("gpu")
+        stats = dict(ld.decode_stats)
+        dropped = "vp9" not in ld._range_codecs  # the loader fell back to whole files
         if not np.array_equal(cpu_frames, gpu_frames) or cpu.shape != gpu.shape:
-            rows.append({"step": f"same-plans {task}", "device": "gpu", "status": "fail",
-                         "result": "plans or shapes differ between CPU and GPU"})
+            ctx.emit({"step": f"same-plans {task}", "device": "gpu", "status": "fail",
+                      "result": "plans or shapes differ between CPU and GPU"})
             continue
         d = np.abs(gpu.astype(np.int16) - cpu.astype(np.int16))
         mean, p99 = float(d.mean()), float(np.percentile(d, 99))
-        rows.append({"step": f"same-plans {task}", "device": "gpu",
-                     "status": "ok" if mean < 8 else "fail",
-                     "result": f"|GPU-CPU| mean {mean:.2f}, p99 {p99:.0f} grey levels; "
-                               f"{t_cpu:.2f} s CPU vs {t_gpu:.2f} s GPU",
-                     "goal": "mean < 8", "data": {"mean_abs": mean, "p99_abs": p99}})
-    return rows
+        ctx.emit({"step": f"same-plans {task}", "device": "gpu",
+                  "status": "ok" if mean < 8 and not dropped else "fail",
+                  "result": f"|GPU-CPU| mean {mean:.2f}, p99 {p99:.0f}; decoded "
+                            f"{stats['decoded']} for {stats['delivered']} delivered"
+                            + ("; GOP ranges DROPPED (whole files)" if dropped else "")
+                            + f"; {t_cpu:.2f} s CPU vs {t_gpu:.2f} s GPU",
+                  "goal": "mean < 8, GOP ranges kept",
+                  "data": {"mean_abs": mean, "p99_abs": p99, "decode_stats": stats,
+                           "gop_ranges_dropped": dropped}})
 
 
-def step_loader(ctx: Ctx) -> list[dict]:
+MEMORY_ARCHS = ("r21d", "r2plus1d_18", "swin", "vit_b")
+
+
+def step_memory(ctx: Ctx) -> None:
+    """Peak memory of one training step's forward + backward (bf16 autocast) per backbone."""
+    import torch
+
+    from models import create_backbone
+
+    if not ctx.cuda:
+        # the CPU side keeps the code path alive at a tiny size (fp32, 2 clips of 8x32²)
+        t = time.perf_counter()
+        net = create_backbone("r21d")
+        net(torch.randn(2, 3, 8, 32, 32)).float().mean().backward()
+        ctx.emit({"step": "memory", "device": "cpu", "status": "ok",
+                  "result": f"r21d fwd+bwd 2x8x32² in {time.perf_counter() - t:.2f} s"})
+        ctx.emit({"step": "memory", "device": "gpu", "status": SKIP_GPU})
+        return
+    for arch in MEMORY_ARCHS:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            net = create_backbone(arch).cuda()
+            x = torch.randn(8, 3, 16, 224, 224, device="cuda")
+            t = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = net(x)
+            y.float().mean().backward()
+            torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            ctx.emit({"step": f"memory {arch}", "device": "gpu", "status": "ok",
+                      "result": f"fwd+bwd 8x16x224² bf16: peak {peak:.2f} GiB, {secs:.2f} s",
+                      "data": {"peak_gib": peak, "seconds": secs}})
+        except Exception as exc:  # out of memory and the like: a row, the next arch goes on
+            ctx.emit({"step": f"memory {arch}", "device": "gpu", "status": "error",
+                      "result": f"{type(exc).__name__}: {exc}"[:160]})
+        finally:
+            net = x = y = None
+
+
+def step_pretrain(ctx: Ctx) -> None:
+    dev = "gpu" if ctx.gpu else "cpu"
+    out = ctx.work / "pretrain"
+    data = ctx.synth()["train"]
+    if ctx.gpu:
+        args = ["--task", "rspnet", "--arch", "r21d", "--max-steps", "20", "--batch-size", "8",
+                "--clip-len", "16", "--size", "112", "--threads", "8", "--set", "amp=true"]
+    else:
+        args = ["--task", "rspnet", "--arch", "squeezenet", "--max-steps", "2",
+                "--batch-size", "2", "--clip-len", "8", "--size", "32",
+                "--set", "head.queue_size=16"]
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "dalivssl", "pretrain", *args, "--device",
+           dev, "--data", str(data), "--out", str(out), "--overwrite", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=max(5, ctx.timeout - 5))
+    if res.returncode != 0:
+        tail = [ln for ln in (res.stderr or res.stdout).splitlines() if ln.strip()][-3:]
+        ctx.emit({"step": "pretrain", "device": dev, "status": "fail",
+                  "result": " | ".join(tail)[:160]})
+        return
+    s = json.loads((out / "summary.json").read_text())
+    sps = s["steps"] / max(s["wall_s"], 1e-9)
+    row = {"step": "pretrain" + (" (AMP bf16)" if ctx.gpu else " (fp32)"), "device": dev,
+           "status": "ok",
+           "result": f"{s['steps']} steps, {sps:.2f} steps/s, {s['clips_per_s']:.1f} clips/s, "
+                     f"data wait {100 * s['data_wait']:.0f} %, loss {s['final_loss']:.3f}",
+           "data": s}
+    if ctx.gpu:
+        ok = s["steps"] == 20 and s["final_loss"] == s["final_loss"] and not s.get("skipped")
+        row.update(status="ok" if ok else "fail", goal="data wait < 5 %")
+        ctx.emit(row)
+        return
+    ctx.emit(row)
+    ctx.emit({"step": "pretrain (AMP bf16)", "device": "gpu", "status": ctx.skip()})
+
+
+def step_loader(ctx: Ctx) -> None:
     import importlib.util
 
     from benchmarks.loader_throughput import bench_dataset, ucf_like_dataset
     from dalivssl.devices import dali_threads
 
-    videos = 2 if ctx.tiny else 8
+    videos = 2 if ctx.tiny else 24
     kw = (dict(batches=2, batch_size=2, clip_len=8, size=32, repeats=1) if ctx.tiny else
           dict(batches=8, batch_size=8, clip_len=16, size=112, repeats=1))
     ucf = ucf_like_dataset(videos)
-    rows = []
     h264 = _h264_copy(ucf, ctx) if ctx.gpu else None
     decoders = ["pyav"] + (["torchcodec"] if importlib.util.find_spec("torchcodec") else [])
     for task in ("vcop", "rspnet"):
@@ -176,21 +380,19 @@ def step_loader(ctx: Ctx) -> list[dict]:
 
         cpu = bench("ucf-vp9", ucf, "cpu", [])
         cps_cpu = cpu["dali"]["clips_per_s"]
-        rows.append({"step": f"loader {task}", "device": "cpu", "status": "ok",
-                     "result": f"DALI CPU on VP9: {cps_cpu:.1f} clips/s",
-                     "data": {"cpu_vp9": cpu}})
+        ctx.emit({"step": f"loader {task}", "device": "cpu", "status": "ok",
+                  "result": f"DALI CPU on VP9: {cps_cpu:.1f} clips/s", "data": {"cpu_vp9": cpu}})
         if not ctx.gpu:
-            rows.append({"step": f"loader {task}", "device": "gpu", "status": SKIP_GPU})
+            ctx.emit({"step": f"loader {task}", "device": "gpu", "status": ctx.skip()})
             continue
         gpu = bench("ucf-h264", h264, "gpu", decoders)
         cps = gpu["dali"]["clips_per_s"]
         base = ", ".join(f"{d} {gpu[d]['clips_per_s']:.1f}" for d in decoders)
-        rows.append({"step": f"loader {task}", "device": "gpu",
-                     "status": "ok" if not gpu["skipped"] else "fail",
-                     "result": f"DALI GPU on H.264 {cps:.1f} clips/s ({cps / cps_cpu:.1f}x DALI "
-                               f"CPU); DataLoader+{base}; skipped {gpu['skipped'] or 0}",
-                     "goal": "GPU > CPU", "data": {"gpu_h264": gpu}})
-    return rows
+        ctx.emit({"step": f"loader {task}", "device": "gpu",
+                  "status": "ok" if not gpu["skipped"] else "fail",
+                  "result": f"DALI GPU on H.264 {cps:.1f} clips/s ({cps / cps_cpu:.1f}x DALI "
+                            f"CPU); DataLoader+{base}; skipped {gpu['skipped'] or 0}",
+                  "goal": "GPU > CPU", "data": {"gpu_h264": gpu}})
 
 
 def _h264_copy(src_manifest: Path, ctx: Ctx) -> Path:
@@ -205,7 +407,7 @@ def _h264_copy(src_manifest: Path, ctx: Ctx) -> Path:
     return path
 
 
-def step_sweep(ctx: Ctx) -> list[dict]:
+def step_sweep(ctx: Ctx) -> None:
     from benchmarks.sweep_cost import cli as sweep
 
     dev = "gpu" if ctx.gpu else "cpu"
@@ -223,11 +425,13 @@ def step_sweep(ctx: Ctx) -> list[dict]:
            "data": res}
     if dev == "gpu":
         row.update(status="ok" if ratio <= 3 else "fail", goal="<= 3x")
-        return [row]
-    return [row, {"step": "sweep 21 cells", "device": "gpu", "status": SKIP_GPU}]
+        ctx.emit(row)
+        return
+    ctx.emit(row)
+    ctx.emit({"step": "sweep 21 cells", "device": "gpu", "status": ctx.skip()})
 
 
-def step_cka(ctx: Ctx) -> list[dict]:
+def step_cka(ctx: Ctx) -> None:
     from benchmarks.cka_throughput import cli as cka
 
     out = ctx.work / "cka.json"
@@ -236,134 +440,210 @@ def step_cka(ctx: Ctx) -> list[dict]:
         args += ["--examples", "64", "--batch-size", "16", "--dims", "256", "--layers", "2"]
     _click(cka, args)
     res = {r["backend"].split()[0]: r for r in json.loads(out.read_text())["results"]}
-    rows = [{"step": "cka", "device": "cpu", "status": "ok",
-             "result": f"NumPy float64 {res['numpy']['examples_per_s']:.0f} examples/s"}]
+    ctx.emit({"step": "cka", "device": "cpu", "status": "ok",
+              "result": f"NumPy float64 {res['numpy']['examples_per_s']:.0f} examples/s"})
     if "cupy" not in res:
-        rows.append({"step": "cka", "device": "gpu", "status": SKIP_GPU})
-        return rows
+        ctx.emit({"step": "cka", "device": "gpu", "status": ctx.skip(cuda_only=True) or
+                  "skipped: CuPy not usable"})
+        return
     speed = res["cupy"]["examples_per_s"] / res["numpy"]["examples_per_s"]
     err = res["cupy"]["max_abs_err"]
-    rows.append({"step": "cka", "device": "gpu", "status": "ok" if err < 1e-8 else "fail",
-                 "result": f"CuPy {speed:.0f}x NumPy, max |err| {err:.1e}",
-                 "goal": ">= 20x, err < 1e-8", "data": {"speedup": speed, "max_abs_err": err}})
-    return rows
+    ctx.emit({"step": "cka", "device": "gpu", "status": "ok" if err < 1e-8 else "fail",
+              "result": f"CuPy {speed:.0f}x NumPy, max |err| {err:.1e}",
+              "goal": ">= 20x, err < 1e-8", "data": {"speedup": speed, "max_abs_err": err}})
 
 
-def step_pretrain(ctx: Ctx) -> list[dict]:
-    dev = "gpu" if ctx.gpu else "cpu"
-    out = ctx.work / "pretrain"
-    if ctx.gpu:
-        from dalivssl.data.synth import ensure_default_dataset
+@dataclass(frozen=True)
+class Step:
+    """A step: its function, the most seconds it may take (its child is killed then), the least
+    it needs to be worth starting, and whether it is a throughput row (run only if time is
+    left once the required steps are done)."""
 
-        data = ensure_default_dataset()["train"]
-        args = ["--task", "rspnet", "--arch", "r21d", "--max-steps", "20", "--batch-size", "8",
-                "--clip-len", "16", "--size", "112", "--threads", "8", "--set", "amp=true"]
-    else:
-        data = ctx.synth()["train"]
-        args = ["--task", "rspnet", "--arch", "squeezenet", "--max-steps", "2",
-                "--batch-size", "2", "--clip-len", "8", "--size", "32",
-                "--set", "head.queue_size=16"]
-    cmd = [sys.executable, "-m", "dalivssl", "pretrain", *args, "--device", dev, "--data",
-           str(data), "--out", str(out), "--overwrite", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if res.returncode != 0:
-        tail = [ln for ln in (res.stderr or res.stdout).splitlines() if ln.strip()][-3:]
-        return [{"step": "pretrain", "device": dev, "status": "fail",
-                 "result": " | ".join(tail)[:160]}]
-    s = json.loads((out / "summary.json").read_text())
-    sps = s["steps"] / max(s["wall_s"], 1e-9)
-    row = {"step": "pretrain" + (" (AMP bf16)" if ctx.gpu else " (fp32)"), "device": dev,
-           "status": "ok",
-           "result": f"{s['steps']} steps, {sps:.2f} steps/s, {s['clips_per_s']:.1f} clips/s, "
-                     f"data wait {100 * s['data_wait']:.0f} %, loss {s['final_loss']:.3f}",
-           "data": s}
-    if ctx.gpu:
-        ok = s["steps"] == 20 and s["final_loss"] == s["final_loss"] and not s.get("skipped")
-        row.update(status="ok" if ok else "fail", goal="data wait < 5 %")
-        return [row]
-    return [row, {"step": "pretrain (AMP bf16)", "device": "gpu", "status": SKIP_GPU}]
+    fn: object
+    limit_s: float
+    min_s: float
+    optional: bool = False
 
 
-STEPS = {"doctor": step_doctor, "pytest-gpu": step_pytest_gpu, "same-plans": step_same_plans,
-         "loader": step_loader, "sweep": step_sweep, "cka": step_cka, "pretrain": step_pretrain}
+STEPS = {"preflight": Step(step_preflight, 30, 8), "verify": Step(step_verify, 60, 10),
+         "matrix": Step(step_matrix, 120, 10), "pytest-gpu": Step(step_pytest_gpu, 150, 30),
+         "same-plans": Step(step_same_plans, 90, 10), "memory": Step(step_memory, 60, 10),
+         "pretrain": Step(step_pretrain, 120, 20),
+         "loader": Step(step_loader, 180, 60, True), "sweep": Step(step_sweep, 90, 30, True),
+         "cka": Step(step_cka, 60, 15, True)}
+OPTIONAL = tuple(n for n, s in STEPS.items() if s.optional)
 
 
 # ------------------------------------------------------------------------------------ the run
-def run_checks(tiny: bool = False, steps=None, work: Path | None = None, log=print,
-               pytest_timeout: int = 210) -> dict:
-    """Run ``steps`` (default all); returns {'gpu': bool, 'device': ..., 'rows': [...]}."""
-    from dalivssl.devices import resolve_device
+def _gpu_state() -> tuple[bool, bool, str]:
+    """(CUDA usable, NVDEC usable, why not), decided in a child so this process never
+    initialises CUDA (its step children start clean)."""
+    code = ("import json; from dalivssl.devices import cuda_usable, resolve_device; "
+            "c = cuda_usable(); d = resolve_device('auto'); "
+            "print(json.dumps([c, d.is_gpu, '' if d.is_gpu else d.reason]))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60).stdout.strip().splitlines()
+        cuda, nvdec, why = json.loads(out[-1])
+        return bool(cuda), bool(nvdec), why.split(": ", 1)[-1]
+    except Exception as exc:  # a broken CUDA stack reads as no GPU, with the reason
+        return False, False, f"probe failed: {exc}"
 
-    dev = resolve_device("auto")
-    own = work is None
-    work = Path(tempfile.mkdtemp(prefix="gpu_check-")) if own else Path(work)
+
+def run_checks(tiny: bool = False, steps=None, work: Path | None = None, log=print,
+               deadline_s: float | None = None, out: Path | None = None) -> dict:
+    """Run ``steps`` (default all) in children under ``deadline_s``; returns and, after every
+    row, writes to ``out`` {'gpu', 'cuda', 'deadline_s', 'seconds', 'rows'}."""
+    import tempfile
+
+    t0 = time.perf_counter()
+    work = Path(work) if work is not None else Path(tempfile.mkdtemp(prefix="gpu_check-"))
     work.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(tiny, work, dev.is_gpu, log, pytest_timeout)
-    rows = []
-    t_all = time.perf_counter()
-    for name in steps or STEPS:
-        log(f"[gpu_check] {name} …")
-        t = time.perf_counter()
-        try:
-            got = STEPS[name](ctx)
-        except Exception as exc:
-            got = [{"step": name, "device": "gpu" if ctx.gpu else "cpu", "status": "error",
-                    "result": f"{type(exc).__name__}: {exc}"[:160],
-                    "data": {"traceback": traceback.format_exc()[-2000:]}}]
-        secs = round(time.perf_counter() - t, 2)
-        for r in got:
-            r.setdefault("result", "")
-            r.setdefault("goal", "")
-            r["step_seconds"] = secs
-        rows += got
-    return {"gpu": dev.is_gpu, "device": dev.record(), "tiny": tiny,
-            "seconds": round(time.perf_counter() - t_all, 1), "rows": rows}
+    cuda, nvdec, why = _gpu_state()
+    res = {"gpu": nvdec, "cuda": cuda, "why_no_nvdec": why, "tiny": tiny,
+           "deadline_s": deadline_s, "seconds": 0.0, "rows": []}
+    reason = ("NVDEC usable" if nvdec else f"CUDA without NVDEC ({why})" if cuda
+              else "no CUDA device")
+    res["device"] = {"reason": reason}
+
+    def save():
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(json.dumps(res, indent=2, default=str))
+            os.replace(tmp, out)
+
+    def add(row: dict, secs: float | None = None) -> None:
+        row.setdefault("result", "")
+        row.setdefault("goal", "")
+        row["t_s"] = round(time.perf_counter() - t0, 1)
+        res["rows"].append(row)
+        log(render_row(row))
+        save()
+
+    names = list(steps or STEPS)
+    for i, name in enumerate(names):
+        step = STEPS[name]
+        left = (float("inf") if deadline_s is None
+                else deadline_s - (time.perf_counter() - t0))
+        later = sum(STEPS[n].min_s for n in names[i + 1:] if not STEPS[n].optional)
+        # earlier steps matter more: the later ones' minimum is kept free unless that leaves
+        # this one less than its own minimum
+        budget = min(step.limit_s, left - 1,
+                     max(left - (0 if step.optional else later), step.min_s))
+        if budget < step.min_s or (step.optional and left - 1 < step.limit_s / 2):
+            add({"step": name, "device": "-", "status": "not run (deadline)",
+                 "result": f"{max(0, left):.0f} s left, needs {step.min_s:.0f} s"})
+            continue
+        _run_step(name, budget, tiny, work, (cuda, nvdec, why), add)
+    save()
+    return res
+
+
+def _run_step(name: str, budget: float, tiny: bool, work: Path, state, add) -> None:
+    """One step in a child (``-X faulthandler``, own session): its rows are read as it writes
+    them; at ``budget`` seconds its process group is killed and that is a row too."""
+    rows_file = work / f"{name}.rows.jsonl"
+    rows_file.unlink(missing_ok=True)
+    log = open(work / f"{name}.log", "w")
+    args = json.dumps({"step": name, "tiny": tiny, "work": str(work), "state": list(state),
+                       "rows": str(rows_file), "timeout": budget})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "benchmarks.gpu_check",
+                             "--child", args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+    seen, killed = 0, False
+
+    def drain():
+        nonlocal seen
+        if not rows_file.is_file():
+            return
+        lines = rows_file.read_text().splitlines()
+        for line in lines[seen:]:
+            if line.strip():
+                add(json.loads(line))
+        seen = len(lines)
+
+    while proc.poll() is None:
+        drain()
+        if time.perf_counter() - t > budget:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = True
+            break
+        time.sleep(0.2)
+    drain()
+    log.close()
+    if killed or proc.returncode != 0:
+        tail = [ln for ln in (work / f"{name}.log").read_text(errors="replace").splitlines()
+                if ln.strip()][-3:]
+        why = (f"killed at its {budget:.0f} s limit" if killed
+               else f"child exit code {proc.returncode}")
+        status = ("error" if not killed else "cut (optional)" if STEPS[name].optional
+                  else "timeout")  # a throughput row cut short is a figure missing, no failure
+        add({"step": name, "device": "-", "status": status,
+             "result": f"{why}: {' | '.join(tail)}"[:200],
+             "data": {"log": str(work / f"{name}.log")}})
+
+
+def _child(spec: str) -> int:
+    """Child side of :func:`_run_step`: run one step, rows appended to the rows file."""
+    a = json.loads(spec)
+    cuda, nvdec, why = a["state"]
+    ctx = Ctx(a["tiny"], Path(a["work"]), cuda, nvdec, why, Path(a["rows"]), a["timeout"])
+    try:
+        STEPS[a["step"]].fn(ctx)
+    except Exception as exc:
+        import traceback
+
+        ctx.emit({"step": a["step"], "device": "gpu" if ctx.gpu else "cpu", "status": "error",
+                  "result": f"{type(exc).__name__}: {exc}"[:160],
+                  "data": {"traceback": traceback.format_exc()[-2000:]}})
+    return 0
+
+
+def render_row(r: dict) -> str:
+    return (f"{r.get('t_s', 0):6.1f}s  {r['step'][:34]:34s} {r['device']:4s} {r['status'][:24]:24s}"
+            f" {r['result'][:110]}" + (f"  [goal: {r['goal']}]" if r.get("goal") else ""))
 
 
 def render(res: dict) -> str:
     """One plain-text table."""
-    head = ("step", "device", "status", "step s", "result", "goal")
-    body, last = [], None
-    for r in res["rows"]:  # a step's seconds on its first row only
-        name = r["step"].split()[0]
-        secs = f"{r['step_seconds']:.1f}" if name != last else ""
-        last = name
-        body.append((r["step"], r["device"], r["status"], secs, r["result"], r["goal"]))
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    widths[4] = min(widths[4], 110)
-    fmt = "  ".join(f"{{:{w}.{w}}}" for w in widths)
-    lines = [f"gpu_check on {res['device']['reason']} ({res['seconds']:.0f} s"
-             f"{', tiny sizes' if res['tiny'] else ''})", fmt.format(*head),
-             fmt.format(*("-" * w for w in widths))]
-    lines += [fmt.format(*map(str, row)) for row in body]
-    return "\n".join(lines)
+    lines = [f"gpu_check: {res['device']['reason']} ({res['seconds']:.0f} s"
+             + (f" of a {res['deadline_s']:.0f} s deadline" if res["deadline_s"] else "")
+             + (", tiny sizes" if res["tiny"] else "") + ")"]
+    return "\n".join(lines + [render_row(r) for r in res["rows"]])
 
 
 @click.command("gpu-check")
 @click.option("--tiny", is_flag=True, help="CPU-test sizes (seconds, not minutes).")
 @click.option("--steps", default=None, help=f"Comma list (default all): {', '.join(STEPS)}.")
+@click.option("--deadline-s", type=float, default=None,
+              help="Finish within this many seconds: steps that do not fit are 'not run'.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("runs/gpu_check/gpu_check.json"), show_default=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for generated data (default: a temporary folder).")
-@click.option("--pytest-timeout", type=int, default=210, show_default=True,
-              help="Seconds for `pytest -m gpu` (the rest of the run takes ~4 min on an H200).")
-def cli(tiny, steps, out, work, pytest_timeout):
-    """Verify the GPU path in one command: doctor, pytest -m gpu, CPU-vs-GPU pixels, loader,
-    sweep, CKA and AMP pretrain figures; one table, one JSON (GPU rows skipped without a GPU)."""
+              help="Folder for generated data and logs (default: a temporary folder).")
+def cli(tiny, steps, deadline_s, out, work):
+    """Check the GPU path in one command under a deadline: preflight, decode verification, decode
+    matrix, pytest -m gpu, CPU-vs-GPU pixels, memory, AMP pretrain, then throughput if time is
+    left; rows print as they finish and the JSON is rewritten after each."""
     from dalivssl.errors import unknown_name
 
     names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
     for n in names or []:
         if n not in STEPS:
             raise unknown_name("step", n, STEPS)
-    res = run_checks(tiny, names, work, lambda m: click.echo(m, err=True), pytest_timeout)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2, default=str))
+    res = run_checks(tiny, names, work, lambda m: click.echo(m, err=True), deadline_s, out)
     click.echo(render(res))
     click.echo(f"wrote {out}")
-    return 1 if any(r["status"] in ("fail", "error") for r in res["rows"]) else 0
+    return 1 if any(r["status"] in ("fail", "error", "timeout") for r in res["rows"]) else 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        sys.exit(_child(sys.argv[2]))
     sys.exit(cli.main(standalone_mode=False) or 0)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU path verified in one command (see benchmarks/gpu_check.py): doctor, pytest -m gpu,
-# CPU-vs-GPU pixels, loader, sweep, CKA and AMP pretrain figures. One table, one JSON
-# (runs/gpu_check/gpu_check.json). Without a GPU the GPU rows say 'skipped: no GPU'.
+# The GPU path checked in one command (benchmarks/gpu_check.py), from the checkout, no install:
+#   PYTHONPATH=$PWD benchmarks/gpu_check.sh --deadline-s 300 --out runs/gpu_check/gpu_check.json
+# Preflight, decode verification, decode matrix, pytest -m gpu, same plans CPU vs GPU, memory,
+# AMP pretrain; throughput only if time is left. Without a GPU the GPU rows say 'skipped'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec python3 -m benchmarks.gpu_check "$@"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec python3 -X faulthandler -m benchmarks.gpu_check "$@"

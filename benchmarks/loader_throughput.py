@@ -348,7 +348,9 @@ class TorchLoader:
         ds = PlanDataset(list(warm_items) + list(items), out_size, normalize, decoder)
         self.dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers,
                                               sampler=self.sampler, drop_last=True,
-                                              persistent_workers=workers > 0)
+                                              persistent_workers=workers > 0,  # never fork
+                                              multiprocessing_context=(
+                                                  "forkserver" if workers else None))
 
     def warm(self) -> None:
         self.sampler.indices = list(range(self.n_warm))

@@ -93,7 +93,11 @@ class PretextLoader:
     packets a plan needs when the manifest has a packet index (``pipelines.packets``), for the
     codecs of ``packets.DEFAULT_RANGE_CODECS`` (True), every codec a sub-stream can be built for
     ('all'), or never (False: whole files). A sub-stream DALI rejects is retried as the whole
-    file, and that codec is then decoded whole.
+    file, and that codec is then decoded whole. verify: route each decode class by its verdict
+    on this machine (``dalivssl.data.verify``: unverified classes are verified once, at the
+    first batch; a class bad on the GPU is decoded on the CPU where DALI's CPU decoder reads
+    it, otherwise the run stops with one line); 'auto' = on GPU runs only (DALI's CPU decoder
+    decodes bit-identically to FFmpeg, spec/dali.md §8), True, or False.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
@@ -105,7 +109,7 @@ class PretextLoader:
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
                  noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
-                 **task_options):
+                 verify: bool | str = "auto", **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -145,6 +149,11 @@ class PretextLoader:
         from pipelines.packets import DEFAULT_RANGE_CODECS, RANGE_CODECS
 
         self.gop_ranges = gop_ranges
+        if verify not in (True, False, "auto"):
+            raise LoaderError(f"verify must be True, False or 'auto', not {verify!r}")
+        self.verify = device == "gpu" if verify == "auto" else bool(verify)
+        self._routes = None  # (routes by class, class of each record) once verified
+        self._cpu = None  # (GraphConfig, pipeline) for classes routed to the CPU decoder
         self._range_codecs = set(() if gop_ranges is False else
                                  RANGE_CODECS if gop_ranges == "all" else
                                  DEFAULT_RANGE_CODECS[device])
@@ -274,38 +283,38 @@ class PretextLoader:
         return get(rec) if get is not None else None
 
     def _encode(self, idx: int, rec, frames: np.ndarray):
-        """What the decoder gets for ``frames``: an :class:`Encoded`, or (reason, detail) when the
-        file cannot give these frames. With a packet index: the GOP-range sub-stream, and a
-        truncated file is caught here, before decoding; without one: the whole file (a frame
-        past the decodable end then fails in DALI, pad_mode='none', and is skipped there)."""
-        from pipelines.packets import substream
+        """What the decoder gets for ``frames``: :func:`encode_sample` with this loader's
+        sub-stream codecs (and, on GPU, the classes whose sub-streams are verified)."""
+        route = self._route(idx)
+        codecs = self._range_codecs
+        if route is not None and self.gop_ranges is True:  # sub-streams as verified
+            codecs = codecs | {rec.codec} if route.substream else codecs - {rec.codec}
+        enc = encode_sample(self.manifest.abspath(rec), self._packet_index(rec), frames, codecs,
+                            self._note, rec.path)
+        if route is not None and isinstance(enc, Encoded):
+            enc.backend = route.backend
+        return enc
 
-        path = self.manifest.abspath(rec)
-        index = self._packet_index(rec)
-        if index is not None:
-            size = os.path.getsize(path)
-            if size < index.file_size:
-                n = min(index.decodable_frames(size), int(rec.num_frames))
-                return ("truncated file (fewer bytes than when indexed)",
-                        f"{n} of {index.num_frames} frames decodable")
-            if size > index.file_size:
-                self._note("file changed since it was indexed: decoded from frame 0 "
-                           "(`dalivssl data index --update`)", rec.path)
-                index = None
-            elif int(frames.max()) >= index.num_frames:
-                return ("plan past the decodable end",
-                        f"frame {int(frames.max())} of {index.num_frames}")
-        if index is not None and index.supported and index.codec in self._range_codecs:
-            sub = substream(path, index, frames)
-            return Encoded(sub.data, sub.frames, sub.decoded, index.codec)
-        return self._whole_file(path, frames)
+    def _route(self, idx: int):
+        """The verified route of record ``idx`` (None without verification): the routing hook
+        where the backend is chosen per decode class; a class that can be decoded nowhere stops
+        the run here, at its first batch."""
+        if not self.verify:
+            return None
+        if self._routes is None:
+            from dalivssl.data.verify import routes
 
-    @staticmethod
-    def _whole_file(path, frames: np.ndarray):
-        data = np.fromfile(path, dtype=np.uint8)
-        if data.size == 0:
-            return ("empty file", "")
-        return Encoded(data, frames, int(frames.max()) + 1)
+            by_class, of = routes(self.manifest, self.records, self.device)
+            stops = sorted({r.stop for c, r in by_class.items() if r.stop})
+            if stops:
+                raise LoaderError(stops[0])
+            moved = sorted(c for c, r in by_class.items() if r.backend != self.device)
+            if moved:
+                log.warning("decode classes %s verified bad on the GPU: decoded on the CPU",
+                            ", ".join(moved))
+            self._routes = (by_class, of)
+        by_class, of = self._routes
+        return by_class.get(of[idx])
 
     def _note(self, what: str, path: str) -> None:
         if what not in self._logged:
@@ -365,13 +374,50 @@ class PretextLoader:
         return self._pipe
 
     def _decode(self, items):
-        """Run the pipeline on [(idx, plan, bytes)]; returns uint8 (B, F, H, W, 3) or raises."""
+        """Run the pipeline on [(idx, plan, bytes)]; returns its outputs or raises. In a GPU run,
+        items routed to the CPU decoder go through a CPU pipeline of the same graph and their
+        outputs are copied into place on the GPU."""
         from pipelines.video import run
 
         cfg = self._cfg
         params = [param_arrays(p.params, cfg.keys, cfg.num_clips) for _, p, _ in items]
-        return run(self._pipe, cfg, [e.data for _, _, e in items],
-                   [e.frames for _, _, e in items], params)
+        cpu = [j for j, (_, _, e) in enumerate(items)
+               if self.device == "gpu" and e.backend == "cpu"]
+        if not cpu:
+            return run(self._pipe, cfg, [e.data for _, _, e in items],
+                       [e.frames for _, _, e in items], params)
+        parts = []
+        for pipe, js in ((self._pipe, [j for j in range(len(items)) if j not in cpu]),
+                         (None, cpu)):
+            if not js:
+                continue
+            if pipe is None:
+                pipe = self._cpu_pipe(cfg)
+            try:
+                parts.append((js, run(pipe, cfg if pipe is self._pipe else self._cpu[0],
+                                      [items[j][2].data for j in js],
+                                      [items[j][2].frames for j in js], [params[j] for j in js])))
+            except RuntimeError:
+                if pipe is not self._pipe:
+                    self._cpu = None
+                raise
+        return _merge(parts, len(items), self._pipe_device())
+
+    def _cpu_pipe(self, cfg):
+        """The CPU-decoder twin of the GPU pipeline (same graph and seed) for routed classes."""
+        from pipelines.video import build_pipeline
+
+        ccfg = type(cfg)(**{**cfg.__dict__, "device": "cpu"})
+        if self._cpu is None or self._cpu[0] != ccfg:
+            self._cpu = (ccfg, build_pipeline(ccfg, self.batch_size, self.num_threads, None,
+                                              seed=self.seed + 7919 * self.rank))
+        return self._cpu[1]
+
+    def _pipe_device(self):
+        import torch
+
+        return torch.device("cuda", self._device_id) if self.device == "gpu" else \
+            torch.device("cpu")
 
     def _decode_batch(self, items, order, positions, epoch):
         """Decode a batch; on a DALI error find the bad sample(s) one by one, mark them, replace
@@ -433,8 +479,8 @@ class PretextLoader:
         for i in sorted(bad):
             idx, plan, enc = items[i]
             if getattr(enc, "codec", ""):
-                whole = self._whole_file(self.manifest.abspath(self.records[idx]),
-                                         plan.all_frames())
+                whole = _whole_file(self.manifest.abspath(self.records[idx]),
+                                   plan.all_frames())
                 if isinstance(whole, Encoded) and self._decodes((idx, plan, whole)):
                     self._range_codecs.discard(enc.codec)
                     log.warning("%s: DALI rejected its GOP-range sub-stream; %s videos are "
@@ -566,6 +612,57 @@ class PretextLoader:
             worker.join()
 
 
+def _merge(parts, n: int, device):
+    """Outputs of sub-batches [(positions, [tensor per output])] as full-batch tensors on
+    ``device`` (sample j of a part goes to row positions[j])."""
+    import torch
+
+    outs = []
+    for k in range(len(parts[0][1])):
+        first = parts[0][1][k]
+        full = torch.empty((n,) + tuple(first.shape[1:]), dtype=first.dtype, device=device)
+        for js, tensors in parts:
+            full[torch.as_tensor(js, device=device)] = tensors[k].to(device)
+        outs.append(full)
+    return outs
+
+
+def encode_sample(path, index, frames: np.ndarray, range_codecs, note=None, name: str = ""):
+    """What the decoder gets for ``frames`` of the video at ``path``: an :class:`Encoded`, or
+    (reason, detail) when the file cannot give these frames. With a packet index: the GOP-range
+    sub-stream when ``index.codec`` is in ``range_codecs``, and a truncated file is caught here,
+    before decoding; without one: the whole file (a frame past the decodable end then fails in
+    DALI, pad_mode='none', and is skipped there). The decode verification
+    (``dalivssl.data.verify``) encodes its clips with this very function."""
+    from pipelines.packets import substream
+
+    if index is not None:
+        size = os.path.getsize(path)
+        if size < index.file_size:
+            n = index.decodable_frames(size)
+            return ("truncated file (fewer bytes than when indexed)",
+                    f"{n} of {index.num_frames} frames decodable")
+        if size > index.file_size:
+            if note is not None:
+                note("file changed since it was indexed: decoded from frame 0 "
+                     "(`dalivssl data index --update`)", name or str(path))
+            index = None
+        elif int(frames.max()) >= index.num_frames:
+            return ("plan past the decodable end",
+                    f"frame {int(frames.max())} of {index.num_frames}")
+    if index is not None and index.supported and index.codec in range_codecs:
+        sub = substream(path, index, frames)
+        return Encoded(sub.data, sub.frames, sub.decoded, index.codec)
+    return _whole_file(path, frames)
+
+
+def _whole_file(path, frames: np.ndarray):
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        return ("empty file", "")
+    return Encoded(data, frames, int(frames.max()) + 1)
+
+
 def _small_tensors(device):
     """numpy -> torch on ``device`` for the small per-batch arrays (labels, indices, extras).
 
@@ -585,12 +682,15 @@ class Encoded:
     """What one sample feeds the decoder: data uint8 (bytes,) (the file or a GOP-range
     sub-stream), frames int64 (F,) the plan's frames as indices into ``data``, decoded: frames
     the decoder decodes for them (max(frames) + 1: it starts at the first packet), codec: the
-    codec of a sub-stream ('' for a whole file)."""
+    codec of a sub-stream ('' for a whole file), backend: the DALI backend that decodes it
+    ('' = the loader's device; 'cpu' in a GPU run = a class routed to the CPU decoder)."""
 
-    __slots__ = ("data", "frames", "decoded", "codec")
+    __slots__ = ("data", "frames", "decoded", "codec", "backend")
 
-    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int, codec: str = ""):
+    def __init__(self, data: np.ndarray, frames: np.ndarray, decoded: int, codec: str = "",
+                 backend: str = ""):
         self.data, self.frames, self.decoded, self.codec = data, frames, int(decoded), codec
+        self.backend = backend
 
 
 def _repeats_frames(plan: ClipPlan) -> bool:

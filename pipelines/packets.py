@@ -3,8 +3,11 @@
 ``fn.decoders.video`` decodes from the first packet of whatever it is given (DALI ``fn.decoders.video`` documentation), so
 the loader gives it only the packets from the keyframe before the first needed frame to the last
 needed frame, re-wrapped as a stream libavformat demuxes from memory: IVF for VP8/VP9 (frames
-bit-identical to the full-file decode), Annex B for H.264/HEVC (the container's
-parameter sets in front of every range). Frame indices are shifted to the sub-stream.
+bit-identical to the full-file decode), and for H.264/HEVC a minimal Matroska
+remux of the ranges (:func:`mkv_stream`) whose blocks carry each packet's presentation time:
+NVDEC through DALI returns pictures in decode order and restores display order only from packet
+timestamps, which raw Annex B (:func:`annexb_stream`, kept for the decode-order probe) does not
+carry. Frame indices are shifted to the sub-stream.
 
 A :class:`PacketIndex` holds one video's packets in decode order; a :class:`PacketTable` holds
 those of a whole manifest in one memory-mapped sidecar (``<manifest>.packets.npz``, uncompressed,
@@ -25,9 +28,9 @@ ANNEXB_CODECS = ("h264", "hevc")
 RANGE_CODECS = tuple(IVF_FOURCC) + ANNEXB_CODECS  # codecs a sub-stream can be built for
 # codecs whose sub-streams the loader uses by default, per DALI backend: VP8/VP9 as IVF are
 # bit-identical to whole-file decoding on CPU (tests/pipelines/test_packets.py) and take the same
-# libavformat demuxer on 'mixed'; H.264/HEVC Annex B bytes are checked with PyAV only, so they
-# wait for the GPU test (test_packets.py::test_mixed_decoder_substreams) before joining 'gpu'
-# (``PretextLoader(gop_ranges='all')`` uses them now).
+# libavformat demuxer on 'mixed'; H.264/HEVC Matroska sub-streams are checked with PyAV only, so
+# on 'gpu' they are used for a decode class only once ``dalivssl.data.verify`` has verified that
+# class's sub-streams ``ok`` on this machine (``PretextLoader(gop_ranges='all')`` forces them).
 DEFAULT_RANGE_CODECS = {"cpu": tuple(IVF_FOURCC), "gpu": tuple(IVF_FOURCC)}
 START_CODE = b"\x00\x00\x00\x01"
 
@@ -233,22 +236,71 @@ def read_packets(path, index: PacketIndex, ranges) -> list[list[bytes]]:
     return out
 
 
-def build_stream(index: PacketIndex, ranges, packets: list[list[bytes]]) -> bytes:
-    """Sub-stream bytes of ``ranges`` from their ``packets`` (``read_packets``)."""
+def annexb_stream(index: PacketIndex, packets: list[list[bytes]]) -> bytes:
+    """Annex B bytes of H.264/HEVC ranges (parameter sets in front of each range). Carries no
+    timestamps: a decoder that orders pictures by pts returns them in decode order (R1)."""
+    sets, length_size = parameter_sets(index.codec, index.header)
+    return b"".join(sets + b"".join(annexb_packet(p, length_size) for p in rng)
+                    for rng in packets)
+
+
+def substream_pts(index: PacketIndex, ranges) -> np.ndarray:
+    """int64 (decoded,): each sub-stream packet's presentation position in the sub-stream (the
+    frame index it yields), in decode order, offset so that pts >= decode position (muxers
+    refuse pts < dts); ``pts - pts.min()`` are the frame indices."""
+    parts, base = [], 0
+    for k, e in ranges:
+        parts.append(index.pres[k:e].astype(np.int64) - int(index.pres[k]) + base)
+        base += e - k
+    pts = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    delay = int(max(0, (np.arange(pts.size) - pts).max(initial=0)))
+    return pts + delay
+
+
+def mkv_stream(path, index: PacketIndex, ranges, packets: list[list[bytes]]) -> bytes:
+    """A minimal Matroska remux (PyAV) of the ranges: the source stream's codec parameters (the
+    container header of ``path``), one block per packet stamped with its presentation time
+    (:func:`substream_pts`, 40 ms per frame), decode order kept."""
+    import io
+    from fractions import Fraction
+
+    import av
+
+    pts = substream_pts(index, ranges)
+    buf = io.BytesIO()
+    tb = Fraction(1, 1000)
+    with av.open(str(path)) as src, av.open(buf, "w", format="matroska") as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        keys = np.concatenate([index.key[k:e] for k, e in ranges])
+        for j, data in enumerate(p for rng in packets for p in rng):
+            pkt = av.Packet(data)
+            pkt.stream, pkt.time_base = stream, tb
+            pkt.pts, pkt.dts = int(pts[j]) * 40, j * 40
+            pkt.is_keyframe = bool(keys[j])
+            out.mux(pkt)
+    return buf.getvalue()
+
+
+def build_stream(index: PacketIndex, ranges, packets: list[list[bytes]], path=None,
+                 fmt: str = "") -> bytes:
+    """Sub-stream bytes of ``ranges`` from their ``packets`` (``read_packets``): IVF for
+    VP8/VP9; for H.264/HEVC Matroska (``fmt`` 'mkv', the default; needs ``path``) or raw
+    Annex B (``fmt`` 'annexb')."""
     if index.codec in IVF_FOURCC:
         flat = [p for rng in packets for p in rng]
         return ivf_stream(index.codec, index.width, index.height, flat)
     if index.codec in ANNEXB_CODECS:
-        sets, length_size = parameter_sets(index.codec, index.header)
-        return b"".join(sets + b"".join(annexb_packet(p, length_size) for p in rng)
-                        for rng in packets)
+        if (fmt or "mkv") == "annexb":
+            return annexb_stream(index, packets)
+        return mkv_stream(path, index, ranges, packets)
     raise ValueError(f"no sub-stream format for codec {index.codec!r}")
 
 
-def substream(path, index: PacketIndex, frames) -> SubStream:
-    """The smallest stream covering ``frames`` of the video at ``path`` (see module docstring)."""
+def substream(path, index: PacketIndex, frames, fmt: str = "") -> SubStream:
+    """The smallest stream covering ``frames`` of the video at ``path`` (see module docstring;
+    ``fmt``: see :func:`build_stream`)."""
     ranges = choose_ranges(index, frames)
-    data = build_stream(index, ranges, read_packets(path, index, ranges))
+    data = build_stream(index, ranges, read_packets(path, index, ranges), path, fmt)
     return SubStream(np.frombuffer(data, np.uint8), shift_frames(index, ranges, frames),
                      tuple(ranges), int(sum(e - k for k, e in ranges)))
 

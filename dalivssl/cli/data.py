@@ -147,14 +147,27 @@ def synth(output, videos, classes, frames, size, seed, workers, overwrite):
               help="Write a manifest without the bad records.")
 @click.option("--decode/--no-decode", default=False, show_default=True,
               help="Also decode each video's last frame with DALI (slow, catches damage).")
+@click.option("--verify", "verify_n", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Decode N random clips per decode class through the loader's path on "
+                   "--device and compare them with PyAV; verdicts go to this machine's cache "
+                   "(`dalivssl doctor` shows it). Re-verifies cached classes.")
 @click.option("--workers", type=int, default=None)
 @click.pass_context
-def check(ctx, manifest, device, min_frames, write_clean, decode, workers):
+def check(ctx, manifest, device, min_frames, write_clean, decode, verify_n, workers):
     """Report every unusable video with a one-line reason; exit code 1 if any."""
     from dalivssl.data.check import check_manifest
     from dalivssl.data.manifest import load_manifest, save_manifest
 
     m = load_manifest(manifest)
+    if verify_n:
+        from dalivssl.data.verify import verify
+
+        got = verify(m, device, verify_n, force=True)
+        for cls, e in got.items():
+            click.echo(f"{device} {cls}: {e['verdict']} ({e['clips']} clips, e.g. "
+                       f"{e.get('example', '')})")
+        if any(e["verdict"] != "ok" for e in got.values()):
+            return 1
     bad = check_manifest(m, device, min_frames, decode=decode, workers=workers, progress=True)
     for rec, why in bad:
         click.echo(f"{rec.path}: {why}")

@@ -38,13 +38,18 @@ CELL_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class Case:
     """One way of writing a video: table codec name, PyAV encoder, container suffix, pixel
-    format, encoder options."""
+    format, encoder options; shape (width, height): a fixed size instead of the matrix's square
+    sizes; form: 'file' (decode the file), 'annexb' (decode the file's packets as one raw Annex B
+    stream: ``pipelines.packets.annexb_stream``, no timestamps) or 'altref' (written by
+    :func:`write_vp9_altref`)."""
 
     codec: str
     encoder: str
     suffix: str
     pix_fmt: str = "yuv420p"
     options: dict = field(default_factory=dict, hash=False)
+    shape: tuple[int, int] | None = None
+    form: str = "file"
 
 
 _VPX = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
@@ -59,43 +64,113 @@ CASES: dict[str, Case] = {
     "hevc-10bit": Case("hevc", "libx265", ".mp4", "yuv420p10le",
                        {"preset": "ultrafast", "x265-params": "log-level=error"}),
     "mpeg4-avi": Case("mpeg4", "mpeg4", ".avi", options={"bf": "2"}),
+    "mpeg4-avi-nob": Case("mpeg4", "mpeg4", ".avi", options={"bf": "0"}),
     "vp8": Case("vp8", "libvpx", ".webm", options=_VPX),
     "vp9": Case("vp9", "libvpx-vp9", ".webm", options=_VPX),
     "av1": Case("av1", "libsvtav1", ".mkv", options={"preset": "12"}),
     "mjpeg": Case("mjpeg", "mjpeg", ".avi", "yuvj420p"),
+    # reviews/gpu_first_run.md R1-R4: what NVDEC may return in the wrong order without an error
+    "vp9-altref": Case("vp9", "libvpx-vp9", ".webm", form="altref"),  # hidden frames (R3)
+    "h264-1080p": Case("h264", "libx264", ".mp4", options={"preset": "ultrafast"},
+                       shape=(1920, 1080)),  # R4 (NVIDIA/DALI #4709)
+    "h264-200x150": Case("h264", "libx264", ".mp4", options={"preset": "veryfast"},
+                         shape=(200, 150)),  # R4: width not a multiple of 16 (#4620)
+    "vp9-200x150": Case("vp9", "libvpx-vp9", ".webm", options=_VPX, shape=(200, 150)),
+    "annexb-bframes": Case("h264", "libx264", ".mp4", form="annexb",
+                           options={"preset": "veryfast", "x264-params": "bframes=2:b-adapt=0"}),
 }
+# the first GPU run's matrix (reviews/gpu_first_run.md §5): the new cases first, then the cells
+# the table expects to decode, then one cell per expected failure class
+NEW_CASES = ("vp9-altref", "mpeg4-avi", "mpeg4-avi-nob", "h264-1080p", "h264-200x150",
+             "vp9-200x150", "annexb-bframes")
 
 
-def pattern_frames(n: int, size: int) -> np.ndarray:
-    """uint8 (n, size, size, 3): a smooth colour field whose brightness steps with the frame
-    index and a white square that walks across, so neighbouring frames tell apart after lossy
-    coding."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+def first_run_cells() -> list[tuple[str, int]]:
+    """(case, size) cells of the trimmed matrix, in the order they run (size ignored by cases
+    with a fixed shape)."""
+    cells = [(c, 128) for c in NEW_CASES]
+    cells += [(c, s) for c in ("h264", "h264-bframes", "hevc", "vp8", "vp9") for s in (128, 240)]
+    cells += [("vp9", 112), ("hevc", 128), ("h264-444", 128), ("hevc-10bit", 128), ("av1", 128),
+              ("mjpeg", 128)]
+    return list(dict.fromkeys(cells))
+
+
+def pattern_frames(n: int, size: int, width: int | None = None) -> np.ndarray:
+    """uint8 (n, size, width or size, 3): a smooth colour field whose brightness steps with the
+    frame index and a white square that walks across, so neighbouring frames tell apart after
+    lossy coding."""
+    w = width or size
+    yy, xx = np.mgrid[0:size, 0:w].astype(np.float32)
+    yy, xx = yy / size, xx / w
     base = np.stack([60 + 120 * xx, 60 + 120 * yy, 180 - 100 * xx * yy], -1)
-    side = max(4, size // 6)
-    out = np.empty((n, size, size, 3), np.uint8)
+    side = max(4, min(size, w) // 6)
+    out = np.empty((n, size, w, 3), np.uint8)
     for i in range(n):
         f = base * (0.6 + 0.4 * i / max(1, n - 1))
-        x = (i * (size - side)) // max(1, n - 1)
+        x = (i * (w - side)) // max(1, n - 1)
         f[side:2 * side, x:x + side] = 255
         out[i] = np.clip(f, 0, 255)
     return out
 
 
 def write_case(case: Case, size: int, path: Path, n: int = FRAMES) -> Path:
-    """Encode :func:`pattern_frames` as ``case`` into ``path`` (PyAV)."""
+    """Encode :func:`pattern_frames` as ``case`` into ``path`` (PyAV; ffmpeg for 'altref'),
+    ``size`` x ``size`` unless the case has a fixed shape. For 'annexb' the file is written as
+    usual; :func:`decode_source` makes the bytes that are decoded."""
     import av
 
+    w, h = case.shape or (size, size)
+    if case.form == "altref":
+        return write_vp9_altref(path, pattern_frames(max(n, 40), h, w))
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(case.encoder, rate=25)
-        stream.width = stream.height = size
+        stream.width, stream.height = w, h
         stream.pix_fmt = case.pix_fmt
         stream.options = dict(case.options)
-        for img in pattern_frames(n, size):
+        for img in pattern_frames(n, h, w):
             for pkt in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(pkt)
         for pkt in stream.encode():
             out.mux(pkt)
+    return path
+
+
+def decode_source(case: Case, path: Path) -> Path:
+    """The bytes a cell decodes: the file, or for 'annexb' its packets as one Annex B stream
+    (written next to it): DALI's demuxer sees raw H.264 without timestamps, the question R1
+    asks (presentation or decode order?)."""
+    if case.form != "annexb":
+        return path
+    from dalivssl.data.index import probe_with_packets
+    from pipelines.packets import annexb_stream, read_packets
+
+    ix = probe_with_packets(path)["packets"]
+    if ix is None or np.array_equal(ix.pres, np.arange(ix.num_frames)):
+        raise RuntimeError("the encoder wrote no B-frames: the probe would prove nothing")
+    out = path.with_suffix(".h264")
+    out.write_bytes(annexb_stream(ix, read_packets(path, ix, [(0, ix.num_frames)])))
+    return out
+
+
+def write_vp9_altref(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """VP9 with hidden alt-ref frames (superframes), as libvpx writes web video in two-pass
+    'good' mode (YouTube/Kinetics .webm; R3). One-pass encoding through PyAV produces none
+    (measured), so the ffmpeg binary runs both passes; RuntimeError without it."""
+    import shutil
+
+    ff = shutil.which("ffmpeg")
+    if ff is None:
+        raise RuntimeError("the vp9-altref case needs the ffmpeg binary (two-pass libvpx)")
+    n, h, w = frames.shape[:3]
+    raw = np.ascontiguousarray(frames, np.uint8).tobytes()
+    with tempfile.TemporaryDirectory(prefix="dalivssl-altref-") as tmp:
+        common = [ff, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+                  f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libvpx-vp9", "-deadline",
+                  "good", "-cpu-used", "4", "-lag-in-frames", "25", "-auto-alt-ref", "1",
+                  "-b:v", "300k", "-pix_fmt", "yuv420p", "-passlogfile", str(Path(tmp) / "pass")]
+        for args in (["-pass", "1", "-f", "null", "-"], ["-pass", "2", str(path)]):
+            subprocess.run(common + args, input=raw, check=True, capture_output=True,
+                           timeout=120)
     return path
 
 
@@ -185,34 +260,39 @@ def decode_in_children(jobs: list[dict], backend: str, device_id: int = 0,
     return results
 
 
-def run_matrix(cases=None, sizes=SIZES, backends=BACKENDS, progress=None) -> dict:
+def run_matrix(cases=None, sizes=SIZES, backends=BACKENDS, progress=None, cells=None,
+               timeout: float = CELL_TIMEOUT_S) -> dict:
     """The matrix as {'backends': {name: why-not}, 'cells': [row dicts]}. Each row: case, codec,
-    pix_fmt, size, expected {backend: 'yes'|'no'|'probe'}, and per backend a result dict."""
+    pix_fmt, size ('WxH' for fixed shapes), expected {backend: 'yes'|'no'|'probe'}, and per
+    backend a result dict. ``cells``: explicit [(case, size)] instead of cases x sizes;
+    ``timeout``: seconds per cell before its child is killed (HANG)."""
     from dalivssl.data.capabilities import DECODERS, problem
 
-    cases = list(cases or CASES)
+    if cells is None:
+        cells = [(c, s) for c in (cases or CASES) for s in sizes]
+    cells = list(dict.fromkeys((c, s if CASES[c].shape is None else 0) for c, s in cells))
     avail = backends_here()
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1's banner goes to stderr otherwise
     rows = []
     with tempfile.TemporaryDirectory(prefix="dalivssl-doctor-") as tmp:
-        for name in cases:
+        for name, size in cells:
             case = CASES[name]
-            for size in sizes:
-                row = {"case": name, "codec": case.codec, "pix_fmt": case.pix_fmt, "size": size,
-                       "expected": {}}
-                for dev in backends:
-                    lim = DECODERS[dev].get(case.codec)
-                    why = problem(case.codec, size, size, case.pix_fmt, dev, static=True)
-                    row["expected"][dev] = ("no" if why else
-                                            "probe" if lim is not None and lim.status == "probe"
-                                            else "yes")
-                path = Path(tmp) / f"{name}_{size}{case.suffix}"
-                try:
-                    write_case(case, size, path)
-                    row["path"] = str(path)
-                except Exception as exc:  # e.g. an encoder's own minimum size
-                    row["encode_error"] = f"{type(exc).__name__}: {exc}"[:160]
-                rows.append(row)
+            w, h = case.shape or (size, size)
+            row = {"case": name, "codec": case.codec, "pix_fmt": case.pix_fmt,
+                   "size": size if case.shape is None else f"{w}x{h}", "expected": {}}
+            for dev in backends:
+                lim = DECODERS[dev].get(case.codec)
+                why = problem(case.codec, w, h, case.pix_fmt, dev, static=True)
+                row["expected"][dev] = ("no" if why else
+                                        "probe" if lim is not None and lim.status == "probe"
+                                        else "yes")
+            path = Path(tmp) / f"{name}_{size}{case.suffix}"
+            try:
+                write_case(case, size, path)
+                row["path"], row["ref"] = str(decode_source(case, path)), str(path)
+            except Exception as exc:  # e.g. an encoder's own minimum size
+                row["encode_error"] = f"{type(exc).__name__}: {exc}"[:160]
+            rows.append(row)
         for dev in backends:
             todo = [r for r in rows if "path" in r]
             if avail.get(dev):
@@ -222,8 +302,8 @@ def run_matrix(cases=None, sizes=SIZES, backends=BACKENDS, progress=None) -> dic
                 from dalivssl.devices import local_device_id
 
                 dev_id = local_device_id() if dev == "gpu" else 0
-                res = decode_in_children([{"path": r["path"], "n": FRAMES} for r in todo], dev,
-                                         dev_id, on_result=progress)
+                res = decode_in_children([{"path": r["path"], "ref": r["ref"]} for r in todo],
+                                         dev, dev_id, timeout, on_result=progress)
                 for r, x in zip(todo, res):
                     r[dev] = x
             for r in rows:
@@ -231,6 +311,7 @@ def run_matrix(cases=None, sizes=SIZES, backends=BACKENDS, progress=None) -> dic
                     r[dev] = {"status": "ENC", "detail": r["encode_error"]}
         for r in rows:
             r.pop("path", None)
+            r.pop("ref", None)
     return {"backends": avail, "cells": rows}
 
 
@@ -299,6 +380,8 @@ def _child(backend: str, device_id: int) -> int:
     dead, pipe = [], None
     for line in sys.stdin:
         job = json.loads(line)
+        ref = decode_frames(job.get("ref") or job["path"])
+        job.setdefault("n", len(ref))
         t0 = time.perf_counter()
         try:
             if pipe is None:
@@ -314,7 +397,6 @@ def _child(backend: str, device_id: int) -> int:
                               "seconds": round(time.perf_counter() - t0, 3)}), flush=True)
             continue
         secs = time.perf_counter() - t0
-        ref = decode_frames(job["path"])
         print(json.dumps({**compare(got, ref), "seconds": round(secs, 3)}), flush=True)
     return 0
 

@@ -60,7 +60,8 @@ def test_doctor_prints_the_table(matrix, monkeypatch):
     assert "every measured cell agrees with the table" in out
     res = CliRunner().invoke(cli, ["doctor", "--json"])
     rep = json.loads(res.output)
-    assert set(rep) == {"versions", "gpus", "device_auto", "nvdec", "cupy", "table", "matrix"}
+    assert set(rep) == {"versions", "gpus", "device_auto", "nvdec", "cupy", "table", "verdicts",
+                        "matrix"}
     assert rep["gpus"] == [] and rep["device_auto"]["device"] == "cpu"
     assert rep["versions"]["dali"].startswith("2.")
     assert doc.render_matrix(matrix)[-1] == "  every measured cell agrees with the table"
@@ -115,3 +116,24 @@ def test_check_decode_child_with_thousands_of_files_does_not_block(tmp_path, mon
     recs = [VideoRecord("v" * 100 + f"{i}.webm", 6) for i in range(6000)]
     m = Manifest(tmp_path, recs, [])
     assert check.dali_decode_check(m, m.records) == []
+
+
+def test_first_run_cases_on_cpu():
+    """The cases the first GPU run settles R1-R4 with are written and decoded here: VP9 with
+    hidden alt-ref frames and at 200x150 read on CPU; the GPU-only ones fail on CPU with DALI's
+    reason; the Annex B probe really has B-frames (else ENC)."""
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("vp9-altref needs the ffmpeg binary")
+    cells = dm.first_run_cells()
+    assert cells[:len(dm.NEW_CASES)] == [(c, 128) for c in dm.NEW_CASES]
+    assert ("h264", 240) in cells and ("hevc-10bit", 128) in cells and len(cells) == 22
+    m = dm.run_matrix(cells=[(c, 128) for c in dm.NEW_CASES], backends=("cpu",), timeout=15)
+    got = {r["case"]: (r["size"], dm.verdict(r, "cpu"), r["expected"]["cpu"]) for r in m["cells"]}
+    assert got == {"vp9-altref": (128, "OK", "yes"), "vp9-200x150": ("200x150", "OK", "yes"),
+                   "mpeg4-avi": (128, "FAIL", "no"), "mpeg4-avi-nob": (128, "FAIL", "no"),
+                   "h264-1080p": ("1920x1080", "FAIL", "no"),
+                   "h264-200x150": ("200x150", "FAIL", "no"), "annexb-bframes": (128, "FAIL", "no")}
+    assert all("Failed to create video decoder" in r["cpu"]["detail"] for r in m["cells"]
+               if r["expected"]["cpu"] == "no")

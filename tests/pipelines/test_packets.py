@@ -13,7 +13,7 @@ from dalivssl.data.index import probe_with_packets
 from dalivssl.data.manifest import Manifest, VideoRecord, load_manifest, save_manifest
 from dalivssl.data.videoio import decode_frames
 from pipelines.packets import (PacketIndex, PacketTable, choose_ranges, save_table, shift_frames,
-                               substream)
+                              substream, substream_pts)
 
 N = 300  # frames of the long videos: keyframes at 0, 128, 256 (GOP 128) or 0, 250 (GOP 250)
 
@@ -201,10 +201,12 @@ def _write_bframes(path, codec: str, frames: np.ndarray, gop: int) -> None:
             out.mux(pk)
 
 
+@pytest.mark.parametrize("container", ["mkv", "annexb"])
 @pytest.mark.parametrize("codec,fmt", [("libx264", "h264"), ("libx265", "hevc")])
-def test_annexb_substreams_decode_the_same_frames(codec, fmt, tmp_path):
-    """GPU-only codecs: the Annex B bytes (parameter sets + start codes) decode, with PyAV, to the
-    full file's frames at the shifted indices, B-frames (presentation order) included."""
+def test_h264_hevc_substreams_decode_the_same_frames(codec, fmt, container, tmp_path):
+    """GPU-only codecs: the timestamped Matroska remux and the raw Annex B bytes (parameter sets +
+    start codes) both decode, with PyAV, to the full file's frames at the shifted indices,
+    B-frames (presentation order) included; the Matroska blocks carry presentation times."""
     import av
 
     from tests.conftest import distinct_frames
@@ -219,10 +221,19 @@ def test_annexb_substreams_decode_the_same_frames(codec, fmt, tmp_path):
     assert not np.array_equal(ix.pres, np.arange(n)), "expected B-frames (reordered packets)"
     full = decode_frames(path)
     for frames in (np.arange(50, 66), np.arange(96, 120), np.r_[3:9, 100:104], np.arange(0, 5)):
-        s = substream(path, ix, frames)
-        with av.open(io.BytesIO(s.data.tobytes()), format=fmt) as c:
+        s = substream(path, ix, frames, container)
+        with av.open(io.BytesIO(s.data.tobytes()),
+                     format=fmt if container == "annexb" else "matroska") as c:
+            pts = [p.pts for p in c.demux(video=0) if p.size]
+        with av.open(io.BytesIO(s.data.tobytes()),
+                     format=fmt if container == "annexb" else "matroska") as c:
             got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
         assert len(got) == s.decoded
+        if container == "mkv":  # block times = presentation ranks: a pts-sorting decoder is right
+            ranks = np.argsort(np.argsort(pts, kind="stable"), kind="stable")
+            np.testing.assert_array_equal(ranks, substream_pts(ix, s.ranges)
+                                          - substream_pts(ix, s.ranges).min())
+            assert not np.array_equal(ranks, np.arange(len(ranks)))
         np.testing.assert_array_equal(got[s.frames], full[frames], err_msg=f"{fmt} {frames[:3]}")
 
 
@@ -262,7 +273,7 @@ def test_mixed_decoder_substreams(codec, tmp_path):
 
     full = decode([(np.fromfile(path, np.uint8), np.arange(n))])[0]
     plans = [np.arange(70, 86), np.arange(140, 160), np.r_[3:9, 120:126]]
-    subs = [substream(path, ix, f) for f in plans]
+    subs = [substream(path, ix, f) for f in plans]  # Matroska for H.264/HEVC, IVF for VP9
     got = decode([(s.data, s.frames) for s in subs])
     for f, g in zip(plans, got):
         np.testing.assert_array_equal(g, full[f], err_msg=f"{codec}: frames {f[:3]}…")

@@ -244,6 +244,7 @@ def step_same_plans(ctx: Ctx) -> None:
     import torch
 
     from dalivssl.data.manifest import load_manifest
+    from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
     from pipelines.samplers import SAMPLERS
 
@@ -252,7 +253,8 @@ def step_same_plans(ctx: Ctx) -> None:
     for task in sorted(SAMPLERS):
         def first(device):
             ld = PretextLoader(task, man, bs, device=device, clip_len=clip_len, size=size,
-                               seed=0, raw=True, prefetch=0, return_indices=True)
+                               seed=0, raw=True, prefetch=0, return_indices=True,
+                               router=routes)
             t = time.perf_counter()
             b = ld.batch_at(0, 0)
             parts = [b.clips.reshape(-1)] + [v.reshape(-1) for v in b.extra_clips.values()]

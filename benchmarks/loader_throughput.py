@@ -400,12 +400,13 @@ def _gop_bound(man, plans) -> dict:
 def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_len, size, workers,
                   task_options, decoders, log, repeats: int = 3) -> dict:
     from dalivssl.data.manifest import load_manifest
+    from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
 
     man = load_manifest(manifest_path)
     loaders = {key: PretextLoader(task, man, batch_size=batch_size, device=device,
                                   clip_len=clip_len, size=size, seed=0, num_threads=workers,
-                                  gop_ranges=ranges, **task_options)
+                                  gop_ranges=ranges, router=routes, **task_options)
                for key, ranges in (("dali", True), ("dali_whole_file", False))}
     loader = loaders["dali"]
     # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses

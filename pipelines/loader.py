@@ -97,7 +97,10 @@ class PretextLoader:
     on this machine (``dalivssl.data.verify``: unverified classes are verified once, at the
     first batch; a class bad on the GPU is decoded on the CPU where DALI's CPU decoder reads
     it, otherwise the run stops with one line); 'auto' = on GPU runs only (DALI's CPU decoder
-    decodes bit-identically to FFmpeg, spec/dali.md §8), True, or False.
+    decodes bit-identically to FFmpeg), True, or False. router: the verification itself,
+    ``(manifest, records, device) -> (routes by class, class of each record)``; the caller passes
+    ``dalivssl.data.verify.routes`` (pipelines cannot import dalivssl), and a loader that must
+    verify without one stops rather than deliver unverified frames.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
@@ -109,7 +112,7 @@ class PretextLoader:
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
                  noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
-                 verify: bool | str = "auto", **task_options):
+                 verify: bool | str = "auto", router=None, **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -152,6 +155,7 @@ class PretextLoader:
         if verify not in (True, False, "auto"):
             raise LoaderError(f"verify must be True, False or 'auto', not {verify!r}")
         self.verify = device == "gpu" if verify == "auto" else bool(verify)
+        self._router = router
         self._routes = None  # (routes by class, class of each record) once verified
         self._cpu = None  # (GraphConfig, pipeline) for classes routed to the CPU decoder
         self._range_codecs = set(() if gop_ranges is False else
@@ -302,9 +306,11 @@ class PretextLoader:
         if not self.verify:
             return None
         if self._routes is None:
-            from dalivssl.data.verify import routes
-
-            by_class, of = routes(self.manifest, self.records, self.device)
+            if self._router is None:
+                raise LoaderError("this loader must verify its decode classes (verify=True, or "
+                                  "a GPU run) but was given no router "
+                                  "(dalivssl.data.verify.routes)")
+            by_class, of = self._router(self.manifest, self.records, self.device)
             stops = sorted({r.stop for c, r in by_class.items() if r.stop})
             if stops:
                 raise LoaderError(stops[0])

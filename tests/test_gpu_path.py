@@ -19,10 +19,11 @@ GPU_EXCLUDE: set[str] = set()  # samplers whose GPU augmentation is not compared
 
 
 def _first_batch(task, manifest, device, **kw):
+    from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
 
     ld = PretextLoader(task, manifest, 2, device=device, clip_len=8, size=64, seed=3, raw=True,
-                       prefetch=0, return_indices=True, **kw)
+                       prefetch=0, return_indices=True, router=routes, **kw)
     return ld.batch_at(0, 0), ld
 
 

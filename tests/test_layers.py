@@ -24,7 +24,7 @@ LAYERS = [  # most specific prefix wins
     ("dalivssl.tasks", 4),
     ("dalivssl.engine", 5), ("dalivssl.config", 5), ("dalivssl.record", 5),
     ("dalivssl.runs", 6),
-    ("dalivssl.analysis", 7), ("dalivssl.study", 7),
+    ("dalivssl.analysis", 7), ("dalivssl.study", 7), ("dalivssl.doctor", 7),
     ("dalivssl.cli", 8), ("dalivssl.__main__", 8),
 ]
 # Edges still waiting for their fix, each with who removes it. Empty is the goal.

@@ -129,9 +129,11 @@ def loader_device(device) -> str:
 def make_loader(task: str, manifest, where: str = "", **kw):
     """``PretextLoader(task, manifest, **kw)``; its one-line input errors become DalivsslError
     (pipelines cannot import dalivssl, so they raise ValueError subclasses)."""
+    from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
 
     kw["device"] = loader_device(kw.get("device", "cpu"))
+    kw.setdefault("router", routes)
     try:
         return PretextLoader(task, manifest, **kw)
     except ValueError as exc:

@@ -490,7 +490,7 @@ def _child(backend: str, device_id: int) -> int:
                 got = np.asarray(decode(data, np.asarray(job["sub"]), backend, device_id))
             else:
                 if pipe is None:
-                    from dalivssl.data.check import decode_pipeline
+                    from dalivssl.data.decode_matrix import decode_pipeline
 
                     pipe = decode_pipeline(backend, device_id)
                 pipe.feed_input("enc", [data])
@@ -498,11 +498,11 @@ def _child(backend: str, device_id: int) -> int:
                 (out,) = pipe.run()
                 got = np.asarray((out.as_cpu() if backend == "gpu" else out)[0])
         except Exception as exc:
-            from dalivssl.data.check import _dali_reason
+            from dalivssl.data.decode_matrix import dali_reason
 
             dead.append(pipe)  # destroying a failed pipeline can invalidate the next one
             pipe = None
-            print(json.dumps({"verdict": f"bad: decoder raised: {_dali_reason(exc)}"}),
+            print(json.dumps({"verdict": f"bad: decoder raised: {dali_reason(exc)}"}),
                   flush=True)
             continue
         frames = np.asarray(job["frames"], np.int64)

@@ -259,12 +259,14 @@ def _build(cfg: PretrainConfig, task, dist):
     sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
+    from dalivssl.data.verify import routes
+
     try:
         loader = PretextLoader(spec["sampler"], manifest, cfg.batch_size, device=cfg.device,
                                clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed,
                                shard=(dist.rank, dist.world),
                                num_threads=dali_threads(cfg.device, cfg.dali_threads),
-                               **sampler_opts)
+                               router=routes, **sampler_opts)
     except LoaderError as exc:
         raise DalivsslError(f"{cfg.data or 'synthetic dataset'}: {exc}") from None
     total_steps = cfg.max_steps if cfg.max_steps else cfg.epochs * len(loader)

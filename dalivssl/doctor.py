@@ -9,12 +9,9 @@ machine has verified on users' files (``dalivssl.data.verify``'s cache).
 """
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 
 def _version(module: str, attr: str = "__version__") -> str | None:

@@ -306,6 +306,12 @@ def verify(manifest, backend: str, n: int = DEFAULT_CLIPS, seed: int = 0, force:
 
     if backend not in ("cpu", "gpu"):
         raise DalivsslError(f"unknown backend {backend!r}; valid: cpu, gpu")
+    if backend == "gpu" and not os.environ.get(HOOK_ENV):
+        from dalivssl.devices import cuda_usable, nvcuvid_path
+
+        if not (cuda_usable() and nvcuvid_path()):
+            raise DalivsslError("--verify on gpu: no CUDA GPU with NVDEC (libnvcuvid) here; "
+                                "verify where the run decodes, or use --device cpu")
     cache = cache or Cache()
     mach = machine(backend)
     records = list(manifest.records)
@@ -319,13 +325,24 @@ def verify(manifest, backend: str, n: int = DEFAULT_CLIPS, seed: int = 0, force:
         if hit is not None and not force:
             out[cls] = {**hit, "cached": True}
             continue
-        rec = records[pos[0]]
-        why = record_problem(rec, manifest.abspath(rec), backend)
-        if why:
+        # the class's files the table lets through (the loader skips the others before
+        # decoding): up to 64 looked at, in a seeded order
+        order = np.random.default_rng(seed).permutation(len(pos))[:64]
+        why, usable = "", []
+        for j in order:
+            rec = records[pos[int(j)]]
+            w = record_problem(rec, manifest.abspath(rec), backend)
+            why = why or w
+            if not w:
+                usable.append(pos[int(j)])
+                if len(usable) >= n:
+                    break
+        rec = records[usable[0] if usable else pos[0]]
+        if not usable:
             cache.put(mach, cls, f"bad: {why}", 0, {"example": rec.path, "table": True})
         else:
-            verdict, clips, sub, detail = _verify_class(manifest, records, pos, n, seed, backend,
-                                                        range_codecs)
+            verdict, clips, sub, detail = _verify_class(manifest, records, usable, n, seed,
+                                                        backend, range_codecs)
             if verdict != OK and sub:  # the sub-stream fails: does the whole file decode?
                 whole, clips, _, _ = _verify_class(manifest, records, pos, n, seed, backend, ())
                 detail = {"substream_verdict": verdict}
@@ -391,6 +408,8 @@ def route_for(cls: str, device: str, entry: dict | None, cpu_entry: dict | None 
     verdict = (entry or {}).get("verdict", "bad: not verified")
     if verdict == OK:
         return Route(device, bool(entry.get("substream")))
+    if (entry or {}).get("table"):
+        return Route(device)  # the capability table refuses them: the loader skips each file
     codec = cls.split("/", 1)[0]
     if device == "gpu" and codec in DECODERS["cpu"] and (
             cpu_entry is None or cpu_entry.get("verdict") == OK):
@@ -418,8 +437,8 @@ def routes(manifest, records, device: str, n: int = DEFAULT_CLIPS,
     here = verify(sub, device, n, cache=cache)
     cpu = {}
     if device == "gpu":
-        movable = {c for c, e in here.items()
-                   if e["verdict"] != OK and c.split("/", 1)[0] in DECODERS["cpu"]}
+        movable = {c for c, e in here.items() if e["verdict"] != OK and not e.get("table")
+                   and c.split("/", 1)[0] in DECODERS["cpu"]}
         if movable:
             cpu = verify(sub, "cpu", n, cache=cache, only=movable)
     return {c: route_for(c, device, e, cpu.get(c)) for c, e in here.items()}, of

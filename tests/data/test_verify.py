@@ -196,3 +196,57 @@ def test_a_class_whose_substreams_fail_but_whole_files_decode_is_decoded_whole(f
     assert e["substream_verdict"] == "bad: frames in decode order, not presentation order"
     routes, _ = V.routes(m, m.records, "gpu")
     assert routes["h264/p100/sd/a16/reorder"] == V.Route("gpu", False)
+
+
+def test_verify_on_gpu_without_one_is_a_one_line_error(files, cache, tmp_path, capsys):
+    import torch
+
+    from dalivssl.cli import main
+    from dalivssl.data.manifest import save_manifest
+
+    if torch.cuda.is_available():
+        pytest.skip("pins the behaviour without a GPU")
+    save_manifest(_manifest(files, ["vp9"]), tmp_path / "m.jsonl")
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "check", str(tmp_path / "m.jsonl"), "--device", "gpu", "--verify", "1"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: --verify on gpu: no CUDA GPU with NVDEC (libnvcuvid) here; verify where the run "
+        "decodes, or use --device cpu\n")
+    assert not cache.exists()  # nothing cached
+
+
+@pytest.mark.gpu
+def test_gpu_loader_routes_a_class_verified_bad_to_the_cpu_decoder(files, cache):
+    """On a GPU: a VP9 class with a cached bad GPU verdict is decoded by the CPU pipeline twin;
+    the batch equals the CPU loader's (same plans, no augmentation), on the GPU."""
+    import torch
+
+    from pipelines.loader import PretextLoader
+
+    m = _manifest(files, ["vp9", "vp9", "altref", "altref"])
+    c = V.Cache()
+    for cls in ("vp9/p0/sd/a16/inorder", "vp9/p0/sd/a16/inorder/hidden"):
+        c.put(V.machine("gpu"), cls, "bad: frames shifted by +1", 2)
+        c.put(V.machine("cpu"), cls, "ok", 2, {"substream": True})
+    kw = dict(batch_size=4, size=64, augment=False, raw=True, prefetch=0, seed=3)
+    gpu = PretextLoader("rotnet", m, device="gpu", **kw)
+    got = gpu.batch_at(0, 0).clips
+    want = PretextLoader("rotnet", m, device="cpu", **kw).batch_at(0, 0).clips
+    assert got.device.type == "cuda" and gpu._cpu is not None
+    assert torch.equal(got.cpu(), want)
+
+
+def test_classes_the_table_refuses_are_skipped_per_file_not_a_stop(files, cache, tmp_path):
+    """A class DALI's CPU decoder cannot read (H.264) does not stop a CPU run: its files are
+    skipped with the table's reason, the VP9 ones are delivered."""
+    from pipelines.loader import PretextLoader
+
+    m = _manifest(files, ["vp9", "h264b", "vp9", "h264b"])
+    routes, _ = V.routes(m, m.records, "cpu")
+    assert routes["h264/p100/sd/a16/reorder"] == V.Route("cpu")
+    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0)
+    batch = next(iter(loader))
+    assert set(batch.indices.tolist()) <= {0, 2}  # skipped files are replaced by usable ones
+    assert len(loader.skipped) == 1 and 1 <= sum(loader.skipped.values()) <= 2
+    assert next(iter(loader.skipped)).startswith("codec h264 not decodable by DALI's CPU")

@@ -1,7 +1,7 @@
 """`dalivssl bench loader`: PretextLoader (one DALI pipeline) vs a PyTorch DataLoader decoding with
-torchcodec (``seek_mode='exact'``; the ``bench`` extra, skipped with a note when it is missing) and
-with PyAV, on the SAME plans and producing the SAME output tensor (float B×K×C×T×H×W, the task's
-normalisation and augmentation).
+torchcodec and with PyAV (benchmarks/baselines.py: what a competent user writes), on the SAME plans
+and producing the SAME output tensor (float B×K×C×T×H×W), plus a decode-only ceiling row (the same
+GOP ranges, FFmpeg through PyAV, no colour conversion, no resize) every loader is a fraction of.
 
 Datasets (unless --data names a manifest):
   synth          the embedded synthetic dataset (short videos);
@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import click
+
+from benchmarks.baselines import DECODERS, PlanDataset, peak_rss_mb, torchcodec_missing
 
 UCF_VERSION = "ucf_like_v1"
 MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
@@ -123,124 +125,6 @@ def prepared_dataset(src_manifest: Path, segment_frames: int, short_side: int) -
         raise DalivsslError(f"preparing the benchmark videos failed: {failures[0]}")
     (out / "COMPLETE").write_text("ok\n")
     return path
-
-
-# ------------------------------------------------------------------------------------------------
-# baseline: torch DataLoader + PyAV (seek to the keyframe before the first needed frame)
-
-def pyav_decode(path: str, indices) -> tuple:
-    """uint8 (N,H,W,3) frames at ``indices`` and the number of frames decoded to get them."""
-    import av
-    import numpy as np
-
-    want = np.asarray(indices, np.int64)
-    needed = set(want.tolist())
-    lo, hi = int(want.min()), int(want.max())
-    got, decoded = {}, 0
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        s.codec_context.thread_count = 1  # one process per core already
-        fps, tb = s.average_rate, s.time_base
-        t0 = s.start_time or 0
-        if lo > 0:
-            c.seek(int(t0 + lo / (fps * tb)), stream=s, backward=True, any_frame=False)
-        for frame in c.decode(s):
-            idx = int(round((frame.pts - t0) * tb * fps))
-            decoded += 1
-            if idx in needed:
-                got[idx] = frame.to_ndarray(format="rgb24")
-            if idx >= hi:
-                break
-    return np.stack([got[int(i)] for i in want]), decoded
-
-
-def torch_augment(frames, params: dict, k: int, out_size, normalize: str):
-    """The loader's augmentation of clip ``k`` in torch: uint8 (T,H,W,3) -> float (C,T,H,W)."""
-    import math
-
-    import torch
-    import torchvision.transforms.v2.functional as F
-
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2)  # T C H W uint8
-    H0, W0 = x.shape[-2:]
-    y0, x0, h, w = (float(v) for v in params.get("crop", [[0, 0, 1, 1]] * (k + 1))[k])
-    x = F.resized_crop(x, int(round(y0 * H0)), int(round(x0 * W0)), max(1, int(round(h * H0))),
-                       max(1, int(round(w * W0))), list(out_size), antialias=True)
-
-    def p(key, default):
-        return float(params[key][k]) if key in params else default
-
-    if p("flip", 0):
-        x = F.horizontal_flip(x)
-    if p("angle", 0.0):
-        x = F.rotate(x, p("angle", 0.0))
-    if "brightness" in params:
-        x = F.adjust_brightness(x, p("brightness", 1.0))
-    if "contrast" in params:
-        x = F.adjust_contrast(x, p("contrast", 1.0))
-    if p("gray", 0):
-        x = F.rgb_to_grayscale(x, num_output_channels=3)
-    elif "saturation" in params:
-        x = F.adjust_saturation(x, p("saturation", 1.0))
-    if p("hue", 0.0):
-        x = F.adjust_hue(x, max(-0.5, min(0.5, p("hue", 0.0) / 360.0)))
-    if p("blur_sigma", 0.0) > 0:
-        s = p("blur_sigma", 0.0)
-        ks = 2 * math.ceil(3 * s) + 1
-        x = F.gaussian_blur(x, [ks, ks], [s, s])
-    if p("solarize", 0):
-        x = F.solarize(x, 128)
-    x = x.permute(1, 0, 2, 3).float().div_(255.0)  # C T H W
-    if normalize == "imagenet":
-        from pipelines.types import IMAGENET_MEAN, IMAGENET_STD
-
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-        x = (x - mean) / std
-    return x
-
-
-class PlanDataset:
-    """torch Dataset over fixed (path, plan) items: decode with ``decoder`` then augment."""
-
-    def __init__(self, items, out_size, normalize, decoder="pyav"):
-        self.items, self.out_size = items, out_size
-        self.normalize, self.decoder = normalize, decoder
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        import torch
-
-        path, plan = self.items[i]
-        idx = plan.all_frames()
-        frames, decoded = (pyav_decode if self.decoder == "pyav" else torchcodec_decode)(path, idx)
-        K, T = plan.frames.shape
-        clips = torch.stack([torch_augment(frames[k * T:(k + 1) * T], plan.params, k,
-                                           self.out_size, self.normalize) for k in range(K)])
-        return clips, torch.tensor(plan.label), torch.tensor(decoded)
-
-
-def torchcodec_decode(path: str, indices):
-    """uint8 (N,H,W,3); the decoded count is not exposed (-1). seek_mode 'exact' scans the file
-    for its frame index ('approximate' estimates the count from the duration and is one frame
-    short on some WebM files)."""
-    from torchcodec.decoders import VideoDecoder
-
-    dec = VideoDecoder(path, seek_mode="exact")
-    batch = dec.get_frames_at(indices=[int(i) for i in indices])
-    return batch.data.permute(0, 2, 3, 1).numpy(), -1
-
-
-def torchcodec_missing() -> str | None:
-    """Why torchcodec cannot run here (None when it can)."""
-    try:
-        from torchcodec.decoders import VideoDecoder  # noqa: F401
-    except Exception as exc:  # ImportError, or FFmpeg's shared libraries missing (RuntimeError)
-        return (f"torchcodec unavailable ({str(exc).splitlines()[0][:100]}): pip install "
-                f"'dalivssl[bench]' and apt-get install ffmpeg")
-    return None
 
 
 def indexed_manifest(path: Path, name: str) -> Path:
@@ -417,7 +301,8 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     items, plans, delivered, window = [], [], 0, 0
     for epoch, b in _schedule(loader, batches):
         for i, plan in loader.batch_plans(epoch, b):
-            items.append((str(man.abspath(man.records[i])), plan))
+            items.append((str(man.abspath(man.records[i])), plan,
+                          man.packet_index(man.records[i])))
             plans.append((man.records[i], plan))
             f = plan.all_frames()
             delivered += f.size
@@ -448,6 +333,7 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
             dec = after["decoded"] - before["decoded"]
             r["decoded_per_delivered"] = dec / max(1, after["delivered"] - before["delivered"])
             r["decoded_per_window"] = dec / max(1, after["window"] - before["window"])
+            r["peak_rss_mb"] = peak_rss_mb()  # this process: every DALI loader so far (a high-water mark)
             runs[key].append(r)
         for dec in decoders:
             log(f"[{name}] round {rnd + 1}/{repeats}: DataLoader + {dec} ({workers} workers) …")
@@ -455,6 +341,7 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
             known = r["decoded"] >= 0
             r["decoded_per_delivered"] = r["decoded"] / delivered if known else None
             r["decoded_per_window"] = r["decoded"] / window if known else None
+            r["peak_rss_mb"] = peak_rss_mb(torch_loaders[dec].pids())
             runs[dec].append(r)
     for key, rs in runs.items():
         speeds = sorted(r["clips_per_s"] for r in rs)
@@ -466,6 +353,9 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     for dec in decoders:
         res[f"ratio_vs_{dec}"] = res["dali"]["clips_per_s"] / res[dec]["clips_per_s"]
         res[f"cpu_ratio_vs_{dec}"] = res[dec]["cpu_ms_per_clip"] / res["dali"]["cpu_ms_per_clip"]
+    if "ceiling" in res:  # every loader as a fraction of the decode-only ceiling
+        for key in runs:
+            res[key]["of_ceiling"] = res[key]["clips_per_s"] / res["ceiling"]["clips_per_s"]
     res["skipped"] = loader.skipped
     return res
 
@@ -477,7 +367,8 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
     table = Table(title=f"loader throughput: task {task}, device {device}, batch {batch_size}, "
                         f"clip {clip_len}, size {size}, {workers} workers/threads")
     for col in ("dataset", "loader", "clips/s", "spread", "CPU ms/clip", "decoded/delivered",
-                "decoded/window", "DALI × (clips/s)", "DALI × (CPU/clip)"):
+                "decoded/window", "DALI × (clips/s)", "DALI × (CPU/clip)", "of ceiling",
+                "peak RSS MiB (main / workers)"):
         table.add_column(col, justify="right" if col not in ("dataset", "loader") else "left")
 
     def ratio(v):
@@ -489,14 +380,23 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
         dali = r["dali"]
         rows = [(r["dataset"], f"DALI ({device}) GOP ranges", dali, bound)]
         rows += [("", f"DALI ({device}) whole file", r["dali_whole_file"], "")]
-        rows += [("", f"DataLoader+{dec}", r[dec], "") for dec in decoders]
+        rows += [("", f"DataLoader+{dec}" if dec != "ceiling" else "ceiling: PyAV decode only, "
+                  "GOP ranges", r[dec], "") for dec in decoders]
         for i, (dataset, name, m, extra) in enumerate(rows):
             times = "" if i == 0 else ratio(dali["clips_per_s"] / m["clips_per_s"])
             cpu = "" if i == 0 else ratio(m["cpu_ms_per_clip"] / dali["cpu_ms_per_clip"])
             table.add_row(dataset, name, f"{m['clips_per_s']:.1f}", f"{m['spread']:.0%}",
                           f"{m['cpu_ms_per_clip']:.0f}", ratio(m["decoded_per_delivered"]),
-                          ratio(m["decoded_per_window"]) + extra, times, cpu)
+                          ratio(m["decoded_per_window"]) + extra, times, cpu,
+                          ratio(m.get("of_ceiling")), _rss(m.get("peak_rss_mb")))
     console.print(table)
+
+
+def _rss(m) -> str:
+    if not m:
+        return "n/a"
+    w = m["workers"]
+    return f"{m['main']:.0f}" + (f" / {max(w):.0f} max of {len(w)}" if w else "")
 
 
 @click.command()
@@ -532,7 +432,7 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
         console = Console(width=160)
     workers = workers or os.cpu_count() or 1
     missing = torchcodec_missing()
-    decoders = ([] if missing else ["torchcodec"]) + ["pyav"]
+    decoders = ([] if missing else ["torchcodec"]) + ["pyav", "ceiling"]
     if missing:
         console.print(f"[yellow]{missing}: its row is skipped[/]")
     sets = []

@@ -42,6 +42,24 @@ def _check_protocol(protocol: str) -> None:
         raise DalivsslError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
+# (low, high, low included, high included): fractions and factors a schedule or optimiser can use
+INTERVALS = {"gamma": (0, 1, False, True), "min_lr_ratio": (0, 1, True, True),
+             "momentum": (0, 1, True, False), "milestones": (0, 1, False, False)}
+
+
+def _check_intervals(cfg, keys):
+    """One-line errors for values outside :data:`INTERVALS` (a tuple: every element checked)."""
+    for key in keys:
+        value = getattr(cfg, key, None)
+        lo, hi, lo_in, hi_in = INTERVALS[key]
+        for v in value if isinstance(value, tuple) else (value,):
+            if v is not None and not ((v >= lo if lo_in else v > lo) and
+                                      (v <= hi if hi_in else v < hi)):
+                raise DalivsslError(f"{key} must be in {'[' if lo_in else '('}{lo}, {hi}"
+                                    f"{']' if hi_in else ')'}, got {v}")
+    return cfg
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """``dalivssl pretrain``. CPU-friendly defaults: 16-frame clips at 64 px (the paper uses 16 at
@@ -94,10 +112,11 @@ class PretrainConfig:
             if not 1 <= e <= self.epochs:
                 raise DalivsslError(f"keep_epochs: {e} is not an epoch of this run "
                                     f"(1..{self.epochs})")
-        return _check_ranges(self, ("epochs", "max_steps", "batch_size", "clip_len", "size",
-                                    "threads", "dali_threads", "ckpt_every", "log_every"),
-                             ("lr",), ("weight_decay", "momentum", "grad_clip", "warmup_steps",
-                                       "warmup_epochs"))
+        _check_ranges(self, ("epochs", "max_steps", "batch_size", "clip_len", "size", "subset",
+                             "threads", "dali_threads", "ckpt_every", "log_every"),
+                      ("lr",), ("weight_decay", "momentum", "grad_clip", "warmup_steps",
+                                "warmup_epochs"))
+        return _check_intervals(self, ("gamma", "min_lr_ratio", "momentum", "milestones"))
 
     @property
     def run_dir(self) -> Path:
@@ -157,6 +176,7 @@ class FinetuneConfig:
         _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "clip_len", "size",
                              "threads", "ckpt_every", "log_every"), ("lr",),
                       ("weight_decay", "momentum", "dropout", "head_lr_mult"))
+        _check_intervals(self, ("momentum",))
         if self.dropout >= 1:
             raise DalivsslError(f"dropout must be < 1, got {self.dropout}")
         if self.optimizer not in OPTIMIZERS:

@@ -97,6 +97,15 @@ def test_help_is_fast_and_lazy():
     (["distill", "--student", "shufflenet", "--temperature", "0"],
      "temperature must be > 0, got 0.0"),
     (["distill", "--student", "shufflenet", "--max-steps", "0"], "max_steps must be >= 1, got 0"),
+    # issue 24 item 6: gradient ascent, a rising floor, diverging momentum, "0 videos" = all
+    (["pretrain", "--set", "schedule=step", "--set", "milestones=[0.5]", "--set", "gamma=-1"],
+     "gamma must be in (0, 1], got -1.0"),
+    (["pretrain", "--set", "min_lr_ratio=5"], "min_lr_ratio must be in [0, 1], got 5.0"),
+    (["pretrain", "--set", "momentum=2"], "momentum must be in [0, 1), got 2.0"),
+    (["pretrain", "--set", "milestones=[1.5]"], "milestones must be in (0, 1), got 1.5"),
+    (["pretrain", "--subset", "0"], "subset must be >= 1, got 0"),
+    (["finetune", "--random-init", "--arch", "shufflenet", "--set", "momentum=2"],
+     "momentum must be in [0, 1), got 2.0"),
 ])
 def test_out_of_range_settings_are_one_line_errors_before_work(argv, message, capsys, tmp_path):
     code, err = _run([*argv, "--out", str(tmp_path / "o")], capsys)

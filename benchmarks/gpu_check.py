@@ -1,6 +1,6 @@
 """The GPU path checked in one command that fits five minutes on an offline node:
 ``benchmarks/gpu_check.sh --deadline-s 300`` (= ``python3 -m benchmarks.gpu_check``, from the
-checkout with ``PYTHONPATH=$PWD``; reviews/gpu_first_run.md §5).
+checkout with ``PYTHONPATH=$PWD``).
 
 Steps (``STEPS``, in this order; each writes rows of one table and one JSON file):
   preflight    5 s: nvidia-smi (driver, MIG), where libnvcuvid is, DALI/CuPy/torch imports,

@@ -69,7 +69,7 @@ CASES: dict[str, Case] = {
     "vp9": Case("vp9", "libvpx-vp9", ".webm", options=_VPX),
     "av1": Case("av1", "libsvtav1", ".mkv", options={"preset": "12"}),
     "mjpeg": Case("mjpeg", "mjpeg", ".avi", "yuvj420p"),
-    # reviews/gpu_first_run.md R1-R4: what NVDEC may return in the wrong order without an error
+    # R1-R4: what NVDEC may return in the wrong order without an error
     "vp9-altref": Case("vp9", "libvpx-vp9", ".webm", form="altref"),  # hidden frames (R3)
     "h264-1080p": Case("h264", "libx264", ".mp4", options={"preset": "ultrafast"},
                        shape=(1920, 1080)),  # R4 (NVIDIA/DALI #4709)
@@ -79,7 +79,7 @@ CASES: dict[str, Case] = {
     "annexb-bframes": Case("h264", "libx264", ".mp4", form="annexb",
                            options={"preset": "veryfast", "x264-params": "bframes=2:b-adapt=0"}),
 }
-# the first GPU run's matrix (reviews/gpu_first_run.md §5): the new cases first, then the cells
+# the first GPU run's matrix: the new cases first, then the cells
 # the table expects to decode, then one cell per expected failure class
 NEW_CASES = ("vp9-altref", "mpeg4-avi", "mpeg4-avi-nob", "h264-1080p", "h264-200x150",
              "vp9-200x150", "annexb-bframes")

@@ -1,7 +1,7 @@
 """Verified decode classes: the decoder proves itself on the user's own files, per machine.
 
 NVDEC through DALI returns pictures in decode order and restores display order only from packet
-timestamps, so some streams come back shuffled without an error (reviews/gpu_first_run.md R1-R4:
+timestamps, so some streams come back shuffled without an error (
 Annex B with B-frames, MPEG-4 AVI with B-frames, VP9 hidden alt-ref frames, odd sizes). Instead of
 trusting a table, every *decode class* is checked where it runs:
 

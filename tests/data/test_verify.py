@@ -230,7 +230,7 @@ def test_gpu_loader_routes_a_class_verified_bad_to_the_cpu_decoder(files, cache)
         c.put(V.machine("gpu"), cls, "bad: frames shifted by +1", 2)
         c.put(V.machine("cpu"), cls, "ok", 2, {"substream": True})
     kw = dict(batch_size=4, size=64, augment=False, raw=True, prefetch=0, seed=3)
-    gpu = PretextLoader("rotnet", m, device="gpu", **kw)
+    gpu = PretextLoader("rotnet", m, device="gpu", router=V.routes, **kw)
     got = gpu.batch_at(0, 0).clips
     want = PretextLoader("rotnet", m, device="cpu", **kw).batch_at(0, 0).clips
     assert got.device.type == "cuda" and gpu._cpu is not None
@@ -245,7 +245,8 @@ def test_classes_the_table_refuses_are_skipped_per_file_not_a_stop(files, cache,
     m = _manifest(files, ["vp9", "h264b", "vp9", "h264b"])
     routes, _ = V.routes(m, m.records, "cpu")
     assert routes["h264/p100/sd/a16/reorder"] == V.Route("cpu")
-    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0)
+    loader = PretextLoader("rotnet", m, batch_size=2, size=32, verify=True, prefetch=0,
+                           router=V.routes)
     batch = next(iter(loader))
     assert set(batch.indices.tolist()) <= {0, 2}  # skipped files are replaced by usable ones
     assert len(loader.skipped) == 1 and 1 <= sum(loader.skipped.values()) <= 2

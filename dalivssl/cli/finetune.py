@@ -81,7 +81,8 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
 
     import torch
 
-    from dalivssl.engine.finetune import resolve_data, run_finetune
+    from dalivssl.engine.finetune import resolve_data
+    from dalivssl.runs.finetune import run_finetune
 
     torch.set_num_threads(cfg.threads)
     fdata = resolve_data(data, test_data)  # bad manifests fail first, before any loading

@@ -69,7 +69,7 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
         click.echo(explain_text(cfg))
         return
 
-    from dalivssl.engine.trainer import pretrain as run
+    from dalivssl.runs.pretrain import pretrain as run
 
     run(cfg, resume=resume, overwrite=overwrite)
 

@@ -1,7 +1,7 @@
-"""Pretraining: build a pretext run from a :class:`dalivssl.config.PretrainConfig` and train it
-with the one loop, :func:`dalivssl.engine.fit.fit`.
+"""Pretraining's parts: a pretext run built from a :class:`dalivssl.config.PretrainConfig`
+(``dalivssl.runs.pretrain`` runs it through the driver with the one loop, ``engine.fit.fit``).
 
-``pretrain(cfg)`` builds the loader (``pipelines.loader.PretextLoader``, sharded per rank), the
+``_build(cfg)`` builds the loader (``pipelines.loader.PretextLoader``, sharded per rank), the
 backbone (``models``), head and step (``dalivssl.tasks``), the optimiser from the task's SPEC
 unless the config overrides it, and the per-step schedule; ``fit`` does the rest.
 
@@ -13,27 +13,24 @@ the run is alive; ``--resume`` refuses settings it cannot honour.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import torch
 from torch import nn
 
-from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, save_yaml, to_dict
-from dalivssl.engine import checkpoint as ck
-from dalivssl.engine import distributed
-from dalivssl.engine.fit import (KILL_ENV, SCHEDULES, FitConfig, LRFactor, fit, keep_steps,
-                                 loss_summary, make_scheduler, restore, seed_all)
+from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, to_dict
+from dalivssl.engine.fit import KILL_ENV, SCHEDULES, LRFactor, make_scheduler, seed_all
 from dalivssl.errors import DalivsslError
 
-__all__ = ["pretrain", "TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
+__all__ = ["TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
            "KILL_ENV", "LRFactor", "RESUME_KEYS"]
 
 # settings a resumed pretraining must share with the stored run (anything else, e.g. more
 # steps, is honoured and stated)
 RESUME_KEYS = ("task", "arch", "data_hash", "clip", "seed", "batch_size", "subset", "optimizer",
                "lr", "momentum", "weight_decay", "schedule", "warmup_steps", "milestones",
-               "gamma", "min_lr_ratio", "grad_clip", "sampler", "head", "amp")
+               "gamma", "min_lr_ratio", "grad_clip", "sampler", "head", "amp", "threads",
+               "dali_threads")  # thread counts change the numbers (reductions, DALI order)
 
 
 class TaskModel(nn.Module):
@@ -194,52 +191,6 @@ def _summary_table(summary: dict):
     stdout_console().print(t)
 
 
-# ---------------------------------------------------------------------------------- main
-def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run (or resume) a pretraining job; returns the summary dict (also in summary.json)."""
-    from dalivssl import record as rec
-    from dalivssl.tasks import get_task
-    from models import BACKBONES
-
-    task = get_task(cfg.task)
-    if cfg.arch not in BACKBONES:
-        from dalivssl.errors import unknown_name
-
-        raise unknown_name("architecture", cfg.arch, BACKBONES)
-    from dalivssl.devices import resolve_device
-
-    dev = resolve_device(cfg.device)  # auto → the GPU when usable, else the CPU (stated)
-    cfg = dataclasses.replace(cfg, device=dev.name)
-    if cfg.batch_size < 2:
-        raise DalivsslError(f"batch_size must be >= 2 (BatchNorm, contrastive negatives), got "
-                            f"{cfg.batch_size}")
-    if cfg.amp and cfg.device != "gpu":
-        raise DalivsslError("amp needs --device gpu")
-    cfg.check()  # the CLI checked already; the Python API gets the same one-line errors
-    run_dir = cfg.run_dir
-    dist = distributed.setup(cfg.device)
-    lock = None
-    try:
-        if dist.is_main:  # writable, locked, no silent overwrite: before any work
-            lock = rec.open_run_dir(run_dir, ck.CKPT_NAME, resume, overwrite)
-        ckpt = None
-        ckpt_path = run_dir / ck.CKPT_NAME
-        if resume and ckpt_path.is_file():
-            ckpt = ck.load_checkpoint(ckpt_path)
-            if ckpt.get("kind") != "pretrain":
-                raise DalivsslError(f"{ckpt_path}: a {ckpt.get('kind')!r} checkpoint cannot be "
-                                    "resumed by pretrain")
-            for key in ("arch", "task"):  # the cheap, common mistakes: before building anything
-                if ckpt.get(key) != getattr(cfg, key):
-                    raise DalivsslError(f"{ckpt_path}: checkpoint is for {key} "
-                                        f"{ckpt.get(key)!r}, not {getattr(cfg, key)!r}")
-        return _run(cfg, task, dist, run_dir, ckpt, resume, dev)
-    finally:
-        if lock is not None:
-            lock.release()
-        distributed.cleanup()
-
-
 def _build(cfg: PretrainConfig, task, dist):
     """-> (loader, model, optimizer, scheduler, resolved cfg, opt, total_steps)."""
     from dalivssl.devices import dali_threads
@@ -311,96 +262,3 @@ def run_record(resolved: PretrainConfig, loader, status: str = "running",
         clip=rec.ClipSettings(resolved.clip_len, resolved.size, loader.normalize),
         seed=resolved.seed, settings={**to_dict(resolved), "device_info": device_info or {}},
         status=status)
-
-
-def _run(cfg, task, dist, run_dir, ckpt, resume, dev):
-    from dalivssl import record as rec
-
-    torch.set_num_threads(max(1, cfg.threads))
-    if cfg.deterministic:
-        import os
-
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # on GPU some kernels (e.g. 3D pooling backward) have no deterministic version: warn there
-        torch.use_deterministic_algorithms(True, warn_only=cfg.device == "gpu")
-        torch.backends.cudnn.benchmark = False
-    elif cfg.device == "gpu":
-        torch.backends.cudnn.benchmark = True
-    loader, model, optimizer, scheduler, resolved, opt, total_steps, opts = _build(cfg, task,
-                                                                                  dist)
-    record = run_record(resolved, loader, device_info=dev.record())
-    seed_all(cfg.seed + 1000 * dist.rank)  # per-rank streams for dropout, mixup, speed split
-    step, notes = 0, []
-    if ckpt is not None:
-        notes = rec.check_resumable(rec.record_of(ckpt), record, RESUME_KEYS,
-                                    run_dir / ck.CKPT_NAME)
-        step = restore(ckpt, model, optimizer, scheduler, loader, dist.rank)
-        for fn in scheduler.lr_lambdas:  # more steps: the schedule spans the new total
-            fn.total = max(1, int(total_steps))
-    if dist.is_main:
-        save_yaml(resolved, run_dir / "config.yaml")
-        rec.write_run_record(run_dir, record)
-        from dalivssl.console import stderr_console
-
-        con = stderr_console()
-        con.print(f"device: {dev.reason}", highlight=False)
-        note = (f"resuming {run_dir / ck.CKPT_NAME} at step {step}" if ckpt is not None else
-                f"no checkpoint in {run_dir}: starting from step 0" if resume else
-                f"run dir {run_dir}")
-        con.print(f"{note}; {record.describe()}; {total_steps} steps, {len(loader)} "
-                  f"batches/epoch, lr {opt['lr']:.3g}", highlight=False)
-        for n in notes:
-            con.print(f"resume: {n}", highlight=False)
-        if opts["demo"]:
-            from dalivssl.tasks.explain import demo_note
-
-            con.print(f"[yellow]{demo_note(opts['demo'])}[/yellow]")
-
-    net = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        if task.SPEC.get("sync_bn"):  # BN statistics over the global batch, as the original
-            from dalivssl.engine.syncbn import convert_sync_batchnorm
-
-            convert_sync_batchnorm(model)
-        net = DDP(model, device_ids=[dist.gpu_index] if cfg.device == "gpu" else None)
-
-    def fields(final: bool) -> dict:
-        return dict(kind="pretrain", arch=cfg.arch, task=cfg.task,
-                    record=record.marked(final).to_dict(),
-                    backbone=model.backbone.state_dict(), head=model.head.state_dict(),
-                    backbone_kwargs=opts["backbone"], config=to_dict(resolved),
-                    clip_len=resolved.clip_len, size=resolved.size,
-                    normalize=record.clip.normalize)
-
-    def stage(epoch: int) -> dict:
-        """A kept stage: the weights after ``epoch``, with its own complete record."""
-        staged = record.replace(name=f"{record.name}@{epoch}",
-                                settings={**record.settings, "stage": epoch})
-        return {**fields(True), "record": staged.marked(True).to_dict(), "stage": epoch}
-
-    clips_per_step = cfg.batch_size * loader.sampler.num_clips * dist.world
-    fcfg = FitConfig(total_steps=total_steps, label=f"{cfg.task}/{cfg.arch}", amp=cfg.amp,
-                     grad_clip=opt["grad_clip"], log_every=cfg.log_every,
-                     ckpt_every=cfg.ckpt_every, tensorboard=cfg.tensorboard,
-                     progress=cfg.progress, items_per_step=clips_per_step,
-                     keep=keep_steps(cfg.keep_epochs, len(loader)))
-    res = fit(model, loader, optimizer, scheduler, fcfg, run_dir, fields, net=net, dist=dist,
-              device=torch.device(dist.device), start_step=step, stage_fields=stage)
-    first, last = loss_summary(res.losses)
-    summary = {
-        "name": record.name, "task": cfg.task, "arch": cfg.arch, "steps": res.step,
-        "epochs": res.step / max(1, len(loader)), "first_loss": first, "final_loss": last,
-        "wall_s": res.wall_s, "clips_per_s": res.items_per_s, "data_wait": res.data_wait,
-        "metrics": res.metrics, "checkpoint": str(run_dir / ck.CKPT_NAME),
-        "world_size": dist.world, "skipped": loader.skipped, "short_videos": loader.short,
-    }
-    # every rank's weights must agree after DDP; record a checksum per rank
-    checksum = float(sum(p.detach().double().sum() for p in model.backbone.parameters()))
-    summary["rank_checksums"] = distributed.all_gather_object(checksum)
-    if dist.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        rec.write_run_record(run_dir, record.marked(True))
-        _summary_table(summary)
-    return summary

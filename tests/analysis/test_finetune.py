@@ -112,7 +112,7 @@ def test_l2_norm_probe_features_have_unit_norm():
 def test_run_finetune_writes_checkpoint_record_results_and_plot(tmp_path):
     from dalivssl.config import FinetuneConfig
     from dalivssl.engine.checkpoint import load_checkpoint
-    from dalivssl.engine.finetune import run_finetune
+    from dalivssl.runs.finetune import run_finetune
     from dalivssl.record import read_run_record
     from dalivssl.results import ResultsFile
 
@@ -181,7 +181,7 @@ class _CrashAt:
 def test_resume_after_kill_is_bitwise_identical(tmp_path, probe):
     from dalivssl.config import FinetuneConfig
     from dalivssl.engine.checkpoint import load_checkpoint
-    from dalivssl.engine.finetune import run_finetune
+    from dalivssl.runs.finetune import run_finetune
 
     data = _fake_data(tmp_path)
     train = make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
@@ -215,7 +215,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     from dataclasses import replace
 
     from dalivssl.config import FinetuneConfig
-    from dalivssl.engine.finetune import run_finetune
+    from dalivssl.runs.finetune import run_finetune
 
     data = _fake_data(tmp_path)
     train = make_batches(COLOURS, LABELS, batch_size=3)
@@ -230,7 +230,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 def test_max_steps_stops_mid_epoch(tmp_path):
     from dalivssl.config import FinetuneConfig
-    from dalivssl.engine.finetune import run_finetune
+    from dalivssl.runs.finetune import run_finetune
 
     cfg = FinetuneConfig(arch="tiny", max_steps=3, eval_clips=1, progress=False)
     res = run_finetune(cfg, _fake_data(tmp_path), TinyBackbone(), tmp_path / "r",

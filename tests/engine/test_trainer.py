@@ -56,7 +56,7 @@ def _env(**kw):
 
 def test_pretrain_runs_and_writes_outputs(tiny_synth, tmp_path):
     from dalivssl.engine.checkpoint import load_backbone, load_checkpoint
-    from dalivssl.engine.trainer import pretrain
+    from dalivssl.runs.pretrain import pretrain
 
     cfg = PretrainConfig(task="vcop", arch="r21d", data=str(tiny_synth["train"]), clip_len=8,
                          size=32, batch_size=2, max_steps=3, threads=1, out=str(tmp_path / "r"),
@@ -128,7 +128,7 @@ def test_ddp_two_cpu_processes_agree(tiny_synth, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("task", ["vcop", "rspnet"])
 def test_pretrain_on_gpu_with_amp(task, gpu_synth, tmp_path):
-    from dalivssl.engine.trainer import pretrain
+    from dalivssl.runs.pretrain import pretrain
 
     cfg = PretrainConfig(task=task, arch="r21d", data=str(gpu_synth["train"]), clip_len=8,
                          size=32, batch_size=2, max_steps=3, device="gpu", amp=True,

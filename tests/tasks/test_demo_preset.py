@@ -76,7 +76,7 @@ def embedded_is_tiny(monkeypatch, tiny_synth):
                                                     ("rotnet", "shufflenet", 16, 48)])
 def test_trainer_records_the_preset(task, arch, clip_len, size, with_data, embedded_is_tiny,
                                     tiny_synth, tmp_path, capsys):
-    from dalivssl.engine.trainer import pretrain
+    from dalivssl.runs.pretrain import pretrain
 
     out = tmp_path / "run"
     cfg = PretrainConfig(task=task, arch=arch, clip_len=clip_len, size=size, batch_size=2,

@@ -1,0 +1,110 @@
+"""The one driver that runs a command: ``execute(spec, cfg)``.
+
+Layer: models → pipelines → data → tasks → engine → **runs** → analysis/study → cli. A run module
+imports the engine and the leaves below it; the CLI and the study import runs, never the reverse.
+
+``execute`` alone resolves the device (one ``devices.resolve_device`` call, kept in the context
+and recorded by the spec), sets up the process group, opens and locks the run dir, gives
+``--overwrite`` a clean dir (the spec's outputs removed before anything new is written) .
+``already_done`` lets a spec answer ``--resume`` of a finished run in one line, untouched. The spec's ``run`` builds
+the training module, calls ``engine.fit.fit`` and writes its outputs (timm ``timm/task/``: one
+trainer, one task object per recipe; solo-learn ``solo/methods/__init__.py``: the linear probe is
+one more method on the same trainer).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """What a command is, for the driver.
+
+    name: the command ('pretrain', 'finetune', 'probe', …); config: its frozen config class;
+    artifact: the run's main output in its dir (what ``--resume``/``--overwrite`` guard);
+    resume_keys: settings a resume must not change; outputs: every file/dir the run writes
+    (removed by ``--overwrite``); run(cfg, ctx) -> summary dict; metrics(run_dir) -> dict
+    (what the study reads); check(cfg, device) raises on bad input before the dir is touched."""
+
+    name: str
+    config: type
+    artifact: str
+    resume_keys: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[[Any, "RunContext"], dict]
+    metrics: Callable[[Path], dict] | None = None
+    check: Callable[[Any, Any], None] | None = None  # (cfg, device): bad input, before any write
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What the driver resolved once: the run dir, the device, the process group, the flags."""
+
+    run_dir: Path
+    device: Any        # devices.Device
+    dist: Any          # engine.distributed.DistInfo
+    resume: bool
+    overwrite: bool
+
+
+def clean_outputs(run_dir: Path, outputs) -> None:
+    """Remove a run's outputs (files and dirs such as tb/) so an overwrite starts clean: a
+    failed overwrite can never leave the old checkpoint beside a new config."""
+    for name in outputs:
+        p = Path(run_dir) / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def already_done(ctx: "RunContext", stored_record, step: int, total: int, what: str):
+    """On ``--resume`` of a complete run with nothing left to do (``step >= total``): say so in
+    one line and return the stored summary (``summary.json``, or {}); else None. The run dir is
+    left untouched: no config, record or summary is rewritten."""
+    if stored_record is None or stored_record.status != "complete" or step < total:
+        return None
+    if ctx.dist.is_main:
+        from dalivssl.console import stderr_console
+
+        stderr_console().print(f"{ctx.run_dir}: {what} already complete at step {step}; "
+                               "nothing to resume (left untouched)", highlight=False)
+    summary = ctx.run_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool = False,
+            **inputs) -> dict:
+    """Run ``spec`` with ``cfg`` in ``run_dir``; returns the spec's summary. ``inputs``: what the
+    command was handed beside its config (e.g. finetune's data and backbone), passed to run."""
+    from dalivssl import record as rec
+    from dalivssl.devices import resolve_device
+    from dalivssl.engine import distributed
+    from dalivssl.errors import DalivsslError
+
+    if resume and overwrite:
+        raise DalivsslError("give --resume or --overwrite, not both")
+    dev = resolve_device(cfg.device)  # the one resolution of the run (stated, recorded)
+    if spec.check is not None:
+        spec.check(cfg, dev)
+    run_dir = Path(run_dir)
+    dist = distributed.setup(dev.name)
+    lock = None
+    try:
+        if dist.is_main:  # writable, locked, no silent overwrite: before any work
+            lock = rec.open_run_dir(run_dir, spec.artifact, resume, overwrite)
+            if overwrite:
+                clean_outputs(run_dir, spec.outputs)
+        ctx = RunContext(run_dir=run_dir, device=dev, dist=dist, resume=resume,
+                         overwrite=overwrite)
+        return spec.run(cfg, ctx, **inputs)
+    finally:
+        if lock is not None:
+            lock.release()
+        distributed.cleanup()

@@ -1,0 +1,133 @@
+"""The finetune and linear-probe commands as :class:`~dalivssl.runs.base.RunSpec`\\ s: one trainer
+(``engine.fit.fit`` on ``engine.finetune.ClassifierTask``), the probe one more spec on it
+(solo-learn ``solo/methods/__init__.py``: ``"linear": LinearModel``).
+
+Outputs: ``checkpoint.pt`` (finetune kind), ``record.json``, ``config.yaml``, ``finetune.h5``,
+``finetune_log.csv``, ``finetune.png`` and ``tb/``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from dalivssl.config import FinetuneConfig, save_yaml
+from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, BatchList, Classifier,
+                                      ClassifierTask, FinetuneData, build_optimizer,
+                                      checkpoint_fields, default_name, finetune_record,
+                                      train_loader)
+from dalivssl.errors import DalivsslError
+from dalivssl.runs.base import RunSpec, execute
+
+__all__ = ["SPEC", "PROBE", "run_finetune"]
+
+OUTPUTS = ("checkpoint.pt", "record.json", "config.yaml", RESULTS_NAME, LOG_NAME,
+           "finetune.png", "tb")
+
+
+def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, out_dir,
+                 resume: bool = False, overwrite: bool = False, train_batches=None,
+                 test_batches=None, backbone_kwargs: dict | None = None) -> dict:
+    """Train (engine.fit), evaluate, write the outputs above. Under torchrun the training set is
+    sharded over the ranks and the model wrapped in DDP (rank 0 writes). ``train_batches`` /
+    ``test_batches`` replace the DALI loaders (tests).
+    Returns {'clip_acc', 'video_acc', 'epochs', 'step', 'checkpoint', 'results', 'history'}."""
+    return execute(PROBE if cfg.linear_probe else SPEC, cfg, out_dir, resume=resume,
+                   overwrite=overwrite, data=data, backbone=backbone,
+                   train_batches=train_batches, test_batches=test_batches,
+                   backbone_kwargs=backbone_kwargs)
+
+
+def _check(cfg: FinetuneConfig, dev) -> None:
+    cfg.resolved().check()
+
+
+def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
+         backbone_kwargs=None) -> dict:
+    from dalivssl import record as rec
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.engine.fit import FitConfig, fit, make_scheduler, restore, seed_all
+
+    cfg = replace(cfg.resolved().check(), device=ctx.device.torch)
+    if cfg.flip is None:  # stored resolved: the run's config says what the loader did
+        cfg = replace(cfg, flip=data.train.flip_safe)
+    if cfg.name is None:
+        parent = None
+        if cfg.pretrained:
+            parent = rec.record_of(ck.load_checkpoint(cfg.pretrained), cfg.pretrained)
+        cfg = replace(cfg, name=default_name(cfg, parent))
+    dist, out_dir = ctx.dist, ctx.run_dir
+    torch.set_num_threads(max(1, cfg.threads))
+    device = torch.device(dist.device if dist.enabled else cfg.device)
+    record = finetune_record(cfg, data)
+    ckpt_path = out_dir / ck.CKPT_NAME
+    old = ck.load_checkpoint(ckpt_path) if ctx.resume and ckpt_path.is_file() else None
+    if old is not None:
+        if old.get("kind") != "finetune":
+            raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
+                                "resumed by finetune")
+        rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
+    seed_all(cfg.seed)  # the same initial head on every rank
+    model = Classifier(backbone, len(data.classes), frozen=cfg.linear_probe,
+                       l2_norm=cfg.l2_norm, dropout=cfg.dropout).to(device)
+    task = ClassifierTask(model)
+    optimizer = build_optimizer(model, cfg)
+    if train_batches is None:
+        loader = train_loader(data.train, cfg, where=data.train_path,
+                              shard=(dist.rank, dist.world))
+    else:  # anything with the loader's state interface, or a plain list of batches
+        loader = (train_batches if hasattr(train_batches, "state_dict")
+                  else BatchList(train_batches))
+    if len(loader) == 0:
+        raise DalivsslError(f"{data.train_path}: no training batches (videos too short or "
+                            f"batch size {cfg.batch_size} too large)")
+    total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
+    scheduler = make_scheduler(optimizer, "cosine", total)
+    step = restore(old, task, optimizer, scheduler, loader, dist.rank) if old is not None else 0
+    if dist.is_main:
+        rec.write_run_record(out_dir, record)
+        save_yaml(cfg, out_dir / "config.yaml")  # replay: dalivssl finetune --config …
+    net = task
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(task, device_ids=[dist.gpu_index] if device.type == "cuda" else None)
+
+    def fields(final: bool) -> dict:
+        return checkpoint_fields(model, record.marked(final), data.classes, cfg, backbone_kwargs)
+
+    kind = "linear probe" if cfg.linear_probe else "finetune"
+    fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME,
+                     ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, progress=cfg.progress,
+                     tensorboard=True, items_per_step=cfg.batch_size * dist.world)
+    res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields, net=net, dist=dist,
+              device=device, start_step=step)
+    if test_batches is None:
+        from dalivssl.analysis.features import eval_loader
+
+        test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
+                                   cfg.size, cfg.device, cfg.seed, cfg.normalize,
+                                   num_threads=cfg.threads, where=data.test_path)
+    from dalivssl.analysis.finetune import evaluate, plot_finetune, write_results
+
+    result = evaluate(model, test_batches, len(data.classes), device)
+    skipped = dict(getattr(test_batches, "skipped", {}) or {})
+    epochs = math.ceil(res.step / len(loader))
+    results_path = out_dir / RESULTS_NAME
+    # the logged rows (those of a resumed run's earlier part were read back from its CSV: str)
+    history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in res.history]
+    if dist.is_main:
+        record = record.marked(True)  # the scores go to finetune.h5, not into the checkpoint
+        write_results(results_path, record, cfg, data, history, result, skipped)
+        plot_finetune(out_dir / "finetune.png", record, history, result, data.classes)
+        rec.write_run_record(out_dir, record)
+    return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
+            "step": res.step, "checkpoint": ckpt_path, "results": results_path,
+            "history": history, "skipped": skipped, "name": cfg.name}
+
+
+SPEC = RunSpec(name="finetune", config=FinetuneConfig, artifact="checkpoint.pt",
+               resume_keys=RESUME_KEYS, outputs=OUTPUTS, run=_run, check=_check)
+PROBE = replace(SPEC, name="probe")

@@ -1,0 +1,82 @@
+"""The run driver's guarantees (runs.base.execute): --overwrite gives a clean dir, --resume of a
+complete run leaves it untouched, a resume across another thread count is refused, bad input
+fails before the dir is touched."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from dalivssl.config import PretrainConfig
+from dalivssl.errors import DalivsslError
+
+
+def _cfg(tiny_synth, out, **kw):
+    return PretrainConfig(**{**dict(task="rotnet", arch="r21d", data=str(tiny_synth["train"]),
+                                    clip_len=8, size=32, batch_size=2, max_steps=2, threads=1,
+                                    out=str(out), progress=False, log_every=1, ckpt_every=1,
+                                    deterministic=True), **kw})
+
+
+def test_overwrite_removes_old_outputs_before_the_new_run(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_synth, run))
+    old_events = set((run / "tb").glob("events.*"))
+    assert old_events and (run / "summary.json").is_file()
+    (run / "stray.txt").write_text("not ours")
+    # a failing overwrite (the arch cannot take 4×32² clips): the old outputs are gone, so no
+    # old checkpoint can sit beside a new config
+    with pytest.raises(DalivsslError, match="cannot take 4-frame clips"):
+        pretrain(_cfg(tiny_synth, run, arch="shufflenet", clip_len=4, size=32), overwrite=True)
+    assert not (run / "checkpoint.pt").exists() and not (run / "summary.json").exists()
+    (run / "checkpoint.pt").write_bytes(b"")  # a new run over it: --overwrite still needed
+    pretrain(_cfg(tiny_synth, run, tensorboard=False), overwrite=True)
+    assert not (run / "tb").exists()  # the old event files went with the old run
+    assert (run / "stray.txt").read_text() == "not ours"  # only the run's own outputs go
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+
+def test_resume_of_a_complete_run_leaves_it_untouched(tiny_synth, tmp_path, capsys):
+    from dalivssl.runs.pretrain import pretrain
+
+    run = tmp_path / "r"
+    cfg = _cfg(tiny_synth, run, tensorboard=False)
+    first = pretrain(cfg)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    again = pretrain(cfg, resume=True)
+    err = capsys.readouterr().err
+    assert "already complete at step 2; nothing to resume (left untouched)" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert again["final_loss"] == first["final_loss"] and again["steps"] == 2
+
+
+def test_resume_refuses_another_thread_count(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    run = tmp_path / "r"
+    cfg = _cfg(tiny_synth, run, tensorboard=False)
+    pretrain(cfg)
+    with pytest.raises(DalivsslError, match=r"cannot resume with other settings \(threads: 1 → 2\)"):
+        pretrain(replace(cfg, threads=2, max_steps=3), resume=True)
+
+
+def test_bad_input_fails_before_the_run_dir_exists(tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    with pytest.raises(DalivsslError, match="batch_size must be >= 2"):
+        pretrain(PretrainConfig(batch_size=1, out=str(tmp_path / "never")))
+    assert not (tmp_path / "never").exists()
+
+
+def test_every_registered_spec_loads():
+    from dalivssl.runs import SPECS, spec
+
+    for name in SPECS:
+        s = spec(name)
+        assert s.name == name and "checkpoint.pt" in s.outputs or s.artifact in s.outputs
+    with pytest.raises(DalivsslError, match="unknown command"):
+        spec("nope")

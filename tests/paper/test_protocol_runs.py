@@ -36,7 +36,7 @@ def test_warmup_in_epochs():
 
 def test_keep_epochs_writes_each_stage_with_its_own_record(tiny_synth, tmp_path):
     from dalivssl.engine.checkpoint import load_checkpoint
-    from dalivssl.engine.trainer import pretrain
+    from dalivssl.runs.pretrain import pretrain
 
     cfg = PretrainConfig(task="rotnet", arch="r21d", data=str(tiny_synth["train"]), clip_len=4,
                          size=32, batch_size=4, epochs=3, threads=1, out=str(tmp_path / "r"),

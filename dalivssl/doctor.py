@@ -15,6 +15,7 @@ import subprocess
 
 
 def _version(module: str, attr: str = "__version__") -> str | None:
+    """The version an import reports (None when the import fails: what doctor must show)."""
     import importlib
 
     try:
@@ -23,12 +24,29 @@ def _version(module: str, attr: str = "__version__") -> str | None:
         return None
 
 
+def _dist_version(*dists: str) -> str | None:
+    """An installed distribution's version from its metadata, without importing it."""
+    from importlib import metadata
+
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def versions() -> dict:
-    """{package: version or None}."""
-    out = {"python": platform.python_version(), "dalivssl": _version("dalivssl"),
-           "numpy": _version("numpy"), "torch": _version("torch"),
-           "torch_cuda": _version("torch.version", "cuda"), "dali": _version("nvidia.dali"),
-           "cupy": _version("cupy"), "pyav": _version("av"), "torchcodec": _version("torchcodec")}
+    """{package: version or None}: the run record's versions (``record.versions``) plus what
+    the GPU path imports (each imported, so a broken install reads None), PyAV's libavcodec,
+    the ffmpeg binary and torchcodec (metadata only: importing it loads torch's compiler
+    stack, about 2 s, and it is a benchmark peer, not a dependency of the loader)."""
+    from dalivssl.record import versions as record_versions
+
+    out = {"python": platform.python_version(), **record_versions(),
+           "torch": _version("torch"), "torch_cuda": _version("torch.version", "cuda"),
+           "dali": _version("nvidia.dali"), "cupy": _version("cupy"), "pyav": _version("av"),
+           "torchcodec": _dist_version("torchcodec")}
     try:
         import av
 
@@ -39,7 +57,6 @@ def versions() -> dict:
     ff = shutil.which("ffmpeg")
     first = _run([ff, "-hide_banner", "-version"]).split("\n")[0] if ff else ""
     out["ffmpeg"] = " ".join(first.split()[2:3]) or None  # 'ffmpeg version 5.1.9 Copyright …'
-
     return out
 
 

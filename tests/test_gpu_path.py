@@ -86,7 +86,8 @@ def test_mixed_decoder_codecs_and_bframes():
 def test_table_minimums_are_not_below_nvdec(gpu_synth):
     """NVDEC's own minimum coded size per codec (cuvidGetDecoderCaps) never exceeds the table's:
     the precheck lets nothing through that NVDEC rejects."""
-    from dalivssl.data.capabilities import DECODERS, nvdec_caps
+    from dalivssl.data.capabilities import DECODERS
+    from dalivssl.devices import nvdec_caps
 
     for codec, lim in DECODERS["gpu"].items():
         caps = nvdec_caps(0, codec)

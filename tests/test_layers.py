@@ -37,9 +37,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("dalivssl.tasks.explain", "dalivssl.engine.trainer"),
     # 23a/24a: the study reads a step's options from its RunSpec config, not from cli.COMMANDS
     ("dalivssl.study.spec", "dalivssl.cli"),
-    # open: the GPU probe (capabilities.gpu_probe) moves to decode_matrix and fills the table
-    ("dalivssl.data.capabilities", "dalivssl.data.decode_matrix"),
-    ("dalivssl.data.capabilities", "dalivssl.devices"),
 }
 
 

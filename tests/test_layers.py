@@ -33,8 +33,6 @@ ALLOWED: set[tuple[str, str]] = {
     ("dalivssl.engine.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.finetune"),
-    # 23a (trainer rewrite): head_context/resolve_optim leave engine/trainer, explain moves to engine
-    ("dalivssl.tasks.explain", "dalivssl.engine.trainer"),
     # 23a/24a: the study reads a step's options from its RunSpec config, not from cli.COMMANDS
     ("dalivssl.study.spec", "dalivssl.cli"),
 }

@@ -129,7 +129,8 @@ def step_preflight(ctx: Ctx) -> None:
         return
     caps = {}
     if lib:
-        from dalivssl.data.capabilities import DECODERS, nvdec_caps
+        from dalivssl.data.capabilities import DECODERS
+        from dalivssl.devices import nvdec_caps
 
         caps = {c: nvdec_caps(0, c) for c in DECODERS["gpu"]}
     yes = [c for c, x in caps.items() if x and x["supported"]]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 
-OPTIMIZERS = ("sgd", "adamw")  # names for pretraining and finetuning (engine.trainer.make_optimizer)
+OPTIMIZERS = ("sgd", "adamw")  # names for pretraining and finetuning (engine.optim.OptimSpec)
 SUB_CONFIGS = ("sampler", "head", "backbone")  # dict-valued fields, keys checked at build time
 
 

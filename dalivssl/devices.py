@@ -7,7 +7,12 @@ one GPU only, so LOCAL_RANK itself can be out of range). Also here: DALI's own t
 (:func:`dali_threads`, G5) and the two helpers GPU timings and evaluations need (:func:`sync`,
 :func:`autocast`, G8).
 
-Leaf module: torch and ctypes are imported inside the functions (pipelines/ imports it lazily).
+The GPU measurements that fill the decoder table ``dalivssl.data.capabilities`` (a leaf this
+module reads, never the reverse) live here too: NVDEC's own limits (:func:`nvdec_caps`) and the
+decode probe of the table's 'probe' entries (:func:`gpu_probe`, run in a child process).
+
+Base layer: stdlib at import time; torch is imported inside the functions (pipelines/ imports
+this module lazily).
 """
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 DEVICE_NAMES = ("auto", "cpu", "gpu")
@@ -23,6 +31,7 @@ DEVICE_NAMES = ("auto", "cpu", "gpu")
 # (``num_threads`` workers in video_decoder_base.h), and an H100-class part has 7 NVDEC engines
 DALI_THREADS = {"cpu": 2, "gpu": 8}
 NVCUVID = ("libnvcuvid.so.1", "libnvcuvid.so")
+PROBE_TIMEOUT_S = 300.0  # the decode probe's child: writes and decodes two tiny clips
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,6 @@ def resolve_device(name: str = "auto", env=None) -> Device:
         why_not = ("libnvcuvid (the driver's video decoder) cannot be loaded; in a container set "
                    "NVIDIA_DRIVER_CAPABILITIES=compute,utility,video")
     else:
-        from dalivssl.data.capabilities import nvdec_caps
-
         caps = nvdec_caps(idx, "h264")
         if caps and caps.get("nvdecs") == 0:
             why_not = "the GPU has no NVDEC engine (a MIG slice without media engines?)"
@@ -123,6 +130,7 @@ def resolve_device(name: str = "auto", env=None) -> Device:
         if name == "gpu":
             raise _error(f"--device gpu: GPU {idx} ({gpu}): {why_not}; use --device cpu")
         return cpu(f"auto: GPU {idx} ({gpu}) unusable for decoding: {why_not}", gpu=gpu)
+    use_gpu_probe()
     return Device("gpu", f"cuda:{idx}", "mixed", idx,
                   f"{name}: GPU {idx} ({gpu}), NVDEC reachable", requested=name, gpu=gpu)
 
@@ -167,3 +175,88 @@ def autocast(device, enabled: bool = True):
     import torch
 
     return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+# ------------------------------------------------------------------------ GPU decode probe
+@functools.lru_cache(maxsize=1)
+def gpu_probe() -> dict[str, bool]:
+    """{codec: decoded} for the capability table's 'probe' entries (AV1, MJPEG) on this
+    process's GPU (``LOCAL_RANK``). Each is decoded once from a tiny generated clip at 256 px by
+    ``python -m dalivssl.data.decode_matrix probe`` (one cell of the decode matrix per codec), in
+    a child process: PyAV and DALI stay out of this one, and an abort or hang there is a False
+    here. Without a usable GPU every entry is False and nothing runs."""
+    from dalivssl.data.capabilities import PROBE_CODECS
+
+    none = dict.fromkeys(PROBE_CODECS, False)
+    if not cuda_usable():
+        return none
+    try:
+        out = subprocess.run([sys.executable, "-m", "dalivssl.data.decode_matrix", "probe"],
+                             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return none
+    answer = next((ln for ln in reversed(out.stdout.splitlines()) if ln.startswith("{")), "{}")
+    got = json.loads(answer)
+    return {c: bool(got.get(c)) for c in PROBE_CODECS}
+
+
+def use_gpu_probe() -> None:
+    """Let :func:`gpu_probe` decide the table's 'probe' entries (run on first need): called when
+    a GPU is resolved and by the GPU checks of ``dalivssl.data``."""
+    from dalivssl.data.capabilities import use_probe
+
+    use_probe(gpu_probe)
+
+
+# ------------------------------------------------------------------ NVDEC's own limits (ctypes)
+# cudaVideoCodec and cudaVideoChromaFormat enums of nvcuvid's cuviddec.h
+_CUVID_CODEC = {"mpeg4": 2, "h264": 4, "mjpeg": 5, "hevc": 8, "vp8": 9, "vp9": 10, "av1": 11}
+_CUVID_CHROMA = {"4:0:0": 0, "4:2:0": 1, "4:2:2": 2, "4:4:4": 3}
+
+
+class _DecodeCaps(ctypes.Structure):
+    """CUVIDDECODECAPS (cuviddec.h, Video Codec SDK 11+), 88 bytes, plus slack."""
+
+    _fields_ = [("eCodecType", ctypes.c_int), ("eChromaFormat", ctypes.c_int),
+                ("nBitDepthMinus8", ctypes.c_uint), ("reserved1", ctypes.c_uint * 3),
+                ("bIsSupported", ctypes.c_ubyte), ("nNumNVDECs", ctypes.c_ubyte),
+                ("nOutputFormatMask", ctypes.c_ushort), ("nMaxWidth", ctypes.c_uint),
+                ("nMaxHeight", ctypes.c_uint), ("nMaxMBCount", ctypes.c_uint),
+                ("nMinWidth", ctypes.c_ushort), ("nMinHeight", ctypes.c_ushort),
+                ("bIsHistogramSupported", ctypes.c_ubyte), ("nCounterBitDepth", ctypes.c_ubyte),
+                ("nMaxHistogramBins", ctypes.c_ushort), ("reserved3", ctypes.c_uint * 10),
+                ("_slack", ctypes.c_ubyte * 64)]
+
+
+def nvdec_caps(device_id: int = 0, codec: str = "h264", chroma: str = "4:2:0",
+               bits: int = 8) -> dict | None:
+    """NVDEC's answer for one configuration (``cuvidGetDecoderCaps``): {supported, nvdecs,
+    min_size, max_size} or None where the driver libraries or a GPU are missing. Uses the GPU's
+    primary context, which torch shares."""
+    from dalivssl.data.capabilities import canonical
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        cuvid = ctypes.CDLL("libnvcuvid.so.1")
+    except OSError:
+        return None
+    dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+    if (cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(dev), int(device_id))
+            or cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)):
+        return None
+    try:
+        if cuda.cuCtxPushCurrent_v2(ctx):
+            return None
+        caps = _DecodeCaps()
+        caps.eCodecType = _CUVID_CODEC[canonical(codec)]
+        caps.eChromaFormat = _CUVID_CHROMA[chroma]
+        caps.nBitDepthMinus8 = int(bits) - 8
+        rc = cuvid.cuvidGetDecoderCaps(ctypes.byref(caps))
+        cuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+    finally:
+        cuda.cuDevicePrimaryCtxRelease_v2(dev)
+    if rc:
+        return None
+    return {"supported": bool(caps.bIsSupported), "nvdecs": int(caps.nNumNVDECs),
+            "min_size": (int(caps.nMinWidth), int(caps.nMinHeight)),
+            "max_size": (int(caps.nMaxWidth), int(caps.nMaxHeight))}

@@ -94,8 +94,8 @@ def gpus() -> list[dict]:
 
 def nvdec(device_id: int) -> dict:
     """libnvcuvid's path and NVDEC's own answer per table codec (8-bit 4:2:0)."""
-    from dalivssl.data.capabilities import DECODERS, nvdec_caps
-    from dalivssl.devices import nvcuvid_path
+    from dalivssl.data.capabilities import DECODERS
+    from dalivssl.devices import nvcuvid_path, nvdec_caps
 
     path = nvcuvid_path()
     caps = {c: nvdec_caps(device_id, c) for c in DECODERS["gpu"]} if path else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Backbone, count_flops, count_parameters
+from .base import Backbone, ModelError, count_flops, count_parameters
 from .c3d import C3D
 from .mobilenet3d import MobileNet3D
 from .r2plus1d import R2Plus1D
@@ -39,22 +39,18 @@ BACKBONES = {
 def create_backbone(name: str, num_classes: int | None = None, **kw) -> Backbone:
     """Build backbone ``name`` (a BACKBONES key) with random weights. ``kw`` are the builder's
     options (e.g. ``dropout``, ``groups``/``width_mult`` for shufflenet, ``layer_sizes`` for
-    r3d/r21d); an unknown name or option raises ``DalivsslError``."""
+    r3d/r21d); an unknown name or option raises :class:`ModelError`."""
     if name not in BACKBONES:
-        # imported here: models depends only on torch; dalivssl.errors is a tiny leaf module
-        from dalivssl.errors import unknown_name
-
-        raise unknown_name("architecture", name, BACKBONES)
+        raise ModelError(f"unknown architecture {name!r}; valid: {', '.join(sorted(BACKBONES))}")
     builder = BACKBONES[name]
     params = inspect.signature(builder).parameters
     bad = sorted(k for k in kw if k not in params or k in ("self", "net", "num_classes"))
     if bad:
-        from dalivssl.errors import DalivsslError
-
         valid = sorted(k for k in params if k not in ("self", "net", "num_classes"))
-        raise DalivsslError(f"architecture {name!r} has no option {', '.join(bad)}; "
+        raise ModelError(f"architecture {name!r} has no option {', '.join(bad)}; "
                             f"valid: {', '.join(valid) or 'none'}")
     return builder(num_classes=num_classes, **kw)
 
 
-__all__ = ["BACKBONES", "Backbone", "create_backbone", "count_flops", "count_parameters"]
+__all__ = ["BACKBONES", "Backbone", "ModelError", "create_backbone", "count_flops",
+           "count_parameters"]

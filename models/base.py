@@ -24,6 +24,12 @@ import torch
 from torch import nn
 
 
+class ModelError(ValueError):
+    """A backbone name or option the user must fix; one-line message. ``models`` imports nothing
+    from ``dalivssl`` (as ``pipelines.loader.LoaderError``), and the CLI reports it as one line,
+    exit code 2."""
+
+
 class Backbone(nn.Module):
     """Base class: subclasses build their layers, set ``feature_dim`` and ``cka_layers``,
     implement ``forward_map`` and finish ``__init__`` with ``self.reset_classifier(...)``."""

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .base import Backbone
+from .base import Backbone, ModelError
 
 
 class Conv3x3x3(nn.Module):
@@ -82,7 +82,7 @@ class VCOPResNet(Backbone):
                  dropout: float | None = None):
         super().__init__()
         if len(layer_sizes) != 4 or min(layer_sizes) < 1:
-            raise ValueError(f"layer_sizes must be 4 positive block counts, got {tuple(layer_sizes)}")
+            raise ModelError(f"layer_sizes must be 4 positive block counts, got {tuple(layer_sizes)}")
         conv = type(self).conv_type
         self.conv1 = conv(3, 64, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3))
         self.bn1 = nn.BatchNorm3d(64)

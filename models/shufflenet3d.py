@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Backbone, block_names
+from .base import Backbone, ModelError, block_names
 
 #: stage output widths at 1.0x for each group count (stem is 24 at 1.0x).
 STAGE_WIDTHS = {1: (144, 288, 567), 2: (200, 400, 800), 3: (240, 480, 960),
@@ -82,7 +82,7 @@ class ShuffleNet3D(Backbone):
                  dropout: float | None = None, zero_init_residual: bool = False):
         super().__init__()
         if groups not in STAGE_WIDTHS:
-            raise ValueError(f"shufflenet groups must be one of {sorted(STAGE_WIDTHS)}, got {groups}")
+            raise ModelError(f"shufflenet groups must be one of {sorted(STAGE_WIDTHS)}, got {groups}")
         widths = [int(c * width_mult) for c in (24, *STAGE_WIDTHS[groups])]
         self.groups = groups
         self.conv1 = nn.Sequential(

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 
 from dalivssl import devices
+from dalivssl.data import capabilities
 from dalivssl.errors import DalivsslError
 
 
@@ -20,9 +21,10 @@ def fake_gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
         monkeypatch.setattr(devices, "nvcuvid_path", lambda: nvcuvid)
-        monkeypatch.setattr("dalivssl.data.capabilities.nvdec_caps",
+        monkeypatch.setattr(devices, "nvdec_caps",
                             lambda i, c: {"supported": True, "nvdecs": nvdecs,
                                           "min_size": (48, 16), "max_size": (4096, 4096)})
+        monkeypatch.setattr(capabilities, "_probe", None)  # a resolved GPU installs its probe
     return _fake
 
 
@@ -118,3 +120,59 @@ def test_distributed_setup_uses_the_rank_gpu(fake_gpus, monkeypatch):
     assert chosen == [0] and info.device == "cuda:0" and info.gpu_index == 0
     assert info.local_rank == 3
     assert distributed.setup("cpu").gpu_index is None
+
+
+def test_a_resolved_gpu_installs_its_decode_probe_in_the_table(fake_gpus, monkeypatch):
+    """The table asks the probe of the GPU the run resolved (AV1 decodes on this fake GPU)."""
+    fake_gpus(n=1)
+    monkeypatch.delenv(capabilities.PROBE_ENV, raising=False)
+    monkeypatch.setattr(devices, "gpu_probe", lambda: {"av1": True, "mjpeg": False})
+    assert capabilities.problem("av1", 320, 240, "yuv420p", "gpu") is not None  # not measured
+    devices.resolve_device("cpu")
+    assert capabilities.problem("av1", 320, 240, "yuv420p", "gpu") is not None
+    devices.resolve_device("gpu")
+    assert capabilities.problem("av1", 320, 240, "yuv420p", "gpu") is None
+    assert capabilities.problem("mjpeg", 320, 240, "yuvj420p", "gpu").startswith("codec mjpeg")
+
+
+def test_gpu_probe_reads_its_child_and_runs_nothing_without_a_gpu(monkeypatch):
+    import subprocess
+    import sys
+
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, kw["timeout"]))
+        if answer is None:
+            raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+        return subprocess.CompletedProcess(cmd, 0, answer, "")
+
+    monkeypatch.setattr(devices.subprocess, "run", fake_run)
+    answer = 'svt banner\n{"av1": true, "mjpeg": false}\n'
+    monkeypatch.setattr(devices, "cuda_usable", lambda: False)
+    devices.gpu_probe.cache_clear()
+    assert devices.gpu_probe() == {"av1": False, "mjpeg": False} and calls == []
+    monkeypatch.setattr(devices, "cuda_usable", lambda: True)
+    devices.gpu_probe.cache_clear()
+    assert devices.gpu_probe() == {"av1": True, "mjpeg": False}
+    assert calls == [([sys.executable, "-m", "dalivssl.data.decode_matrix", "probe"],
+                      devices.PROBE_TIMEOUT_S)]
+    assert devices.gpu_probe() == {"av1": True, "mjpeg": False} and len(calls) == 1  # cached
+    for answer in (None, "child died\n"):  # hung, or no answer line: nothing decodes
+        devices.gpu_probe.cache_clear()
+        assert devices.gpu_probe() == {"av1": False, "mjpeg": False}
+    devices.gpu_probe.cache_clear()
+
+
+def test_the_probe_child_runs_one_gpu_cell_per_probe_entry(monkeypatch):
+    from dalivssl.data import decode_matrix as dm
+
+    cells = []
+
+    def fake_cell(case, size, backend):
+        cells.append((case, size, backend))
+        return {"status": "OK" if case == "mjpeg" else "FAIL"}
+
+    monkeypatch.setattr(dm, "run_cell", fake_cell)
+    assert dm.probe_cells() == {"av1": False, "mjpeg": True}
+    assert cells == [("av1", 256, "gpu"), ("mjpeg", 256, "gpu")]

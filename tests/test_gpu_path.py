@@ -86,7 +86,8 @@ def test_mixed_decoder_codecs_and_bframes():
 def test_table_minimums_are_not_below_nvdec(gpu_synth):
     """NVDEC's own minimum coded size per codec (cuvidGetDecoderCaps) never exceeds the table's:
     the precheck lets nothing through that NVDEC rejects."""
-    from dalivssl.data.capabilities import DECODERS, nvdec_caps
+    from dalivssl.data.capabilities import DECODERS
+    from dalivssl.devices import nvdec_caps
 
     for codec, lim in DECODERS["gpu"].items():
         caps = nvdec_caps(0, codec)
@@ -94,6 +95,24 @@ def test_table_minimums_are_not_below_nvdec(gpu_synth):
         if caps["supported"] and lim.status == "yes":
             assert caps["min_size"][0] <= lim.min_size[0] and \
                 caps["min_size"][1] <= lim.min_size[1], (codec, caps, lim)
+
+
+def test_the_decode_probe_of_a_resolved_gpu_decides_the_probe_entries(monkeypatch):
+    """resolve_device('gpu') installs the GPU's decode probe (a child process running one matrix
+    cell per 'probe' entry) and the capability table answers with what it measured."""
+    from dalivssl import devices
+    from dalivssl.data import capabilities as cap
+
+    monkeypatch.delenv(cap.PROBE_ENV, raising=False)
+    monkeypatch.setattr(cap, "_probe", None)
+    devices.gpu_probe.cache_clear()
+    assert devices.resolve_device("gpu").is_gpu
+    got = devices.gpu_probe()
+    assert set(got) == set(cap.PROBE_CODECS) == {"av1", "mjpeg"}
+    for codec, decoded in got.items():
+        why = cap.problem(codec, 320, 240, "yuvj420p" if codec == "mjpeg" else "yuv420p", "gpu")
+        assert (why is None) == decoded, (codec, why)
+    devices.gpu_probe.cache_clear()
 
 
 def test_precheck_keeps_small_vp9_away_from_nvdec(make_video):

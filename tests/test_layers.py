@@ -33,16 +33,8 @@ ALLOWED: set[tuple[str, str]] = {
     ("dalivssl.engine.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.finetune"),
-    # 23a (trainer rewrite): head_context/resolve_optim leave engine/trainer, explain moves to engine
-    ("dalivssl.tasks.explain", "dalivssl.engine.trainer"),
     # 23a/24a: the study reads a step's options from its RunSpec config, not from cli.COMMANDS
     ("dalivssl.study.spec", "dalivssl.cli"),
-    # lead: models raises its own ValueError subclass (as pipelines/ does) once
-    # tests/models/test_backbones.py may assert that instead of DalivsslError
-    ("models", "dalivssl.errors"),
-    # open: the GPU probe (capabilities.gpu_probe) moves to decode_matrix and fills the table
-    ("dalivssl.data.capabilities", "dalivssl.data.decode_matrix"),
-    ("dalivssl.data.capabilities", "dalivssl.devices"),
 }
 
 

@@ -72,9 +72,10 @@ def main(argv=None):
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except ValueError as exc:
-        # pipelines/ cannot import dalivssl, so its input errors (LoaderError, TooShort, bad noise
-        # names) are ValueError subclasses defined there: report them the same way.
-        if not type(exc).__module__.startswith("pipelines"):
+        # pipelines/ and models/ cannot import dalivssl, so their input errors (LoaderError,
+        # TooShort, bad noise names, models.ModelError) are ValueError subclasses defined there:
+        # report them the same way.
+        if not type(exc).__module__.startswith(("pipelines", "models")):
             raise
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -64,7 +64,7 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
     if explain:
-        from dalivssl.tasks.explain import explain as explain_text
+        from dalivssl.engine.explain import explain as explain_text
 
         click.echo(explain_text(cfg))
         return

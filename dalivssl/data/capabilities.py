@@ -13,18 +13,19 @@ decoder names onto them). Sources (DALI's ``fn.decoders.video`` documentation, N
   only what ``cuvidGetDecoderCaps`` allows; Hopper (H100/H200) has no AV1, no H.264 High10/4:2:2
   and no HEVC 4:2:2. DALI creates every decoder with an NV12 (8-bit 4:2:0) output surface, so only
   8-bit 4:2:0 is accepted here; AV1 and MJPEG count on GPU only when a decode probe on this
-  machine succeeded (``status == 'probe'``, decided by :func:`gpu_probe`).
+  machine succeeded (``status == 'probe'``: :func:`probed`).
 
 Such files must never reach NVDEC: DALI raises the size/caps errors inside libnvcuvid's parser
 callback, where an exception can terminate the process (DALI #4620, G3).
 
-pipelines/loader.py imports this module lazily (like models/ imports dalivssl.errors), so it stays
-a leaf: stdlib at import time; PyAV, ctypes and DALI only inside the functions that need them.
+A leaf table: it imports nothing of this repository (stdlib at import time, PyAV only inside
+:func:`stream_info`), so every layer reads it (pipelines/loader.py lazily). The measuring code
+reads it, never the reverse: ``dalivssl.devices`` asks NVDEC (``nvdec_caps``) and installs the
+GPU's decode probe (:func:`use_probe`), ``dalivssl.data.decode_matrix`` decodes the cases and
+``dalivssl.data.check`` the files.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import re
 from dataclasses import dataclass
@@ -38,8 +39,8 @@ class Limits:
 
     min_size: (width, height) minimum *coded* size; align: the codec's coding block (a display
     width w is coded as ceil(w / align) * align); chroma: accepted chroma subsamplings (None =
-    any); bits: accepted bit depths (None = any); status: 'yes', or 'probe' = only where
-    :func:`gpu_probe` decoded a sample on this machine.
+    any); bits: accepted bit depths (None = any); status: 'yes', or 'probe' = only where the
+    GPU's decode probe (:func:`probed`) decoded a sample on this machine.
     """
 
     min_size: tuple[int, int] = (1, 1)
@@ -105,10 +106,10 @@ def pix_fmt_info(pix_fmt: str) -> tuple[str | None, int | None]:
 
 def limits(codec: str, device: str, static: bool = False) -> Limits | None:
     """The table's entry, or None when ``device`` does not decode ``codec`` (probe entries on GPU
-    count only when :func:`gpu_probe` says they decode; ``static``: without asking the probe)."""
+    count only when :func:`probed` says they decode; ``static``: without asking the probe)."""
     lim = DECODERS[device].get(canonical(codec))
     if (lim is not None and lim.status == "probe" and not static
-            and not gpu_probe().get(canonical(codec))):
+            and not probed().get(canonical(codec))):
         return None
     return lim
 
@@ -202,76 +203,25 @@ def table_rows() -> list[dict]:
 
 # ---------------------------------------------------------------------------- GPU decode probe
 PROBE_ENV = "DALIVSSL_GPU_PROBE"  # 'av1,mjpeg' = treat as decodable, '' = none (skip the probe)
+PROBE_CODECS = tuple(c for c, lim in DECODERS["gpu"].items() if lim.status == "probe")
+_probe = None  # () -> {codec: decoded}: the GPU's decode probe, installed by dalivssl.devices
 
 
-@functools.lru_cache(maxsize=1)
-def gpu_probe() -> dict[str, bool]:
-    """{codec: decoded} for the table's 'probe' entries on this machine's GPU.
+def use_probe(measure) -> None:
+    """Let ``measure() -> {codec: decoded}`` decide the 'probe' entries, asked on first need (it
+    caches its own answer). ``dalivssl.devices`` installs its GPU decode probe when a GPU is
+    resolved and before a GPU check; this table imports none of the measuring code. None: no
+    probe (every probe entry undecodable)."""
+    global _probe
+    _probe = measure
 
-    Each codec is decoded once, in a child process (an abort there is a False here), from a tiny
-    generated clip at 256 px: see ``dalivssl.data.decode_matrix``. Without a GPU every entry is
-    False and nothing is run. ``$DALIVSSL_GPU_PROBE`` (comma list) overrides the probe.
-    """
-    names = [c for c, lim in DECODERS["gpu"].items() if lim.status == "probe"]
+
+def probed() -> dict[str, bool]:
+    """{codec: decoded on this machine's GPU} for the 'probe' entries: ``$DALIVSSL_GPU_PROBE``
+    (comma list) when set, else the installed probe's answer, else all False (nothing measured in
+    this process: such files never reach NVDEC)."""
     if PROBE_ENV in os.environ:
         ok = {canonical(c) for c in os.environ[PROBE_ENV].split(",") if c.strip()}
-        return {c: c in ok for c in names}
-    from dalivssl.devices import cuda_usable
-
-    if not cuda_usable():
-        return {c: False for c in names}
-    from dalivssl.data.decode_matrix import run_cell
-
-    return {c: run_cell(c, 256, "gpu")["status"] == "OK" for c in names}
-
-
-# ------------------------------------------------------------------ NVDEC's own limits (ctypes)
-# cudaVideoCodec and cudaVideoChromaFormat enums of nvcuvid's cuviddec.h
-_CUVID_CODEC = {"mpeg4": 2, "h264": 4, "mjpeg": 5, "hevc": 8, "vp8": 9, "vp9": 10, "av1": 11}
-_CUVID_CHROMA = {"4:0:0": 0, "4:2:0": 1, "4:2:2": 2, "4:4:4": 3}
-
-
-class _DecodeCaps(ctypes.Structure):
-    """CUVIDDECODECAPS (cuviddec.h, Video Codec SDK 11+), 88 bytes, plus slack."""
-
-    _fields_ = [("eCodecType", ctypes.c_int), ("eChromaFormat", ctypes.c_int),
-                ("nBitDepthMinus8", ctypes.c_uint), ("reserved1", ctypes.c_uint * 3),
-                ("bIsSupported", ctypes.c_ubyte), ("nNumNVDECs", ctypes.c_ubyte),
-                ("nOutputFormatMask", ctypes.c_ushort), ("nMaxWidth", ctypes.c_uint),
-                ("nMaxHeight", ctypes.c_uint), ("nMaxMBCount", ctypes.c_uint),
-                ("nMinWidth", ctypes.c_ushort), ("nMinHeight", ctypes.c_ushort),
-                ("bIsHistogramSupported", ctypes.c_ubyte), ("nCounterBitDepth", ctypes.c_ubyte),
-                ("nMaxHistogramBins", ctypes.c_ushort), ("reserved3", ctypes.c_uint * 10),
-                ("_slack", ctypes.c_ubyte * 64)]
-
-
-def nvdec_caps(device_id: int = 0, codec: str = "h264", chroma: str = "4:2:0",
-               bits: int = 8) -> dict | None:
-    """NVDEC's answer for one configuration (``cuvidGetDecoderCaps``): {supported, nvdecs,
-    min_size, max_size} or None where the driver libraries or a GPU are missing. Uses the GPU's
-    primary context, which torch shares."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        cuvid = ctypes.CDLL("libnvcuvid.so.1")
-    except OSError:
-        return None
-    dev, ctx = ctypes.c_int(), ctypes.c_void_p()
-    if (cuda.cuInit(0) or cuda.cuDeviceGet(ctypes.byref(dev), int(device_id))
-            or cuda.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)):
-        return None
-    try:
-        if cuda.cuCtxPushCurrent_v2(ctx):
-            return None
-        caps = _DecodeCaps()
-        caps.eCodecType = _CUVID_CODEC[canonical(codec)]
-        caps.eChromaFormat = _CUVID_CHROMA[chroma]
-        caps.nBitDepthMinus8 = int(bits) - 8
-        rc = cuvid.cuvidGetDecoderCaps(ctypes.byref(caps))
-        cuda.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
-    finally:
-        cuda.cuDevicePrimaryCtxRelease_v2(dev)
-    if rc:
-        return None
-    return {"supported": bool(caps.bIsSupported), "nvdecs": int(caps.nNumNVDECs),
-            "min_size": (int(caps.nMinWidth), int(caps.nMinHeight)),
-            "max_size": (int(caps.nMaxWidth), int(caps.nMaxHeight))}
+        return {c: c in ok for c in PROBE_CODECS}
+    got = _probe() if _probe is not None else {}
+    return {c: bool(got.get(c)) for c in PROBE_CODECS}

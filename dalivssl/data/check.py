@@ -24,6 +24,7 @@ import numpy as np
 from dalivssl.data.capabilities import DEVICES, problem
 from dalivssl.data.index import probe_many
 from dalivssl.data.manifest import Manifest, VideoRecord
+from dalivssl.devices import use_gpu_probe
 from dalivssl.errors import DalivsslError
 
 
@@ -33,6 +34,8 @@ def check_manifest(manifest: Manifest, device: str = "cpu", min_frames: int = 0,
     """[(record, reason)] for every record that cannot be used; [] when all are fine."""
     if device not in DEVICES:
         raise DalivsslError(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    if device == "gpu":
+        use_gpu_probe()  # AV1/MJPEG count where this GPU decodes them
     results = probe_many(manifest.paths(), False, workers, progress)
     bad: list[tuple[VideoRecord, str]] = []
     to_decode: list[VideoRecord] = []

@@ -6,7 +6,8 @@ and 'gpu' = the mixed NVDEC decoder where a usable GPU exists) and compared with
 frame. Decoding runs in a child process per backend that reports one JSON line per video; a
 child that aborts or hangs makes that video's cell ABORT/HANG and a new child goes on with the
 next one (G3: NVDEC errors can terminate a process). ``dalivssl doctor`` prints the matrix; the
-GPU decode probe of ``capabilities.gpu_probe`` runs one cell of it.
+GPU decode probe (``python -m dalivssl.data.decode_matrix probe``, started by
+``dalivssl.devices.gpu_probe``) runs one cell of it per 'probe' entry of the capability table.
 
 Cell status: OK (every frame found at its own index, mean |DALI - PyAV| <= ``MAX_MEAN_ABS``),
 BAD (decoded, but frames out of order or too different), FAIL (DALI raised: the reason),
@@ -321,6 +322,14 @@ def run_cell(case: str, size: int, backend: str) -> dict:
     return m["cells"][0][backend]
 
 
+def probe_cells() -> dict[str, bool]:
+    """{codec: its cell decoded OK on this machine's GPU at 256 px} for the capability table's
+    'probe' entries (what ``python -m dalivssl.data.decode_matrix probe`` prints)."""
+    from dalivssl.data.capabilities import PROBE_CODECS
+
+    return {c: run_cell(c, 256, "gpu")["status"] == "OK" for c in PROBE_CODECS}
+
+
 def verdict(row: dict, dev: str) -> str:
     """Short text of one cell for the screen: OK, BAD, FAIL, ABORT, HANG, SKIP, ENC, and
     'GPU only' for a CPU failure of a codec the GPU table lists."""
@@ -422,4 +431,7 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["probe"]:
+        print(json.dumps(probe_cells()), flush=True)
+        sys.exit(0)
     sys.exit(_child(sys.argv[1], int(sys.argv[2])))

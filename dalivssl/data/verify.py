@@ -306,12 +306,13 @@ def verify(manifest, backend: str, n: int = DEFAULT_CLIPS, seed: int = 0, force:
 
     if backend not in ("cpu", "gpu"):
         raise DalivsslError(f"unknown backend {backend!r}; valid: cpu, gpu")
-    if backend == "gpu" and not os.environ.get(HOOK_ENV):
-        from dalivssl.devices import cuda_usable, nvcuvid_path
+    if backend == "gpu":
+        from dalivssl.devices import cuda_usable, nvcuvid_path, use_gpu_probe
 
-        if not (cuda_usable() and nvcuvid_path()):
+        if not os.environ.get(HOOK_ENV) and not (cuda_usable() and nvcuvid_path()):
             raise DalivsslError("--verify on gpu: no CUDA GPU with NVDEC (libnvcuvid) here; "
                                 "verify where the run decodes, or use --device cpu")
+        use_gpu_probe()  # AV1/MJPEG count where this GPU decodes them
     cache = cache or Cache()
     mach = machine(backend)
     records = list(manifest.records)

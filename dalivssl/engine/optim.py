@@ -2,7 +2,9 @@
 norm and bias parameters are exempt from weight decay; the engine only executes it.
 
 ``OptimSpec.from_spec(SPEC)`` reads a task SPEC (its ``"optimizer"`` dict and ``"lr_mult"``);
-``param_groups(model, spec)`` splits the trainable parameters into groups by lr multiplier and,
+``resolve_optim(cfg, SPEC, …)`` is a pretraining's optimiser and schedule settings (the config's
+values over the SPEC's, the lr scaled by ``OptimSpec.scaled_lr``) and ``build_optimizer`` builds
+them for a ``TaskModel``; ``param_groups(model, spec)`` splits the trainable parameters into groups by lr multiplier and,
 with ``no_decay_norm_bias``, by decay / no decay; ``make_optimizer(groups, spec)`` builds SGD or
 AdamW over them. The no-decay rule is the one of MAE / VideoMAE (``optim_factory.
 get_parameter_groups``: every 1-D parameter and every ``.bias``) plus every parameter owned by a
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from dalivssl.config import OPTIMIZERS
+from dalivssl.errors import DalivsslError
 
 SCALINGS = ("linear", "sqrt")
 # modules whose parameters are never decayed when no_decay_norm_bias is set (BatchNorm and
@@ -124,3 +127,54 @@ def make_optimizer(groups, spec: OptimSpec) -> torch.optim.Optimizer:
                                  weight_decay=spec.weight_decay)
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum,
                            weight_decay=spec.weight_decay)
+
+
+def resolve_optim(cfg, spec: dict, global_batch: int, total_steps: int,
+                  steps_per_epoch: int = 1) -> dict:
+    """A pretraining's optimiser/schedule settings for ``cfg`` (a PretrainConfig): the config's
+    value if set, else the task SPEC's (:meth:`OptimSpec.from_spec`; the lr scaled from the
+    SPEC's reference batch to ``global_batch`` when it says so, :meth:`OptimSpec.scaled_lr`).
+    ``warmup_epochs`` (VideoMAE's 40) wins over warmup_steps and the SPEC's fraction of the
+    steps."""
+    from dalivssl.engine.fit import SCHEDULES
+
+    try:
+        o = OptimSpec.from_spec(spec, name=cfg.optimizer, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    except ValueError as exc:  # an unknown optimiser or SPEC key
+        raise DalivsslError(str(exc)) from None
+    s = dict(spec.get("schedule", {}))
+    warm = cfg.warmup_steps
+    if getattr(cfg, "warmup_epochs", None) is not None:
+        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if warm is None:
+        warm = int(round(float(s.get("warmup", 0.0)) * total_steps))
+    out = {
+        "optimizer": o.name,
+        "lr": float(cfg.lr if cfg.lr is not None else o.scaled_lr(global_batch)),
+        "momentum": float(o.momentum),
+        "weight_decay": float(o.weight_decay),
+        "schedule": cfg.schedule or s.get("name", "constant"),
+        "warmup_steps": int(warm),
+        "milestones": tuple(cfg.milestones if cfg.milestones is not None
+                            else s.get("milestones", ())),
+        "gamma": cfg.gamma if cfg.gamma is not None else float(s.get("gamma", 0.1)),
+        "min_lr_ratio": (cfg.min_lr_ratio if cfg.min_lr_ratio is not None
+                         else float(s.get("min_lr_ratio", 0.0))),
+        "grad_clip": cfg.grad_clip if cfg.grad_clip is not None else spec.get("grad_clip"),
+        "betas": o.betas,
+        "no_decay_norm_bias": bool(o.no_decay_norm_bias),
+    }
+    if out["schedule"] not in SCHEDULES:
+        raise DalivsslError(f"unknown schedule {out['schedule']!r}; valid: {', '.join(SCHEDULES)}")
+    return out
+
+
+def build_optimizer(model: nn.Module, opt: dict, lr_mult: dict | None = None):
+    """SGD/AdamW of :func:`resolve_optim`'s settings ``opt`` over a ``TaskModel``'s trainable
+    parameters: head parameters under a prefix in ``lr_mult`` (the SPEC's, head-relative) get
+    lr × mult; ``opt['no_decay_norm_bias']`` exempts norm/bias parameters from weight decay."""
+    spec = OptimSpec(opt["optimizer"], opt["lr"], opt["momentum"], opt.get("betas", (0.9, 0.999)),
+                     opt["weight_decay"], bool(opt.get("no_decay_norm_bias", False)),
+                     lr_mult={f"head.{k}": v for k, v in (lr_mult or {}).items()})
+    return make_optimizer(param_groups(model, spec), spec)

@@ -13,17 +13,16 @@ the run is alive; ``--resume`` refuses settings it cannot honour.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
 
-from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, to_dict
-from dalivssl.engine.fit import KILL_ENV, SCHEDULES, LRFactor, make_scheduler, seed_all
+from dalivssl.config import PretrainConfig, check_options, to_dict
+from dalivssl.engine.fit import KILL_ENV, LRFactor, make_scheduler, seed_all
+from dalivssl.engine.optim import build_optimizer, resolve_optim
 from dalivssl.errors import DalivsslError
 
-__all__ = ["TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
-           "KILL_ENV", "LRFactor", "RESUME_KEYS"]
+__all__ = ["TaskModel", "make_optimizer", "KILL_ENV", "LRFactor", "RESUME_KEYS"]
 
 # settings a resumed pretraining must share with the stored run (anything else, e.g. more
 # steps, is honoured and stated)
@@ -51,69 +50,17 @@ class TaskModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- optimiser
-def resolve_optim(cfg: PretrainConfig, spec: dict, global_batch: int, total_steps: int,
-                  steps_per_epoch: int = 1) -> dict:
-    """Optimiser/schedule settings: config value if set, else SPEC (lr scaled from the SPEC's
-    reference batch when it says so). ``warmup_epochs`` (VideoMAE's 40) wins over warmup_steps
-    and the SPEC's fraction of the steps."""
-    o, s = dict(spec.get("optimizer", {})), dict(spec.get("schedule", {}))
-    lr = cfg.lr
-    if lr is None:
-        lr = float(o.get("lr", 0.01))
-        ref, scaling = o.get("ref_batch"), o.get("scaling")
-        if ref and scaling == "linear":
-            lr *= global_batch / ref
-        elif ref and scaling == "sqrt":
-            lr *= math.sqrt(global_batch / ref)
-    warm = cfg.warmup_steps
-    if getattr(cfg, "warmup_epochs", None) is not None:
-        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if warm is None:
-        warm = int(round(float(s.get("warmup", 0.0)) * total_steps))
-    out = {
-        "optimizer": cfg.optimizer or o.get("name", "sgd"),
-        "lr": float(lr),
-        "momentum": cfg.momentum if cfg.momentum is not None else float(o.get("momentum", 0.9)),
-        "weight_decay": (cfg.weight_decay if cfg.weight_decay is not None
-                         else float(o.get("weight_decay", 0.0))),
-        "schedule": cfg.schedule or s.get("name", "constant"),
-        "warmup_steps": int(warm),
-        "milestones": tuple(cfg.milestones if cfg.milestones is not None
-                            else s.get("milestones", ())),
-        "gamma": cfg.gamma if cfg.gamma is not None else float(s.get("gamma", 0.1)),
-        "min_lr_ratio": (cfg.min_lr_ratio if cfg.min_lr_ratio is not None
-                         else float(s.get("min_lr_ratio", 0.0))),
-        "grad_clip": cfg.grad_clip if cfg.grad_clip is not None else spec.get("grad_clip"),
-        "betas": tuple(o.get("betas", (0.9, 0.999))),
-        "no_decay_norm_bias": bool(o.get("no_decay_norm_bias", False)),
-    }
-    if out["optimizer"] not in OPTIMIZERS:
-        raise DalivsslError(f"unknown optimizer {out['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
-    if out["schedule"] not in SCHEDULES:
-        raise DalivsslError(f"unknown schedule {out['schedule']!r}; valid: {', '.join(SCHEDULES)}")
-    return out
-
-
-def build_optimizer(model: TaskModel, opt: dict, lr_mult: dict | None = None):
-    """SGD/AdamW over trainable params (engine.optim): head params under a prefix in ``lr_mult``
-    get lr × mult; ``opt['no_decay_norm_bias']`` exempts norm/bias params from weight decay."""
-    from dalivssl.engine.optim import OptimSpec, make_optimizer as build, param_groups
-
-    spec = OptimSpec(opt["optimizer"], opt["lr"], opt["momentum"], opt.get("betas", (0.9, 0.999)),
-                     opt["weight_decay"], bool(opt.get("no_decay_norm_bias", False)),
-                     lr_mult={f"head.{k}": v for k, v in (lr_mult or {}).items()})
-    return build(param_groups(model, spec), spec)
-
-
 def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float,
                    betas=(0.9, 0.999)):
     """``name`` in OPTIMIZERS over ``params`` (tensors or param groups); SGD uses ``momentum``,
-    AdamW ``betas``."""
+    AdamW ``betas`` (``engine.optim.make_optimizer`` of that :class:`OptimSpec`)."""
     from dalivssl.engine.optim import OptimSpec, make_optimizer as build
 
-    if name not in OPTIMIZERS:
-        raise DalivsslError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
-    return build(params, OptimSpec(name, lr, momentum, betas, weight_decay))
+    try:
+        spec = OptimSpec(name, lr, momentum, betas, weight_decay)
+    except ValueError as exc:  # an unknown optimiser: one line, as the config's own checks
+        raise DalivsslError(str(exc)) from None
+    return build(params, spec)
 
 
 def build_scheduler(optimizer, opt: dict, total_steps: int):
@@ -134,23 +81,6 @@ def _manifest(cfg: PretrainConfig):
         manifest = nested_subsets(manifest, [cfg.subset], seed=cfg.seed)[cfg.subset]
     manifest.source = str(path)
     return manifest
-
-
-def head_context(build_head, cfg: PretrainConfig, sampler, sampler_opts: dict, world: int):
-    """Values ``build_head`` may take from the run: sampler options of the same name (e.g.
-    RSPNet's speeds), num_classes / num_clips of the sampler, clip_len, size, batch sizes."""
-    import inspect
-
-    ctx = {}
-    known = {"num_classes": getattr(sampler, "num_classes", None),
-             "num_clips": getattr(sampler, "num_clips", None), "clip_len": cfg.clip_len,
-             "size": cfg.size, "batch_size": cfg.batch_size, "world_size": world}
-    for name in inspect.signature(build_head).parameters:
-        if name in sampler_opts:
-            ctx[name] = sampler_opts[name]
-        elif known.get(name) is not None:
-            ctx[name] = known[name]
-    return ctx
 
 
 def _check_input_size(backbone, cfg) -> None:
@@ -199,8 +129,7 @@ def _build(cfg: PretrainConfig, task, dist):
     from pipelines.samplers import SAMPLERS
 
     spec = task.SPEC
-    from dalivssl.tasks import dataset_overrides, resolve_options
-    from dalivssl.tasks.explain import _defaults
+    from dalivssl.tasks import dataset_overrides, head_context, option_defaults, resolve_options
 
     manifest = _manifest(cfg)
     opts = resolve_options(cfg)  # SPEC < demo preset (no --data) < paper < config
@@ -247,7 +176,7 @@ def _build(cfg: PretrainConfig, task, dist):
         min_lr_ratio=opt["min_lr_ratio"], grad_clip=opt["grad_clip"], sampler=sampler_opts,
         # every head setting in effect, defaults included: a config.yaml stays unambiguous when
         # a default changes between versions
-        head={**_defaults(task.build_head), **head_opts}, backbone=opts["backbone"])
+        head={**option_defaults(task.build_head), **head_opts}, backbone=opts["backbone"])
     return loader, model, optimizer, scheduler, resolved, opt, total_steps, opts
 
 

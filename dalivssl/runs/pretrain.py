@@ -115,7 +115,7 @@ def _run(cfg: PretrainConfig, ctx) -> dict:
         for n in notes:
             con.print(f"resume: {n}", highlight=False)
         if opts["demo"]:
-            from dalivssl.tasks.explain import demo_note
+            from dalivssl.engine.explain import demo_note
 
             con.print(f"[yellow]{demo_note(opts['demo'])}[/yellow]")
 

@@ -19,6 +19,8 @@ only then (``demo_overrides``), explicit ``--set`` values win, the run says so o
 config.yaml records the values like every other setting. With ``--data`` every task runs with
 its original's settings.
 """
+import inspect
+
 from dalivssl.tasks import cvrl, prp, rotnet, rspnet, tdl, vcop, videomae
 
 TASKS = {"rotnet": rotnet, "vcop": vcop, "prp": prp, "cvrl": cvrl, "tdl": tdl, "rspnet": rspnet,
@@ -29,6 +31,9 @@ TASKS = {"rotnet": rotnet, "vcop": vcop, "prp": prp, "cvrl": cvrl, "tdl": tdl, "
 # (models/shufflenet3d.py); the reference init (Efficient-3DCNNs) has γ = 1.
 DEMO_BACKBONE = {"shufflenet": {"zero_init_residual": True}}
 SUB_OPTIONS = ("sampler", "head", "backbone")
+# parameters of a sampler, head or backbone builder that the run supplies (never options)
+RUN_PARAMS = frozenset({"self", "backbone", "clip_len", "size", "augment", "unknown",
+                        "num_classes", "net", "kwargs", "kw"})
 
 
 def get_task(name: str):
@@ -89,3 +94,27 @@ def resolve_options(cfg) -> dict:
         preset = {k: v for k, v in preset.items() if k not in paper.get(key, {})}
         out["demo"].update({f"{key}.{k}": v for k, v in preset.items()})
     return out
+
+
+def option_defaults(fn, skip=RUN_PARAMS) -> dict:
+    """{option: default} of a sampler, head or backbone builder ``fn``: its keyword parameters
+    with a default, less ``skip`` (what the run supplies)."""
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
+            if n not in skip and p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def head_context(build_head, cfg, sampler, sampler_opts: dict, world: int) -> dict:
+    """Values ``build_head`` may take from the run of ``cfg`` (a PretrainConfig): sampler
+    options of the same name (e.g. RSPNet's speeds), num_classes / num_clips of the sampler,
+    clip_len, size, batch sizes."""
+    ctx = {}
+    known = {"num_classes": getattr(sampler, "num_classes", None),
+             "num_clips": getattr(sampler, "num_clips", None), "clip_len": cfg.clip_len,
+             "size": cfg.size, "batch_size": cfg.batch_size, "world_size": world}
+    for name in inspect.signature(build_head).parameters:
+        if name in sampler_opts:
+            ctx[name] = sampler_opts[name]
+        elif known.get(name) is not None:
+            ctx[name] = known[name]
+    return ctx

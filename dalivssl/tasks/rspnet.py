@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalivssl.tasks.moco import (KeyQueue, ema_update, infonce, key_copy, shuffled_encode,
-                                 trimmed_size)
 from models.heads import EmbeddingHead
+from models.moco import KeyQueue, ema_update, infonce, key_copy, shuffled_encode, trimmed_size
 
 SPEC = {
     "sampler": "rspnet",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dalivssl.tasks.moco import KeyQueue, ema_update, infonce, key_copy, shuffled_encode
 from models.heads import EmbeddingHead
+from models.moco import KeyQueue, ema_update, infonce, key_copy, shuffled_encode
 
 SPEC = {
     "sampler": "tdl",

@@ -25,6 +25,11 @@ def _run(argv, capsys):
     (["--set", "lr=fast"], "config key 'lr': expected float"),
     (["--set", "colour=red"], "unknown config key 'colour'"),
     (["--batch-size", "0"], "batch_size must be >= 1"),
+    # models.ModelError (models/ imports nothing from dalivssl): one line too
+    (["--set", "backbone.width=2"],
+     "error: architecture 'shufflenet' has no option width; valid: "),
+    (["--set", "backbone.groups=5"],
+     "error: shufflenet groups must be one of [1, 2, 3, 4, 8], got 5\n"),
 ])
 def test_bad_input_one_line_exit_2(argv, msg, capsys, tmp_path):
     code, err = _run(["pretrain", "--out", str(tmp_path / "o"), *argv], capsys)

@@ -14,9 +14,7 @@ FIX_CPU = "transcode with `dalivssl data prepare MANIFEST OUT --codec vp9`"
 def no_probe(monkeypatch):
     """The GPU decode probe answers 'nothing decodes' unless a test says otherwise."""
     monkeypatch.setenv(cap.PROBE_ENV, "")
-    cap.gpu_probe.cache_clear()
-    yield
-    cap.gpu_probe.cache_clear()
+    monkeypatch.setattr(cap, "_probe", None)
 
 
 def test_table_holds_the_documented_limits():
@@ -91,8 +89,8 @@ def test_each_rejection_has_its_reason_and_fix(args, reason):
 
 def test_probe_entries_count_when_the_probe_decoded_them(monkeypatch):
     monkeypatch.setenv(cap.PROBE_ENV, "av1")
-    cap.gpu_probe.cache_clear()
-    assert cap.gpu_probe() == {"av1": True, "mjpeg": False}
+    assert cap.PROBE_CODECS == ("av1", "mjpeg")
+    assert cap.probed() == {"av1": True, "mjpeg": False}
     assert cap.problem("av1", 320, 240, "yuv420p", "gpu") is None
     assert cap.problem("av1", 64, 64, "yuv420p", "gpu").startswith("64x64 below the GPU")
     assert cap.problem("mjpeg", 320, 240, "yuvj420p", "gpu").startswith("codec mjpeg not")
@@ -100,11 +98,24 @@ def test_probe_entries_count_when_the_probe_decoded_them(monkeypatch):
     assert cap.problem("mjpeg", 320, 240, "yuvj420p", "gpu", static=True) is None
 
 
-def test_probe_without_a_gpu_runs_nothing(monkeypatch):
+def test_the_installed_probe_decides_and_the_environment_overrides_it(monkeypatch):
+    """The table measures nothing itself: without a probe (and without the variable) the probe
+    entries do not decode; an installed probe is asked on need; $DALIVSSL_GPU_PROBE wins."""
     monkeypatch.delenv(cap.PROBE_ENV)
-    cap.gpu_probe.cache_clear()
-    monkeypatch.setattr("dalivssl.devices.cuda_usable", lambda: False)
-    assert cap.gpu_probe() == {"av1": False, "mjpeg": False}
+    assert cap.probed() == {"av1": False, "mjpeg": False}
+    assert cap.problem("av1", 320, 240, "yuv420p", "gpu").startswith("codec av1 not decodable "
+                                                                     "by NVDEC on this GPU")
+    asked = []
+    cap.use_probe(lambda: asked.append(1) or {"mjpeg": True, "h264": True})
+    assert cap.probed() == {"av1": False, "mjpeg": True}  # only the table's probe entries
+    assert cap.problem("mjpeg", 320, 240, "yuvj420p", "gpu") is None
+    assert cap.problem("av1", 320, 240, "yuv420p", "gpu") is not None
+    assert cap.problem("vp9", 320, 240, "yuv420p", "gpu") is None and len(asked) == 3
+    monkeypatch.setenv(cap.PROBE_ENV, "av1")
+    assert cap.probed() == {"av1": True, "mjpeg": False} and len(asked) == 3
+    cap.use_probe(None)
+    monkeypatch.delenv(cap.PROBE_ENV)
+    assert cap.problem("mjpeg", 320, 240, "yuvj420p", "gpu") is not None
 
 
 def test_record_problem_reads_the_header_on_gpu_when_the_record_lacks_it(tmp_path):

@@ -138,3 +138,22 @@ def test_packet_index_that_no_longer_fits_its_file(tmp_path, good, make_video):
     other = make_video(24, size=(48, 64), seed=12)  # same frame count, other bytes
     shutil.copyfile(other, m.abspath(m.records[0]))
     assert "file changed since its packet index was recorded" in reason(m)
+
+
+def test_gpu_check_asks_this_gpus_decode_probe(tmp_path, monkeypatch):
+    """AV1 (a 'probe' entry of the capability table) passes the GPU check only where the GPU's
+    decode probe decoded it: check installs the probe of ``dalivssl.devices``."""
+    from dalivssl import devices
+    from dalivssl.data import capabilities
+    from dalivssl.data.decode_matrix import CASES, write_case
+
+    monkeypatch.delenv(capabilities.PROBE_ENV, raising=False)
+    monkeypatch.setattr(capabilities, "_probe", None)
+    av1 = write_case(CASES["av1"], 160, tmp_path / "a.mkv", n=4)
+    m = one(tmp_path, "a.mkv", av1, frames=4)
+    monkeypatch.setattr(devices, "gpu_probe", lambda: {"av1": False, "mjpeg": False})
+    assert reason(m, device="gpu").startswith("codec av1 not decodable by NVDEC on this GPU (no "
+                                              "successful decode probe)")
+    monkeypatch.setattr(devices, "gpu_probe", lambda: {"av1": True, "mjpeg": False})
+    assert check_manifest(m, device="gpu") == []
+    assert reason(m, device="cpu").startswith("codec av1 not decodable by DALI's CPU decoder")

@@ -86,3 +86,29 @@ def test_every_task_spec_is_a_valid_policy():
 
     for name, task in TASKS.items():
         OptimSpec.from_spec(task.SPEC)  # raises on an unknown key or optimiser
+
+
+def test_resolve_optim_is_the_specs_policy_with_the_configs_values_over_it():
+    """The trainer's settings come from OptimSpec (one policy): SPEC values, the lr scaled by
+    scaled_lr only when the config gives none, config values winning, bad names one line."""
+    from dalivssl.config import PretrainConfig
+    from dalivssl.engine.optim import resolve_optim
+    from dalivssl.errors import DalivsslError
+
+    spec = {"optimizer": {"name": "adamw", "lr": 1.5e-4, "betas": [0.9, 0.95], "ref_batch": 256,
+                          "scaling": "linear", "weight_decay": 0.05, "no_decay_norm_bias": True},
+            "schedule": {"name": "cosine", "warmup": 0.1}, "grad_clip": 1.0}
+    o = resolve_optim(PretrainConfig(task="videomae"), spec, 512, 200)
+    assert o == {"optimizer": "adamw", "lr": pytest.approx(3e-4), "momentum": 0.9,
+                 "weight_decay": 0.05, "schedule": "cosine", "warmup_steps": 20,
+                 "milestones": (), "gamma": 0.1, "min_lr_ratio": 0.0, "grad_clip": 1.0,
+                 "betas": (0.9, 0.95), "no_decay_norm_bias": True}
+    o = resolve_optim(PretrainConfig(task="videomae", lr=0.01, optimizer="sgd", momentum=0.5,
+                                     weight_decay=0.0), spec, 512, 200)
+    assert (o["lr"], o["optimizer"], o["momentum"], o["weight_decay"]) == (0.01, "sgd", 0.5, 0.0)
+    with pytest.raises(DalivsslError, match=r"^unknown optimizer 'lamb'; valid: sgd, adamw$"):
+        resolve_optim(PretrainConfig(optimizer="lamb"), spec, 8, 10)
+    with pytest.raises(DalivsslError, match="unknown key.*nesterov"):
+        resolve_optim(PretrainConfig(), {"optimizer": {"nesterov": True}}, 8, 10)
+    with pytest.raises(DalivsslError, match=r"^unknown schedule 'poly'"):
+        resolve_optim(PretrainConfig(schedule="poly"), spec, 8, 10)

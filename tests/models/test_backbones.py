@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import models
-from dalivssl.errors import DalivsslError
-from models import BACKBONES, count_flops, count_parameters, create_backbone
+from models import BACKBONES, ModelError, count_flops, count_parameters, create_backbone
 
 # name: (backbone-only params, GFLOPs at 1×3×16×112×112, feature dim, forward_map D×t×h×w there)
 SPEC = {
@@ -134,16 +133,24 @@ def test_dropout_option_overrides_default():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(DalivsslError) as err:
+    with pytest.raises(ModelError) as err:
         create_backbone("resnet9000")
-    msg = str(err.value)
-    assert "resnet9000" in msg and "\n" not in msg
-    assert all(name in msg for name in BACKBONES)
+    assert str(err.value) == ("unknown architecture 'resnet9000'; valid: "
+                              + ", ".join(sorted(BACKBONES)))
+    assert all(name in str(err.value) for name in BACKBONES)
 
 
-def test_unknown_option_is_a_user_error():
-    with pytest.raises(DalivsslError, match="width"):
+def test_unknown_option_or_bad_option_value_is_a_user_error():
+    with pytest.raises(ModelError) as err:
         create_backbone("c3d", width=2)
+    assert str(err.value) == "architecture 'c3d' has no option width; valid: dropout"
+    with pytest.raises(ModelError,
+                       match=r"^shufflenet groups must be one of \[1, 2, 3, 4, 8\], got 5$"):
+        create_backbone("shufflenet", groups=5)
+    with pytest.raises(ModelError, match=r"^layer_sizes must be 4 positive block counts, got "
+                                         r"\(1, 1, 1\)$"):
+        create_backbone("r3d", layer_sizes=(1, 1, 1))
+    assert issubclass(ModelError, ValueError) and ModelError.__module__ == "models.base"
 
 
 def test_vcop_resnets_with_18_layers_match_the_spec():

@@ -25,7 +25,7 @@ def test_paper_protocol_options_and_explicit_values_win():
 
 
 def test_warmup_in_epochs():
-    from dalivssl.engine.trainer import resolve_optim
+    from dalivssl.engine.optim import resolve_optim
 
     spec = TASKS["videomae"].SPEC
     o = resolve_optim(PretrainConfig(task="videomae", warmup_epochs=40), spec, 8, 8000,
@@ -79,7 +79,7 @@ def test_videomae_sampling_rate_per_dataset_and_the_original_row():
     from types import SimpleNamespace
 
     from dalivssl.tasks import dataset_overrides
-    from dalivssl.tasks.explain import explain
+    from dalivssl.engine.explain import explain
 
     ssv2 = SimpleNamespace(meta={"format": "ssv2"})
     assert dataset_overrides("videomae", ssv2)["sampler"] == {"sampling_rate": 2}

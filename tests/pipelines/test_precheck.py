@@ -41,9 +41,6 @@ def test_gpu_precheck_gives_each_rejected_file_its_reason(tmp_path, make_video, 
     from dalivssl.data.decode_matrix import CASES, write_case
 
     monkeypatch.setenv("DALIVSSL_GPU_PROBE", "")
-    from dalivssl.data import capabilities
-
-    capabilities.gpu_probe.cache_clear()
     small = make_video(8, size=(112, 112), seed=1)  # VP9 below NVDEC's 128
     ok = make_video(8, size=(128, 128), seed=2)
     h444 = write_case(CASES["h264-444"], 64, tmp_path / "h444.mp4", n=8)
@@ -67,7 +64,6 @@ def test_gpu_precheck_gives_each_rejected_file_its_reason(tmp_path, make_video, 
          f"4:2:0 only); {FIX_GPU}`", ""),
         (f"codec av1 not decodable by NVDEC on this GPU (no successful decode probe); "
          f"{FIX_GPU}`", "")]
-    capabilities.gpu_probe.cache_clear()
 
 
 def test_cpu_precheck_skips_gpu_codecs_with_the_fix(make_video):

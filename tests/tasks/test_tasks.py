@@ -160,7 +160,7 @@ def test_nt_xent_matches_manual_formula():
 
 
 def test_moco_queue_fifo_and_ema():
-    from dalivssl.tasks.moco import KeyQueue, ema_update, trimmed_size
+    from models.moco import KeyQueue, ema_update, trimmed_size
 
     q = KeyQueue(5, 2)
     q.enqueue(torch.ones(3, 2))

@@ -213,7 +213,8 @@ def test_optimiser_policy_declared_by_the_task():
     """SPEC → trainer: AdamW (0.9, 0.95), wd 0.05 on weights, 0 on biases, norms and the mask
     token; lr 1.5e-4 × batch/256, cosine with 5 % warmup."""
     from dalivssl.config import PretrainConfig
-    from dalivssl.engine.trainer import TaskModel, build_optimizer, resolve_optim
+    from dalivssl.engine.optim import build_optimizer, resolve_optim
+    from dalivssl.engine.trainer import TaskModel
 
     torch.manual_seed(0)
     bb = tiny_vit()

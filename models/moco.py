@@ -1,6 +1,6 @@
-"""MoCo machinery shared by TDL and RSPNet (He et al., CVPR 2020): EMA key encoders, a FIFO
-queue of keys held as buffers (so checkpoints save and restore it), InfoNCE, and a one-process
-stand-in for ShuffleBN.
+"""MoCo machinery shared by the TDL and RSPNet tasks (He et al., CVPR 2020): EMA key encoders,
+a FIFO queue of keys held as buffers (so checkpoints save and restore it), InfoNCE, and a
+one-process stand-in for ShuffleBN. Torch only, beside the heads (``models.heads``); it is no task.
 """
 from __future__ import annotations
 

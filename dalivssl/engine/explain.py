@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import inspect
 
+from dalivssl.tasks import RUN_PARAMS, option_defaults
+
 RUN_KEYS = ("clip_len", "size", "batch_size", "epochs")
 OPTIM_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup", "milestones",
               "gamma", "min_lr_ratio", "grad_clip", "sync_bn")
-SKIP = {"self", "backbone", "clip_len", "size", "augment", "unknown", "num_classes", "net",
-        "kwargs", "kw"}
 
 
 def demo_note(demo: dict) -> str:
@@ -20,18 +20,11 @@ def demo_note(demo: dict) -> str:
             f"in minutes. With --data every task runs with its original's settings.")
 
 
-def _defaults(fn, skip=SKIP) -> dict:
-    return {n: p.default for n, p in inspect.signature(fn).parameters.items()
-            if n not in skip and p.default is not inspect.Parameter.empty
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
 def settings(cfg) -> tuple[dict, dict]:
     """({setting name: value this run uses}, demo-preset values in effect) for ``cfg`` (a
     PretrainConfig), resolved as the trainer resolves them (one process)."""
-    from dalivssl.engine.trainer import head_context, resolve_optim
-    from dalivssl.tasks import get_task, resolve_options
-    from models import BACKBONES
+    from dalivssl.engine.optim import resolve_optim
+    from dalivssl.tasks import get_task, head_context, resolve_options
     from pipelines.samplers import SAMPLERS
 
     task = get_task(cfg.task)
@@ -44,17 +37,24 @@ def settings(cfg) -> tuple[dict, dict]:
                    else spec.get("schedule", {}).get("warmup", 0.0))
     o["sync_bn"] = bool(spec.get("sync_bn", False))
     out.update({k: o[k] for k in OPTIM_KEYS})
-    sampler_vals = {**_defaults(type(sampler).__init__), **opts["sampler"]}
+    sampler_vals = {**option_defaults(type(sampler).__init__), **opts["sampler"]}
     ctx = head_context(task.build_head, cfg, sampler, opts["sampler"], 1)
-    head_vals = {**_defaults(task.build_head, SKIP - {"clip_len", "size", "num_classes"}),
+    head_vals = {**option_defaults(task.build_head, RUN_PARAMS - {"clip_len", "size",
+                                                                  "num_classes"}),
                  **ctx, **opts["head"]}
-    builder = BACKBONES[cfg.arch]
-    backbone_vals = {**_defaults(builder.__init__ if inspect.isclass(builder) else builder,
-                                 SKIP | {"dropout"}), **opts["backbone"]}
+    backbone_vals = {**_backbone_defaults(cfg.arch), **opts["backbone"]}
     for prefix, vals in (("sampler", sampler_vals), ("head", head_vals),
                          ("backbone", backbone_vals)):
         out.update({f"{prefix}.{k}": v for k, v in vals.items()})
     return out, opts["demo"]
+
+
+def _backbone_defaults(arch: str) -> dict:
+    from models import BACKBONES
+
+    builder = BACKBONES[arch]
+    return option_defaults(builder.__init__ if inspect.isclass(builder) else builder,
+                           RUN_PARAMS | {"dropout"})
 
 
 def _fmt(v) -> str:
@@ -100,15 +100,12 @@ def explain(cfg) -> str:
     import dataclasses
 
     from dalivssl.tasks import get_task
-    from models import BACKBONES
 
     task = get_task(cfg.task)
     vals, demo = settings(cfg)
     paper, _ = settings(dataclasses.replace(cfg, protocol="paper"))
     original = dict(getattr(task, "ORIGINAL", {}))
-    builder = BACKBONES[cfg.arch]  # the backbone's original is its reference default
-    for k, v in _defaults(builder.__init__ if inspect.isclass(builder) else builder,
-                          SKIP | {"dropout"}).items():
+    for k, v in _backbone_defaults(cfg.arch).items():  # the original: the reference default
         original.setdefault(f"backbone.{k}", v)
     original.setdefault("sampler.protocol", "original")
     rows = [("setting", "this run", "paper", "original", "")]

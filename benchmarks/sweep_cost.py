@@ -42,7 +42,7 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from rich.table import Table
 
     from dalivssl.analysis import robustness as rb
-    from dalivssl.analysis.features import torch_device
+    from dalivssl.engine.features import torch_device
     from dalivssl.data.synth import resolve_manifest
     from models import create_backbone
 

@@ -110,7 +110,7 @@ def default_cache_dir() -> Path:
 def load_cached(cache_dir, key: str):
     """-> VideoOutputs from ``cache_dir/<key>.h5`` or None. Half-written files never exist
     (written to a temp name, then renamed)."""
-    from dalivssl.analysis.features import VideoOutputs
+    from dalivssl.engine.features import VideoOutputs
     from dalivssl.results import ResultsFile
 
     path = Path(cache_dir) / f"{key}.h5"
@@ -147,7 +147,7 @@ def save_cached(cache_dir, key: str, out, meta: dict) -> Path:
 def compute_features(backbone, manifest, settings: dict, device="cpu", batch_size: int = 4,
                      on_batch=None, where: str = ""):
     """Video features of ``manifest`` (N clips per video, averaged) through the eval loader."""
-    from dalivssl.analysis.features import backbone_features, eval_loader
+    from dalivssl.engine.features import backbone_features, eval_loader
 
     loader = eval_loader(manifest, settings["num_clips"], batch_size, settings["clip_len"],
                          settings["size"], device, 0, settings["normalize"], where=where)

@@ -213,7 +213,7 @@ def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[SweepM
 def dali_source(manifest, clips_per_video: int, clip_len: int, size: int, batch_size: int,
                 device: str = "cpu", seed: int = 0, num_threads: int = 2):
     """The DALI evaluation loader in raw mode: Batch.clips uint8 B×K×T×H×W×C (contract C4)."""
-    from dalivssl.analysis.features import eval_loader
+    from dalivssl.engine.features import eval_loader
 
     return eval_loader(manifest, clips_per_video, batch_size, clip_len, size, device=device,
                        seed=seed, num_threads=num_threads, raw=True)

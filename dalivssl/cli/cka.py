@@ -50,7 +50,7 @@ def cka(checkpoints, data, layers, layers_b, batches, batch_size, clip_len, size
 
     from dalivssl import record as rec
     from dalivssl.analysis.cka import cka_map, feed_normalized, plot_cka_map
-    from dalivssl.analysis.features import eval_loader, normalized_batches
+    from dalivssl.engine.features import eval_loader, normalized_batches
     from dalivssl.console import stderr_console
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine.checkpoint import load_backbone

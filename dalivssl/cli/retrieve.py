@@ -94,7 +94,7 @@ def retrieve(checkpoint, random_init, arch, train, test, clips, topk, clip_len, 
     clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
                             say=lambda s: console.print(s, highlight=False))
     settings = {"num_clips": clips, **clip.as_dict(), "device": device}
-    from dalivssl.analysis.features import check_input_size
+    from dalivssl.engine.features import check_input_size
 
     check_input_size(backbone, clip.clip_len, clip.size, arch)
     if random_init:

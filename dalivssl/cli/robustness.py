@@ -78,7 +78,7 @@ def robustness(checkpoints, data, noises, severities, constants, rounding, clips
 
     from dalivssl import record as rec
     from dalivssl.analysis import robustness as rb
-    from dalivssl.analysis.features import torch_device
+    from dalivssl.engine.features import torch_device
     from dalivssl.console import stderr_console
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.results import ResultsFile

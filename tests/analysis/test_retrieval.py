@@ -64,7 +64,7 @@ def _manifests(tmp_path):
 
 def test_feature_cache_is_reused(tmp_path, monkeypatch):
     import dalivssl.analysis.retrieval as retrieval
-    from dalivssl.analysis.features import VideoOutputs
+    from dalivssl.engine.features import VideoOutputs
 
     train, test = _manifests(tmp_path)
     calls = []

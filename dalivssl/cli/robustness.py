@@ -1,9 +1,5 @@
-"""`dalivssl robustness`: noise-robustness sweep of finetuned checkpoints (R_s per noise/severity).
-
-Writes OUT/robustness.h5 (layout in dalivssl.engine.robustness), robustness.csv, robustness.png,
-record.json and config.yaml, and prints a table. Re-running with the same --out skips the cells
-already stored.
-"""
+"""`dalivssl robustness`: noise-robustness sweep of finetuned checkpoints (R_s per noise/severity;
+outputs and resume rules in dalivssl.runs.robustness)."""
 from __future__ import annotations
 
 import click

@@ -194,3 +194,15 @@ def test_the_study_reads_metrics_from_each_spec(runs):
     assert by[("R_s", "gaussian", 1)] == pytest.approx(float(rob[1]["rs"]), abs=1e-6)
     cka = {r["metric"]: r["value"] for r in rows["cka"]}
     assert set(cka) == {"cka_last", "cka_mean", "cka_diag"} and cka["cka_diag"] == 1.0
+
+
+def test_retrieve_resume_leaves_the_result_or_refuses_other_settings(runs, tmp_path, capsys):
+    out = tmp_path / "ret"
+    shutil.copytree(runs["root"] / "retrieve", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = runs["argv"]["retrieve"] + ["--out", out, "--resume"]
+    rc, err = _main(capsys, *argv)
+    assert rc == 0 and "already complete with these inputs" in err
+    rc, err = _main(capsys, *[a if a != "1,5" else "1,10" for a in argv])
+    assert rc == 2 and "cannot resume with other settings (topk: [1, 5] → [1, 10])" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -4,7 +4,7 @@ Synthetic post-ReLU activations (L layers of D dims, non-zero mean as real ReLU 
 generated once and kept resident on each backend; the timed part is the map arithmetic only (no
 model forward, no host/device copies). Backends, same batches, same run:
 
-- numpy: :class:`dalivssl.analysis.cka.MinibatchCKA` (float64 centred Grams, ratio of sums);
+- numpy: :class:`dalivssl.engine.cka.MinibatchCKA` (float64 centred Grams, ratio of sums);
 - cupy: the same code on the GPU (only where CuPy reaches a GPU);
 - torch-f32: a naive torch-cka-style baseline (float32, uncentred X X^T with zero diagonal,
   HSIC_1 formula per layer pair), on the GPU when torch sees one, else CPU.
@@ -57,7 +57,7 @@ def _naive_torch_map(batches_a, batches_b):
 
 
 def _ours(batches_a, batches_b, xp):
-    from dalivssl.analysis.cka import MinibatchCKA
+    from dalivssl.engine.cka import MinibatchCKA
 
     acc = MinibatchCKA(len(batches_a[0]), len(batches_b[0]), xp=xp)
     for fa, fb in zip(batches_a, batches_b):
@@ -97,7 +97,7 @@ def cli(examples, batch_size, layers, dims, mean, repeats, out, seed):
     from rich.console import Console
     from rich.table import Table
 
-    from dalivssl.analysis.arrays import cupy_usable
+    from dalivssl.engine.arrays import cupy_usable
 
     rng = np.random.default_rng(seed)
     nb = examples // batch_size

@@ -1,7 +1,7 @@
 """`dalivssl bench sweep`: cost of the full robustness sweep vs one clean evaluation.
 
 Same model, same data, same run. The sweep is 21 cells (4 noises × 5 severities + clean) drawn
-from ONE decode pass (dalivssl.analysis.robustness.evaluate_cells); the clean evaluation is the
+from ONE decode pass (dalivssl.engine.robustness.evaluate_cells); the clean evaluation is the
 same loop with the clean cell only. The naive alternative (what a user would write first: a loader
 with noise baked in, one full evaluation per cell) costs ≈ 21 clean evaluations plus the noise.
 Goal: sweep ≤ 3× clean. Reported with the decode / noise / forward breakdown, because on a CPU
@@ -41,8 +41,8 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from rich.console import Console
     from rich.table import Table
 
-    from dalivssl.analysis import robustness as rb
-    from dalivssl.analysis.features import torch_device
+    from dalivssl.engine import robustness as rb
+    from dalivssl.engine.features import torch_device
     from dalivssl.data.synth import resolve_manifest
     from models import create_backbone
 

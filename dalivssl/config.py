@@ -185,6 +185,164 @@ class FinetuneConfig:
         return self
 
 
+def _int_list(key: str, value) -> tuple[int, ...]:
+    """'1,5,10' (flag text) or a list → a tuple of ints; one line otherwise."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(int(v) for v in parts if str(v).strip())
+    except ValueError:
+        raise DalivsslError(f"{key}: expected comma-separated integers, got {value!r}") from None
+
+
+def _name_list(value) -> tuple[str, ...] | None:
+    """'a,b' (flag text) or a list → a tuple of stripped names; None or empty: None."""
+    if value is None:
+        return None
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(p.strip() for p in parts if p.strip()) or None
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value is not None and value not in choices:
+        raise DalivsslError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_normalize(value) -> None:
+    from pipelines.types import NORMALIZE_MODES
+
+    _check_choice("normalize", value, NORMALIZE_MODES)
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    """``dalivssl retrieve``: nearest-neighbour retrieval (VCOP protocol). Clip settings None:
+    the checkpoint's record (record.resolve_clip). ``topk``: a list, or flag text '1,5,10'."""
+
+    checkpoint: str | None = None     # whose backbone gives the features
+    random_init: bool = False         # a random backbone (baseline; needs arch)
+    arch: str | None = None
+    train: str | None = None          # gallery manifest; None (with test): the embedded dataset
+    test: str | None = None           # query manifest
+    clips: int = 10                   # evenly spaced clips per video, features averaged
+    topk: tuple[int, ...] | str = (1, 5, 10, 20, 50)
+    clip_len: int | None = None
+    size: int | None = None
+    normalize: str | None = None
+    batch_size: int = 4
+    out: str | None = None            # run dir; None = runs/retrieve/<name>
+    cache_dir: str | None = None      # feature cache; None = $DALIVSSL_CACHE/features
+    name: str | None = None
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> "RetrieveConfig":
+        """One-line errors for values no run can use; returns the config with ``topk`` parsed."""
+        ks = _int_list("topk", self.topk)
+        if not ks or any(k < 1 for k in ks):
+            raise DalivsslError(f"topk values must be >= 1, got {self.topk!r}")
+        _check_normalize(self.normalize)
+        if bool(self.checkpoint) == bool(self.random_init):
+            raise DalivsslError("give exactly one of --checkpoint PATH or --random-init "
+                                "--arch NAME")
+        if self.random_init and not self.arch:
+            raise DalivsslError("--random-init needs --arch")
+        if (self.train is None) != (self.test is None):
+            raise DalivsslError("give both --train and --test, or neither (synthetic dataset)")
+        _check_ranges(self, ("clips", "batch_size", "clip_len", "size", "threads"))
+        return dataclasses.replace(self, topk=ks)
+
+
+@dataclass(frozen=True)
+class RobustnessConfig:
+    """``dalivssl robustness``: R_s per noise × severity of finetuned checkpoints (Kumar et al.;
+    Schiappa et al.). ``noises``/``severities``: lists, or flag text ('gaussian,shot', '1-5')."""
+
+    checkpoints: tuple[str, ...] = ()
+    data: str | None = None           # test manifest; None: the embedded dataset's test split
+    noises: tuple[str, ...] | str = ()      # () = all (pipelines.noise.NOISES)
+    severities: tuple[int, ...] | str = ()  # () = all (pipelines.noise.SEVERITIES)
+    constants: str = "imagenet-c"     # imagenet-c | schiappa (pipelines.noise.CONSTANTS)
+    rounding: str = "floor"           # floor (imagecorruptions' uint8 truncation) | round
+    clips_per_video: int = 5
+    batch_size: int = 4
+    noise_at: str = "model"           # model | decoded (pipelines.noise.NOISE_AT)
+    videos_per_cell: int | str = 0    # 0 = all, N = a class-balanced subset, 'paper'
+    forward_clips: int | None = None  # clips per forward call; None: 64 on GPU, a cell on CPU
+    out: str = "runs/robustness"
+    device: str = "auto"
+    decoder: str = "dali"             # dali | pyav (reference decoder)
+    seed: int = 0                     # noise seed
+    threads: int = 2                  # torch threads
+    dali_threads: int | None = None   # DALI's threads; None: 8 on GPU, 2 on CPU
+    progress: bool = True
+
+    def check(self) -> "RobustnessConfig":
+        """One-line errors for values no run can use; returns the config with the noise and
+        severity lists parsed (severities sorted) and videos_per_cell an int unless 'paper'."""
+        from pipelines.noise import (CONSTANTS, NOISE_AT, NOISES, ROUNDINGS, SEVERITIES,
+                                     parse_noises, parse_severities)
+
+        try:
+            noises = parse_noises(self.noises or NOISES)
+            sevs = parse_severities(self.severities or SEVERITIES)
+        except ValueError as exc:
+            raise DalivsslError(str(exc)) from None
+        v = self.videos_per_cell
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if not (v == "paper" or (isinstance(v, int) and v >= 0)):
+            raise DalivsslError(f"videos_per_cell: --videos-per-cell {v!r} is not an integer "
+                                ">= 0 or 'paper'")
+        cfg = dataclasses.replace(self, noises=noises, severities=sevs, videos_per_cell=v)
+        if not cfg.checkpoints:
+            raise DalivsslError("give at least one --checkpoint")
+        _check_choice("constants", cfg.constants, tuple(CONSTANTS))
+        _check_choice("rounding", cfg.rounding, ROUNDINGS)
+        _check_choice("noise_at", cfg.noise_at, NOISE_AT)
+        _check_choice("decoder", cfg.decoder, ("dali", "pyav"))
+        return _check_ranges(cfg, ("clips_per_video", "batch_size", "forward_clips", "threads",
+                                   "dali_threads"))
+
+
+@dataclass(frozen=True)
+class CKAConfig:
+    """``dalivssl cka``: layer × layer minibatch linear CKA (Nguyen et al. ICLR 2021) of one or two
+    checkpoints. Clip settings None: each checkpoint's record. ``layers``: a list or 'a,b'."""
+
+    checkpoints: tuple[str, ...] = ()  # A (and B); one: the model against itself
+    data: str | None = None            # manifest; None: the embedded dataset's test split
+    layers: tuple[str, ...] | str | None = None    # of A (and B); None: backbone.cka_layers
+    layers_b: tuple[str, ...] | str | None = None  # of B; None: as layers
+    batches: int | None = None         # at most N batches; None: all
+    batch_size: int = 16               # >= 4 (HSIC_1)
+    clip_len: int | None = None
+    size: int | None = None
+    normalize: str | None = None
+    out: str | None = None             # run dir; None = runs/cka/<A>_vs_<B>
+    name: str | None = None
+    device: str = "auto"
+    threads: int = 2
+    dali_threads: int | None = None    # DALI's threads; None: 8 on GPU, 2 on CPU
+    seed: int = 0
+    progress: bool = True
+
+    def check(self) -> "CKAConfig":
+        """One-line errors for values no run can use; returns the config with the layer lists
+        parsed."""
+        if not 1 <= len(self.checkpoints) <= 2:
+            raise DalivsslError(f"--checkpoint takes one or two files, got "
+                                f"{len(self.checkpoints)}")
+        if self.batch_size < 4:
+            raise DalivsslError(f"--batch-size must be >= 4 (HSIC_1 needs 4 examples), got "
+                                f"{self.batch_size}")
+        _check_normalize(self.normalize)
+        _check_ranges(self, ("batches", "clip_len", "size", "threads", "dali_threads"))
+        return dataclasses.replace(self, layers=_name_list(self.layers),
+                                   layers_b=_name_list(self.layers_b))
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """``dalivssl distill``: multi-teacher KD into ``arch`` (Hinton et al. 2015; Kumar et al.).

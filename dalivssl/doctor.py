@@ -104,7 +104,7 @@ def nvdec(device_id: int) -> dict:
 
 def report(matrix: bool = True, cases=None, sizes=None, progress=None) -> dict:
     """Everything doctor knows, as one JSON-able dict."""
-    from dalivssl.analysis.arrays import cupy_error, cupy_usable
+    from dalivssl.engine.arrays import cupy_error, cupy_usable
     from dalivssl.data.capabilities import table_rows
     from dalivssl.devices import resolve_device
 

@@ -1,1 +1,2 @@
-"""Analyses on pretrained checkpoints: downstream eval, retrieval, robustness, CKA, distillation."""
+"""Analyses of finished runs. Retrieval, robustness and CKA now compute in engine/ and run as
+runs/ specs; distillation follows (issue 23)."""

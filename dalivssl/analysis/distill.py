@@ -222,7 +222,7 @@ def video_logits(model, loader, normalize: str, device) -> tuple[np.ndarray, np.
     """Video-level logits: the mean over each video's K eval clips. ``loader`` yields raw uint8
     batches (B, K, T, H, W, C). -> (logits (N, C) float32, manifest indices (N,) ascending;
     a video the loader repeats is kept once)."""
-    from dalivssl.analysis.features import model_logits, normalized_batches
+    from dalivssl.engine.features import model_logits, normalized_batches
 
     out = model_logits(model, normalized_batches(loader, normalize, device), device)
     return out.video, out.indices
@@ -272,8 +272,8 @@ class DistillTask(torch.nn.Module):
 # ------------------------------------------------------------------------------- the run
 def teacher_accuracy(teacher, loader) -> tuple[float, int]:
     """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video, the
-    same :func:`dalivssl.analysis.features.extract` every evaluation uses)."""
-    from dalivssl.analysis.features import extract
+    same :func:`dalivssl.engine.features.extract` every evaluation uses)."""
+    from dalivssl.engine.features import extract
 
     # extract hands the B·K clips as (N, T, H, W, C); the teacher takes (N, 1, T, H, W, C) raw
     out = extract(lambda x: teacher(x[:, None], None), loader, keep_clips=False)
@@ -299,7 +299,7 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
     from dataclasses import replace
 
     from dalivssl import record as rec
-    from dalivssl.analysis.features import eval_loader, make_loader
+    from dalivssl.engine.features import eval_loader, make_loader
     from dalivssl.data.manifest import load_manifest
     from dalivssl.data.synth import resolve_manifest
     from dalivssl.engine import checkpoint as ck
@@ -351,7 +351,7 @@ def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) ->
                                  "temperature", "alpha", "kd_loss", "parent_hash"), ckpt_path)
         seed_all(cfg.seed)
         student = Classifier(student_backbone(cfg), len(classes)).to(tdev)
-        from dalivssl.analysis.features import check_input_size
+        from dalivssl.engine.features import check_input_size
 
         check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
         task = DistillTask(student, [*t_models, *t_files], clip.normalize, cfg.temperature,

@@ -96,7 +96,7 @@ def export_logits(checkpoint, data, output, clips, batch_size, device):
     a manifest, keyed by video path, for `dalivssl distill --teacher-logits`."""
     from dalivssl.analysis import distill as D
     from dalivssl.data.synth import resolve_manifest
-    from dalivssl.analysis.features import eval_loader, torch_device
+    from dalivssl.engine.features import eval_loader, torch_device
     from dalivssl import record as rec
     from dalivssl.engine.finetune import load_classifier
 

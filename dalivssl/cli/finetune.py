@@ -101,7 +101,7 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         backbone, backbone_kwargs = create_backbone(arch), {}
     clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
                             say=lambda s: console.print(s, highlight=False))
-    from dalivssl.analysis.features import check_input_size
+    from dalivssl.engine.features import check_input_size
 
     check_input_size(backbone, clip.clip_len, clip.size, arch)
     cfg = replace(cfg, arch=arch, clip_len=clip.clip_len, size=clip.size,

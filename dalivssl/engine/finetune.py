@@ -189,7 +189,7 @@ def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
     """One random clip per video with random crop + flip (eval sampler, ``random=True``; under
     ``protocol='paper'`` the centre crop, no flip: supp. C.3 "Resize and Center Crop"); under
     DDP each rank takes its ``shard`` (rank, world) of every epoch's order."""
-    from dalivssl.analysis.features import make_loader
+    from dalivssl.engine.features import make_loader
 
     drop_last = len(manifest) >= 2 * cfg.batch_size
     return make_loader("eval", manifest, where, batch_size=cfg.batch_size, device=cfg.device,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib
 
 # command → module holding its SPEC (the registry of commands the driver runs)
-SPECS = {"pretrain": "dalivssl.runs.pretrain", "finetune": "dalivssl.runs.finetune"}
+SPECS = {"pretrain": "dalivssl.runs.pretrain", "finetune": "dalivssl.runs.finetune",
+         "retrieve": "dalivssl.runs.retrieve", "robustness": "dalivssl.runs.robustness",
+         "cka": "dalivssl.runs.cka"}
 
 
 def spec(name: str):

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done"]
+__all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done",
+           "result_unchanged"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,27 @@ def already_done(ctx: "RunContext", stored_record, step: int, total: int, what: 
                                "nothing to resume (left untouched)", highlight=False)
     summary = ctx.run_dir / "summary.json"
     return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def result_unchanged(ctx: "RunContext", record, keys, artifact: str) -> bool:
+    """``--resume`` of an analysis whose result is stored (``artifact`` and a complete
+    ``record.json``): inputs or settings that differ in ``keys`` are refused in one line (the old
+    result is never replaced without ``--overwrite``); the same ones leave it untouched, said in
+    one line (True). False: nothing stored to resume, so run."""
+    from dalivssl import record as rec
+
+    if not ctx.resume or not (ctx.run_dir / artifact).is_file():
+        return False
+    old = rec.read_run_record(ctx.run_dir)
+    if old is None or old.status != "complete":
+        return False
+    rec.check_resumable(old, record, keys, ctx.run_dir / artifact)
+    if ctx.dist.is_main:
+        from dalivssl.console import stderr_console
+
+        stderr_console().print(f"{ctx.run_dir}: {record.kind} already complete with these "
+                               "inputs; nothing to resume (left untouched)", highlight=False)
+    return True
 
 
 def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool = False,

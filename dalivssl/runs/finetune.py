@@ -105,12 +105,13 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields, net=net, dist=dist,
               device=device, start_step=step)
     if test_batches is None:
-        from dalivssl.analysis.features import eval_loader
+        from dalivssl.engine.features import eval_loader
 
         test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
                                    cfg.size, cfg.device, cfg.seed, cfg.normalize,
                                    num_threads=cfg.threads, where=data.test_path)
-    from dalivssl.analysis.finetune import evaluate, plot_finetune, write_results
+    from dalivssl.engine.scoring import evaluate, write_results
+    from dalivssl.plots import plot_finetune
 
     result = evaluate(model, test_batches, len(data.classes), device)
     skipped = dict(getattr(test_batches, "skipped", {}) or {})

@@ -39,10 +39,15 @@ HEADLINE = {"finetune": "video_top1", "probe": "video_top1", "retrieve": "top1",
 
 # ------------------------------------------------------------------------------ reading
 def read_metrics(step: str, d: Path) -> list[dict]:
-    """[{metric, value[, noise, severity]}] of the finished run in ``d``."""
+    """[{metric, value[, noise, severity]}] of the finished run in ``d``; the commands on the run
+    driver say it themselves (``runs.spec(step).metrics``)."""
     from dalivssl.results import ResultsFile
 
     d = Path(d)
+    if step in ("retrieve", "robustness", "cka"):
+        from dalivssl.runs import spec
+
+        return spec(step).metrics(d)
     if step == "pretrain":
         s = json.loads((d / "summary.json").read_text())
         rows = [{"metric": "final_loss", "value": s.get("final_loss")}]
@@ -52,52 +57,10 @@ def read_metrics(step: str, d: Path) -> list[dict]:
         with ResultsFile(d / "finetune.h5", "r") as f:
             return [{"metric": m, "value": float(f.read("finetune", m.replace("_top1", "_acc")))}
                     for m in ("clip_top1", "video_top1")]
-    if step == "retrieve":
-        with ResultsFile(d / "retrieval.h5", "r") as f:
-            return [{"metric": f"top{int(k)}", "value": float(v)} for k, v in
-                    zip(f.read("retrieval", "k"), f.read("retrieval", "topk"))]
-    if step == "robustness":
-        return _robustness(d / "robustness.h5")
-    if step == "cka":
-        import numpy as np
-
-        with ResultsFile(d / "cka.h5", "r") as f:
-            m = np.asarray(f.read("cka", "map"), dtype=float)
-            same = list(f.read("cka", "layers_a")) == list(f.read("cka", "layers_b"))
-        rows = [{"metric": "cka_last", "value": float(m[-1, -1])},
-                {"metric": "cka_mean", "value": float(np.nanmean(m))}]
-        return rows + ([{"metric": "cka_diag", "value": float(np.nanmean(np.diag(m)))}]
-                       if same else [])
     if step == "distill":
         with ResultsFile(d / "distill.h5", "r") as f:
             return [{"metric": "top1", "value": float(f.read("eval", "accuracy"))}]
     raise DalivsslError(f"unknown step {step!r}")
-
-
-def _robustness(path: Path) -> list[dict]:
-    from dalivssl.results import ResultsFile
-
-    rows = []
-    with ResultsFile(path, "r") as f:
-        for model in f.names("robustness"):
-            def get(name):
-                return f.read("robustness", f"{model}/{name}")
-
-            noises, sevs = list(get("noises")), [int(s) for s in get("severities")]
-            acc, rs = get("accuracy"), get("rs")
-            rows += [{"metric": "A_c", "value": float(get("clean_acc"))},
-                     {"metric": "A_p", "noise": "mean", "value": float(get("mean_acc"))},
-                     {"metric": "R_s", "noise": "mean", "value": float(get("mean_rs"))}]
-            for j, s in enumerate(sevs):
-                rows.append({"metric": "R_s", "noise": "mean", "severity": s,
-                             "value": float(sum(rs[i][j] for i in range(len(noises)))
-                                            / len(noises))})
-                for i, n in enumerate(noises):
-                    rows += [{"metric": "A_p", "noise": n, "severity": s,
-                              "value": float(acc[i][j])},
-                             {"metric": "R_s", "noise": n, "severity": s,
-                              "value": float(rs[i][j])}]
-    return rows
 
 
 def collect(out, warn=None) -> list[dict]:

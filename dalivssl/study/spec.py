@@ -743,14 +743,15 @@ def expand(study: Study, check: bool = True) -> Plan:
 
 # step -> the typed config its command builds from its options (dalivssl.config)
 STEP_CONFIGS = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig",
-                "probe": "FinetuneConfig", "distill": "DistillConfig"}
+                "probe": "FinetuneConfig", "distill": "DistillConfig",
+                "retrieve": "RetrieveConfig", "robustness": "RobustnessConfig", "cka": "CKAConfig"}
 
 
 def check_run(plan: Plan, run: Run) -> None:
     """``run``'s command line checked the way its command checks it, before any run starts
     (review t3 #23: a bad value failed only after the parents had run): click's own parsing
-    (types, ranges, choices), the typed config's ranges and keys (``--set`` included), the
-    noise and severity names of robustness, and a subset larger than its training data."""
+    (types, ranges, choices), the typed config's ranges, names and keys (``--set`` included:
+    robustness's noises and severities too), and a subset larger than its training data."""
     import click
 
     from dalivssl import config as C
@@ -768,11 +769,6 @@ def check_run(plan: Plan, run: Run) -> None:
             cfg = C.resolve(cls, None, {k: v for k, v in params.items() if k in fields},
                             params.get("sets"))
             (cfg.resolved() if hasattr(cfg, "resolved") else cfg).check()
-        if run.step == "robustness":
-            from pipelines.noise import parse_noises, parse_severities
-
-            parse_noises(params["noises"])
-            parse_severities(params["severities"])
         if run.step == "pretrain" and params.get("subset") and params.get("data") and \
                 Path(params["data"]).is_file():
             from dalivssl.data.subsets import nested_subsets

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dalivssl.analysis import cka as C
+from dalivssl.engine import cka as C
 from dalivssl.errors import DalivsslError
 
 
@@ -236,7 +236,7 @@ def test_minibatch_rejects_mismatched_batches():
 def test_cupy_matches_numpy():
     import cupy as cp
 
-    from dalivssl.analysis.arrays import cupy_usable, get_xp
+    from dalivssl.engine.arrays import cupy_usable, get_xp
 
     assert cupy_usable() and get_xp("gpu") is cp
     X, Y = _xy(256, seed=3)
@@ -256,7 +256,7 @@ def test_cupy_matches_numpy():
 
 
 def test_get_xp_cpu_and_gpu_without_device():
-    from dalivssl.analysis.arrays import cupy_usable, get_xp
+    from dalivssl.engine.arrays import cupy_usable, get_xp
 
     assert get_xp("cpu") is np
     if not cupy_usable():

@@ -46,7 +46,7 @@ def make_batches(values, labels, batch_size=2, clips=1, t=4, size=8, seed=0, noi
 
 
 def test_extract_averages_clips_per_video_and_orders_by_index():
-    from dalivssl.analysis.features import extract
+    from dalivssl.engine.features import extract
 
     # video 5 has clips filled with 1, 2, 3; video 2 with 10, 20, 30 (batch order: 5 then 2)
     clips = torch.zeros(2, 3, 3, 2, 4, 4)
@@ -67,7 +67,7 @@ def test_extract_averages_clips_per_video_and_orders_by_index():
 
 
 def test_backbone_features_eval_mode_and_restores_training_flag():
-    from dalivssl.analysis.features import backbone_features
+    from dalivssl.engine.features import backbone_features
 
     bb = TinyBackbone().train()
     before = bb.bn.running_mean.clone()
@@ -79,7 +79,7 @@ def test_backbone_features_eval_mode_and_restores_training_flag():
 
 
 def test_extract_empty_loader_is_a_user_error():
-    from dalivssl.analysis.features import extract
+    from dalivssl.engine.features import extract
     from dalivssl.errors import DalivsslError
 
     with pytest.raises(DalivsslError, match="no videos"):

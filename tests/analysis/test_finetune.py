@@ -28,7 +28,7 @@ def _fake_data(tmp_path):
 
 
 def test_video_accuracy_uses_averaged_logits_not_votes():
-    from dalivssl.analysis.finetune import (clip_accuracy, confusion_matrix, video_accuracy,
+    from dalivssl.engine.scoring import (clip_accuracy, confusion_matrix, video_accuracy,
                                             video_predictions)
 
     # video 0: one confident clip for class 0, two weak clips for class 1 -> mean logits say 0,

@@ -17,7 +17,7 @@ QUERY_LABELS = np.array([1, 2, 0])
 
 
 def test_topk_exact_values_ties_and_cap():
-    from dalivssl.analysis.retrieval import topk_retrieval
+    from dalivssl.engine.retrieval import topk_retrieval
 
     r = topk_retrieval(QUERIES, QUERY_LABELS, GALLERY, GALLERY_LABELS, ks=(1, 2, 5))
     # q0 ties g0/g1 (cosine 1): the lower gallery index ranks first -> [0, 1, 2, 3]; label 1
@@ -30,7 +30,7 @@ def test_topk_exact_values_ties_and_cap():
 
 
 def test_topk_tie_break_is_by_gallery_position():
-    from dalivssl.analysis.retrieval import topk_retrieval
+    from dalivssl.engine.retrieval import topk_retrieval
 
     # swapping the labels of the two tied gallery items flips q0's top-1 from miss to hit
     r = topk_retrieval(QUERIES[:1], QUERY_LABELS[:1], GALLERY, np.array([1, 0, 1, 2]), ks=(1,))
@@ -42,7 +42,7 @@ def test_topk_tie_break_is_by_gallery_position():
 
 
 def test_topk_bad_input():
-    from dalivssl.analysis.retrieval import topk_retrieval
+    from dalivssl.engine.retrieval import topk_retrieval
     from dalivssl.errors import DalivsslError
 
     with pytest.raises(DalivsslError, match=">= 1"):
@@ -63,8 +63,8 @@ def _manifests(tmp_path):
 
 
 def test_feature_cache_is_reused(tmp_path, monkeypatch):
-    import dalivssl.analysis.retrieval as retrieval
-    from dalivssl.analysis.features import VideoOutputs
+    import dalivssl.engine.retrieval as retrieval
+    from dalivssl.engine.features import VideoOutputs
 
     train, test = _manifests(tmp_path)
     calls = []
@@ -79,8 +79,16 @@ def test_feature_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(retrieval, "compute_features", fake)
     settings = {"num_clips": 2, "clip_len": 4, "size": 8, "normalize": "unit"}
     cache = tmp_path / "cache"
-    kw = dict(ks=(1, 5), out_dir=tmp_path / "out", cache_dir=cache)
-    first = retrieval.run_retrieval(TinyBackbone(), "tiny", None, train, test, settings, **kw)
+
+    def run_retrieval(*args):  # the engine computes, the run spec writes the run dir
+        from dalivssl.runs.retrieve import write_retrieval
+
+        res = retrieval.run_retrieval(*args, ks=(1, 5), cache_dir=cache)
+        write_retrieval(tmp_path / "out", res["result"], res["features"], "tiny", None, train,
+                        test, args[-1])
+        return res
+
+    first = run_retrieval(TinyBackbone(), "tiny", None, train, test, settings)
     assert calls == [str(train), str(test)] and first["cached"] == {"train": False, "test": False}
     assert first["result"].topk == {1: 1.0, 5: 1.0} and first["result"].effective[5] == 4
     assert len(list(cache.glob("*.h5"))) == 2
@@ -89,14 +97,13 @@ def test_feature_cache_is_reused(tmp_path, monkeypatch):
         raise AssertionError("feature extractor called despite the cache")
 
     monkeypatch.setattr(retrieval, "compute_features", boom)
-    second = retrieval.run_retrieval(TinyBackbone(), "tiny", None, train, test, settings, **kw)
+    second = run_retrieval(TinyBackbone(), "tiny", None, train, test, settings)
     assert second["cached"] == {"train": True, "test": True}
     assert second["result"].topk == first["result"].topk
 
     # other clip settings -> another key -> extractor runs again
     monkeypatch.setattr(retrieval, "compute_features", fake)
-    retrieval.run_retrieval(TinyBackbone(), "tiny", None, train, test,
-                            {**settings, "num_clips": 3}, **kw)
+    run_retrieval(TinyBackbone(), "tiny", None, train, test, {**settings, "num_clips": 3})
     assert len(calls) == 4 and len(list(cache.glob("*.h5"))) == 4
 
     rows = list(csv.DictReader(open(tmp_path / "out" / "retrieval.csv")))
@@ -110,7 +117,7 @@ def test_feature_cache_is_reused(tmp_path, monkeypatch):
 
 
 def test_cache_key_depends_on_checkpoint_bytes_and_manifest(tmp_path):
-    from dalivssl.analysis.retrieval import cache_key
+    from dalivssl.engine.retrieval import cache_key
 
     train, test = _manifests(tmp_path)
     s = {"num_clips": 2, "clip_len": 4, "size": 8, "normalize": "unit"}
@@ -159,7 +166,7 @@ def test_cli_retrieve_end_to_end_then_cached(tmp_path, tiny_synth, monkeypatch):
     pytest.importorskip("models")
     from click.testing import CliRunner
 
-    import dalivssl.analysis.retrieval as retrieval
+    import dalivssl.engine.retrieval as retrieval
     from dalivssl.cli import cli
     from dalivssl.data.manifest import load_manifest
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dalivssl.analysis import robustness as rb
+from dalivssl.engine import robustness as rb
 from dalivssl.data.manifest import Manifest, VideoRecord, save_manifest
 from dalivssl.data.videoio import write_video
 from dalivssl.errors import DalivsslError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from dalivssl.analysis import robustness as rb
+from dalivssl.engine import robustness as rb
 from dalivssl.errors import DalivsslError
 from dalivssl.results import ResultsFile
 from tests.analysis.test_robustness import _oracle, _sweep, flat_manifest  # noqa: F401

@@ -89,7 +89,7 @@ def test_truncated_video_is_skipped_in_pretraining_never_black(indexed, make_vid
 
 
 def test_truncated_video_is_skipped_in_evaluation(make_video, tmp_path):
-    from dalivssl.analysis.features import eval_loader, extract
+    from dalivssl.engine.features import eval_loader, extract
 
     man = _truncated(make_video, tmp_path, indexed=True)
     loader = eval_loader(man, num_clips=3, batch_size=2, clip_len=8, size=32, raw=True)

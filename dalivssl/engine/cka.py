@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from dalivssl.analysis.arrays import array_module, from_torch, get_xp, to_numpy
+from dalivssl.engine.arrays import array_module, from_torch, get_xp, to_numpy
 from dalivssl.errors import DalivsslError
 
 # float64 elements per column chunk when building a Gram matrix (bounds the float64 copy).
@@ -351,13 +351,18 @@ def cka_map(model_a, model_b, loader: Iterable, layers_a: Sequence[str] | None =
     model_b=None (or the same object) compares ``model_a`` with itself: one forward per batch, and
     the diagonal is exactly 1. Layers default to each model's ``cka_layers`` (contract C5). Both
     models run in eval mode under no_grad on identical clips in identical order; each activation is
-    flattened (not pooled) and reduced to its Gram matrix at once. ``device`` 'gpu' runs the models
-    on CUDA and the CKA arithmetic in CuPy. ``progress``: optional callable(batches_done).
+    flattened (not pooled) and reduced to its Gram matrix at once. ``device`` 'gpu'/'cuda:<i>' runs
+    the models and the CKA arithmetic (CuPy) on that GPU. ``progress``: optional
+    callable(batches_done).
     """
+    import contextlib
+
     import torch
 
     xp = get_xp(device)
-    tdev = torch.device("cuda" if xp is not np else "cpu")
+    # the GPU the run was given ('cuda:1' stays GPU 1); 'gpu'/'cuda': the current one
+    tdev = torch.device("cpu" if xp is np else device if str(device).startswith("cuda:")
+                        else f"cuda:{torch.cuda.current_device()}")
     same_model = model_b is None or model_b is model_a
     model_b = model_a if same_model else model_b
     layers_a = list(layers_a or _default_layers(model_a, "A"))
@@ -375,10 +380,11 @@ def cka_map(model_a, model_b, loader: Iterable, layers_a: Sequence[str] | None =
     dims_a: list[int] = []
     dims_b: list[int] = []
     conv = lambda fs: [from_torch(f, xp) for f in fs]  # noqa: E731
+    on_gpu = xp.cuda.Device(tdev.index) if xp is not np else contextlib.nullcontext()
     try:
         for m in models:
             m.eval().to(tdev)
-        with torch.no_grad():
+        with torch.no_grad(), on_gpu:
             for i, item in enumerate(loader):
                 if batches is not None and i >= batches:
                     break
@@ -417,32 +423,6 @@ def _default_layers(model, which: str) -> list[str]:
         raise DalivsslError(f"model {which} ({type(model).__name__}) has no cka_layers; pass "
                             "layer names explicitly")
     return list(layers)
-
-
-def plot_cka_map(result: CKAMap, path, name_a: str = "A", name_b: str = "B",
-                 title: str | None = None):
-    """Heatmap PNG: rows (y) = layers of A, columns (x) = layers of B; imshow(origin='lower',
-    cmap='magma', vmin 0, vmax 1) as ckatorch / torch-cka plot theirs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    la, lb = len(result.layers_a), len(result.layers_b)
-    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * lb, 1.6 + 0.4 * la))
-    cmap = matplotlib.colormaps["magma"].with_extremes(bad="0.6")  # NaN (constant layer): grey
-    im = ax.imshow(result.map, origin="lower", cmap=cmap, vmin=0.0, vmax=1.0,
-                   aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(lb), result.layers_b, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(la), result.layers_a, fontsize=7)
-    ax.set_xlabel(f"{name_b} layers")
-    ax.set_ylabel(f"{name_a} layers")
-    ax.set_title(title or f"minibatch linear CKA (n={result.n_examples})", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def feed_normalized(model, mode: str):

@@ -1,5 +1,6 @@
 """Scoring a classifier on a test set: clip- and video-level top-1, confusion, the results file
-and its picture. Training (finetune / linear probe) lives in :mod:`dalivssl.engine.finetune`.
+(its picture: :func:`dalivssl.plots.plot_finetune`). Training (finetune / linear probe) lives in
+:mod:`dalivssl.engine.finetune`.
 
 Protocol (Kumar et al., arXiv 2306.06010, §4; VCOP ``ft_classify.py``): N evenly spaced centre
 clips per test video; clip-level top-1 scores every clip on its own, video-level top-1 the mean
@@ -60,7 +61,7 @@ class EvalResult:
 def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device="cpu",
              on_batch=None) -> EvalResult:
     """Clip- and video-level top-1 of ``model`` over eval batches (K clips per video)."""
-    from dalivssl.analysis.features import model_logits
+    from dalivssl.engine.features import model_logits
 
     out = model_logits(model, batches, device, on_batch)
     if (out.targets < 0).any():
@@ -96,40 +97,3 @@ def write_results(path: Path, record, cfg, data, history: list[dict], r: EvalRes
         rf.write("predictions", "video_path", [recs[i].path for i in r.indices])
         for col in LOG_COLUMNS:
             rf.write("log", col, np.array([h.get(col, np.nan) for h in history], np.float64))
-
-
-def plot_finetune(path: Path, record, history: list[dict], r: EvalResult, classes) -> Path:
-    """Learning curve (loss, train accuracy) and the test confusion matrix, titled with the run's
-    name, data and input settings."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.5))
-    steps = [h["step"] for h in history]
-    a.plot(steps, [h["loss"] for h in history], label="train loss")
-    if history and "acc" in history[0]:
-        a2 = a.twinx()
-        a2.plot(steps, [h["acc"] for h in history], color="tab:orange", label="train acc")
-        a2.set_ylabel("train accuracy")
-        a2.set_ylim(0, 1)
-    a.set_xlabel("step")
-    a.set_ylabel("cross-entropy")
-    a.set_title("learning curve")
-    cm = r.confusion / np.maximum(r.confusion.sum(1, keepdims=True), 1)
-    im = b.imshow(cm, vmin=0, vmax=1, cmap="viridis")
-    n = len(classes)
-    if n <= 30:
-        b.set_xticks(range(n), classes, rotation=90, fontsize=7)
-        b.set_yticks(range(n), classes, fontsize=7)
-    b.set_xlabel("predicted")
-    b.set_ylabel("true")
-    b.set_title(f"test: clip top-1 {r.clip_acc:.3f}, video top-1 {r.video_acc:.3f} "
-                f"({len(r.targets)} videos)")
-    fig.colorbar(im, ax=b, fraction=0.046)
-    fig.suptitle(f"{record.kind} {record.describe()}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)

@@ -110,7 +110,7 @@ def default_cache_dir() -> Path:
 def load_cached(cache_dir, key: str):
     """-> VideoOutputs from ``cache_dir/<key>.h5`` or None. Half-written files never exist
     (written to a temp name, then renamed)."""
-    from dalivssl.analysis.features import VideoOutputs
+    from dalivssl.engine.features import VideoOutputs
     from dalivssl.results import ResultsFile
 
     path = Path(cache_dir) / f"{key}.h5"
@@ -147,7 +147,7 @@ def save_cached(cache_dir, key: str, out, meta: dict) -> Path:
 def compute_features(backbone, manifest, settings: dict, device="cpu", batch_size: int = 4,
                      on_batch=None, where: str = ""):
     """Video features of ``manifest`` (N clips per video, averaged) through the eval loader."""
-    from dalivssl.analysis.features import backbone_features, eval_loader
+    from dalivssl.engine.features import backbone_features, eval_loader
 
     loader = eval_loader(manifest, settings["num_clips"], batch_size, settings["clip_len"],
                          settings["size"], device, 0, settings["normalize"], where=where)
@@ -155,11 +155,11 @@ def compute_features(backbone, manifest, settings: dict, device="cpu", batch_siz
 
 
 def run_retrieval(backbone, arch: str, checkpoint: str | None, train_path, test_path,
-                  settings: dict, ks=DEFAULT_TOPK, out_dir=None, device="cpu",
-                  batch_size: int = 4, cache_dir=None, console=None, record=None,
-                  progress: bool = True) -> dict:
-    """Features for train (gallery) and test (queries), cached by :func:`cache_key`; top-k;
-    ``out_dir/retrieval.h5`` + ``retrieval.csv``. Returns {'result', 'cached', 'paths'}."""
+                  settings: dict, ks=DEFAULT_TOPK, device="cpu", batch_size: int = 4,
+                  cache_dir=None, console=None, record=None, progress: bool = True) -> dict:
+    """Features for train (gallery) and test (queries), cached by :func:`cache_key`; top-k.
+    Returns {'result', 'cached', 'features', 'num_train', 'num_test'} ('features': {'train',
+    'test'} VideoOutputs)."""
     from dalivssl.console import progress as progress_bar
     from dalivssl.data.manifest import load_manifest
 
@@ -188,61 +188,5 @@ def run_retrieval(backbone, arch: str, checkpoint: str | None, train_path, test_
             feats[name] = out
     result = topk_retrieval(feats["test"].video, feats["test"].targets, feats["train"].video,
                             feats["train"].targets, ks)
-    paths = {}
-    if out_dir is not None:
-        paths = write_retrieval(Path(out_dir), result, feats, arch, checkpoint, train_path,
-                                test_path, settings, record)
-    return {"result": result, "cached": cached, "paths": paths,
+    return {"result": result, "cached": cached, "features": feats,
             "num_train": len(feats["train"]), "num_test": len(feats["test"])}
-
-
-def write_retrieval(out_dir: Path, r: RetrievalResult, feats: dict, arch, checkpoint,
-                    train_path, test_path, settings, record=None) -> dict:
-    """HDF5 (C8) /retrieval: ks, topk, effective_k, ranking, hits; CSV of the top-k table; PNG of
-    the top-k curve titled with the run's name, data and settings."""
-    import csv
-
-    from dalivssl.record import versions
-    from dalivssl.results import ResultsFile
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    h5 = out_dir / "retrieval.h5"
-    with ResultsFile(h5, "w") as rf:
-        rf.set_meta(kind="retrieval", arch=arch, checkpoint=str(checkpoint or "random"),
-                    train_manifest=str(train_path), test_manifest=str(test_path),
-                    settings=settings, versions=versions(),
-                    **({"record": record.to_dict()} if record is not None else {}))
-        rf.write("retrieval", "k", np.array(r.ks, np.int64))
-        rf.write("retrieval", "effective_k", np.array([r.effective[k] for k in r.ks], np.int64))
-        rf.write("retrieval", "topk", np.array([r.topk[k] for k in r.ks], np.float64))
-        rf.write("retrieval", "ranking", r.ranking, note="train positions, nearest first")
-        rf.write("retrieval", "hits", r.hits)
-        rf.write("retrieval", "query_index", feats["test"].indices)
-        rf.write("retrieval", "gallery_index", feats["train"].indices)
-    csv_path = out_dir / "retrieval.csv"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["k", "effective_k", "accuracy"])
-        for k in r.ks:
-            w.writerow([k, r.effective[k], f"{r.topk[k]:.6f}"])
-    png = out_dir / "retrieval.png"
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.plot(r.ks, [r.topk[k] for k in r.ks], marker="o")
-    ax.set_xscale("log")
-    ax.set_xticks(r.ks, [str(k) for k in r.ks])
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("k")
-    ax.set_ylabel("top-k retrieval accuracy")
-    ax.grid(alpha=0.3)
-    what = record.describe() if record is not None else f"{arch}"
-    ax.set_title(f"retrieval {what}\n{len(feats['test'])} queries → {len(feats['train'])} "
-                 f"videos, {settings['num_clips']} clips/video", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return {"h5": h5, "csv": csv_path, "png": png}

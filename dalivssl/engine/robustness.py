@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -187,33 +186,11 @@ class CellTiming:
         return self.decode + self.noise + self.forward
 
 
-# ----------------------------------------------------------------------------------- models
-def load_models(paths: Sequence[str | Path], device: str = "cpu") -> list[SweepModel]:
-    """Finetuned checkpoints (contract C7) → SweepModel list with unique names."""
-    from dalivssl.engine.finetune import load_classifier
-    from dalivssl.record import file_hash, record_of
-
-    out, names = [], set()
-    for p in paths:
-        p = Path(p)
-        model, ckpt = load_classifier(p, device=device)
-        record = record_of(ckpt, p)
-        name = record.name if record.name not in names else f"{record.name}_{p.parent.name}"
-        k = 2
-        while name in names:
-            name, k = f"{record.name}_{k}", k + 1
-        names.add(name)
-        c = record.clip
-        out.append(SweepModel(name, model, c.normalize, c.clip_len, c.size,
-                              int(ckpt["num_classes"]), str(p.resolve()), file_hash(p), record))
-    return out
-
-
 # ----------------------------------------------------------------------------------- sources
 def dali_source(manifest, clips_per_video: int, clip_len: int, size: int, batch_size: int,
                 device: str = "cpu", seed: int = 0, num_threads: int = 2):
     """The DALI evaluation loader in raw mode: Batch.clips uint8 B×K×T×H×W×C (contract C4)."""
-    from dalivssl.analysis.features import eval_loader
+    from dalivssl.engine.features import eval_loader
 
     return eval_loader(manifest, clips_per_video, batch_size, clip_len, size, device=device,
                        seed=seed, num_threads=num_threads, raw=True)
@@ -502,71 +479,3 @@ def run_sweep(models: Sequence[SweepModel], make_source: Callable[[int, int], It
         for m in todo:
             write_cells(results, m, out[m.name], settings)
     return [summarize(results, m, settings) for m in models]
-
-
-# ----------------------------------------------------------------------------------- outputs
-def write_csv(summaries: Sequence[dict], path: str | Path) -> Path:
-    """One row per (model, noise, severity) plus the clean row (severity 0)."""
-    import csv
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "noise", "severity", "accuracy", "clean_accuracy", "rs"])
-        for s in summaries:
-            w.writerow([s["model"], "clean", 0, f"{s['clean_acc']:.6f}", f"{s['clean_acc']:.6f}",
-                        f"{0.0:.6f}"])
-            for i, n in enumerate(s["noises"]):
-                for j, sev in enumerate(s["severities"]):
-                    w.writerow([s["model"], n, sev, f"{s['accuracy'][i, j]:.6f}",
-                                f"{s['clean_acc']:.6f}", f"{s['rs'][i, j]:.6f}"])
-    return path
-
-
-def plot_rs(summaries: Sequence[dict], path: str | Path, title: str | None = None) -> Path:
-    """R_s against severity: one panel per noise, one line per model (PNG, Agg backend);
-    ``title``: the data and settings the cells came from."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    noises = summaries[0]["noises"]
-    fig, axes = plt.subplots(1, len(noises), figsize=(3.2 * len(noises), 3.0), sharey=True,
-                             squeeze=False)
-    for ax, (i, n) in zip(axes[0], enumerate(noises)):
-        for s in summaries:
-            ax.plot(s["severities"], s["rs"][i], marker="o", label=s["model"])
-        ax.set_title(n)
-        ax.set_xlabel("severity")
-        ax.set_xticks(summaries[0]["severities"])
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("R_s = (A_c − A_p) / A_c")
-    axes[0][-1].legend(fontsize=7)
-    if title:
-        clean = ", ".join(f"{s['model']} A_c={s['clean_acc']:.3f}" for s in summaries)
-        fig.suptitle(f"{title}\n{clean}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def rich_table(summaries: Sequence[dict]):
-    """R_s per model × noise (columns: severities, mean) plus the clean accuracy."""
-    from rich.table import Table
-
-    sevs = summaries[0]["severities"]
-    t = Table(title="Noise robustness R_s = (A_c − A_p)/A_c (lower is better)")
-    for col in ["model", "A_c", "noise"] + [f"s{s}" for s in sevs] + ["mean"]:
-        t.add_column(col, justify="left" if col in ("model", "noise") else "right")
-    for s in summaries:
-        for i, n in enumerate(s["noises"]):
-            t.add_row(s["model"] if i == 0 else "", f"{s['clean_acc']:.3f}" if i == 0 else "", n,
-                      *[f"{v:.3f}" for v in s["rs"][i]], f"{s['rs_by_noise'][i]:.3f}")
-        t.add_row("", "", "[b]mean[/b]", *[f"{v:.3f}" for v in s["rs_by_severity"]],
-                  f"[b]{s['mean_rs']:.3f}[/b]", end_section=True)
-    return t

@@ -33,6 +33,10 @@ ALLOWED: set[tuple[str, str]] = {
     ("dalivssl.engine.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.features"),
     ("dalivssl.runs.finetune", "dalivssl.analysis.finetune"),
+    # runs2 moves features down (distill / export-logits loaders, logits and size checks)
+    ("dalivssl.engine.distill", "dalivssl.analysis.features"),
+    ("dalivssl.runs.distill", "dalivssl.analysis.features"),
+    ("dalivssl.runs.export", "dalivssl.analysis.features"),
     # 23a (trainer rewrite): head_context/resolve_optim leave engine/trainer, explain moves to engine
     ("dalivssl.tasks.explain", "dalivssl.engine.trainer"),
     # 23a/24a: the study reads a step's options from its RunSpec config, not from cli.COMMANDS

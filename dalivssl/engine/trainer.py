@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from dalivssl.config import OPTIMIZERS, PretrainConfig, check_options, to_dict
-from dalivssl.engine.fit import KILL_ENV, SCHEDULES, LRFactor, make_scheduler, seed_all
+from dalivssl.engine.fit import SCHEDULES, LRFactor, make_scheduler, seed_all
 from dalivssl.errors import DalivsslError
 
-__all__ = ["TaskModel", "resolve_optim", "build_optimizer", "make_optimizer",
-           "KILL_ENV", "LRFactor", "RESUME_KEYS"]
+__all__ = ["TaskModel", "resolve_optim", "build_optimizer", "make_optimizer", "LRFactor",
+           "RESUME_KEYS"]
 
 # settings a resumed pretraining must share with the stored run (anything else, e.g. more
 # steps, is honoured and stated)

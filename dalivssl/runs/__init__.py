@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 
 # command → module holding its SPEC (the registry of commands the driver runs)
-SPECS = {"pretrain": "dalivssl.runs.pretrain", "finetune": "dalivssl.runs.finetune"}
+SPECS = {"pretrain": "dalivssl.runs.pretrain", "finetune": "dalivssl.runs.finetune",
+         "distill": "dalivssl.runs.distill", "export-logits": "dalivssl.runs.export"}
 
 
 def spec(name: str):

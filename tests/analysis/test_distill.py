@@ -8,9 +8,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from dalivssl.analysis import distill as D
+from dalivssl.engine import distill as D
 from dalivssl.errors import DalivsslError
 from pipelines.types import Batch
+from tests.batches import BatchList
 
 
 def _softmax(z):
@@ -59,7 +60,6 @@ def _raw_batches(n=3, bs=4, seed=0):
 
 
 def test_gradient_reaches_only_the_student(tmp_path):
-    from dalivssl.engine.finetune import BatchList
     from dalivssl.engine.fit import FitConfig, fit, make_scheduler
 
     torch.manual_seed(0)
@@ -275,7 +275,7 @@ def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, t
     import sys
 
     from dalivssl.engine.checkpoint import load_checkpoint
-    from dalivssl.engine.fit import KILL_ENV
+    from dalivssl.engine.faults import KILL_ENV
 
     t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
     args = ["distill", "--teacher", str(t1), "--student", ARCH, "--data",

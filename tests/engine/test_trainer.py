@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dalivssl.config import PretrainConfig
-from dalivssl.engine.trainer import KILL_ENV, LRFactor, resolve_optim
+from dalivssl.engine.faults import KILL_ENV
+from dalivssl.engine.trainer import LRFactor, resolve_optim
 from dalivssl.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done"]
+__all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done",
+           "stored_checkpoint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +78,25 @@ def already_done(ctx: "RunContext", stored_record, step: int, total: int, what: 
                                "nothing to resume (left untouched)", highlight=False)
     summary = ctx.run_dir / "summary.json"
     return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def stored_checkpoint(ctx: "RunContext", kind: str, command: str, record, keys) -> dict | None:
+    """The checkpoint ``--resume`` continues: None without ``--resume`` or without one. A
+    checkpoint of another ``kind`` is refused, and so is one whose record differs from
+    ``record`` in ``keys`` (``record.check_resumable``), in one line each."""
+    from dalivssl import record as rec
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.errors import DalivsslError
+
+    path = ctx.run_dir / ck.CKPT_NAME
+    if not (ctx.resume and path.is_file()):
+        return None
+    old = ck.load_checkpoint(path)
+    if old.get("kind") != kind:
+        raise DalivsslError(f"{path}: a {old.get('kind')!r} checkpoint cannot be resumed by "
+                            f"{command}")
+    rec.check_resumable(rec.record_of(old), record, keys, path)
+    return old
 
 
 def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool = False,

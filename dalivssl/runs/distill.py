@@ -17,7 +17,7 @@ import numpy as np
 
 from dalivssl.config import DistillConfig, save_yaml, to_dict
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, already_done, execute
+from dalivssl.runs.base import RunSpec, already_done, execute, stored_checkpoint
 
 __all__ = ["SPEC", "run_distill", "resolved"]
 
@@ -96,7 +96,6 @@ def _run(cfg: DistillConfig, ctx) -> dict:
     from dalivssl import record as rec
     from dalivssl.analysis.features import check_input_size, eval_loader, make_loader
     from dalivssl.devices import dali_threads
-    from dalivssl.engine import checkpoint as ck
     from dalivssl.engine import distill as D
     from dalivssl.engine.finetune import Classifier
     from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
@@ -120,13 +119,7 @@ def _run(cfg: DistillConfig, ctx) -> dict:
         parents=teachers + ([cfg.student_checkpoint] if cfg.student_checkpoint else []),
         arch=cfg.arch, clip=clip, seed=cfg.seed,
         settings={**to_dict(cfg), "device_info": dev.record()})
-    ckpt_path = out / ck.CKPT_NAME
-    old = ck.load_checkpoint(ckpt_path) if ctx.resume and ckpt_path.is_file() else None
-    if old is not None:
-        if old.get("kind") != "finetune":
-            raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
-                                "resumed by distill")
-        rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
+    old = stored_checkpoint(ctx, "finetune", "distill", record, RESUME_KEYS)
     seed_all(cfg.seed)  # the same initial student on every rank
     student = Classifier(D.student_backbone(cfg), len(classes)).to(tdev)
     check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
@@ -168,9 +161,9 @@ def _run(cfg: DistillConfig, ctx) -> dict:
                teacher_acc, teachers, dict(getattr(test_loader, "skipped", {})))
         rec.write_run_record(out, record)
     first_loss, last_loss = loss_summary(res.losses)
-    return {"name": cfg.name, "arch": cfg.arch, "step": res.step, "first_loss": first_loss, "last_loss": last_loss,
-            "accuracy": acc, "videos": n_eval, "teachers": teacher_acc, "out": out,
-            "written": dist.is_main}
+    return {"name": cfg.name, "arch": cfg.arch, "step": res.step, "first_loss": first_loss,
+            "last_loss": last_loss, "accuracy": acc, "videos": n_eval, "teachers": teacher_acc,
+            "out": out, "written": dist.is_main}
 
 
 def _write(path: Path, record, cfg, history, acc, n_eval, eval_path, teacher_acc,

@@ -19,7 +19,7 @@ from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Class
                                       checkpoint_fields, default_name, finetune_record,
                                       train_loader)
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, execute
+from dalivssl.runs.base import RunSpec, execute, stored_checkpoint
 
 __all__ = ["SPEC", "PROBE", "run_finetune"]
 
@@ -64,12 +64,7 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     device = torch.device(dist.device if dist.enabled else cfg.device)
     record = finetune_record(cfg, data)
     ckpt_path = out_dir / ck.CKPT_NAME
-    old = ck.load_checkpoint(ckpt_path) if ctx.resume and ckpt_path.is_file() else None
-    if old is not None:
-        if old.get("kind") != "finetune":
-            raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
-                                "resumed by finetune")
-        rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
+    old = stored_checkpoint(ctx, "finetune", "finetune", record, RESUME_KEYS)
     seed_all(cfg.seed)  # the same initial head on every rank
     model = Classifier(backbone, len(data.classes), frozen=cfg.linear_probe,
                        l2_norm=cfg.l2_norm, dropout=cfg.dropout).to(device)

@@ -34,7 +34,7 @@ def _check_ranges(cfg, at_least_one=(), positive=(), non_negative=()):
 
 
 PROTOCOLS = ("original", "paper")  # the run's protocol (dalivssl.tasks.paper_overrides)
-KD_LOSSES = ("hinton", "paper")  # analysis.distill.KD_LOSSES
+KD_LOSSES = ("hinton", "paper")  # DistillConfig.kd_loss (engine.distill.kd_loss)
 
 
 def _check_protocol(protocol: str) -> None:
@@ -159,6 +159,7 @@ class FinetuneConfig:
     ckpt_every: int = 50
     log_every: int = 5
     progress: bool = True
+    amp: bool = False  # bf16 autocast of the training forward (GPU, or the CPU's bf16 kernels)
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -343,6 +344,7 @@ class CKAConfig:
                                    layers_b=_name_list(self.layers_b))
 
 
+# ------------------------------------------------------------ distill / export-logits (runs1)
 @dataclass(frozen=True)
 class DistillConfig:
     """``dalivssl distill``: multi-teacher KD into ``arch`` (Hinton et al. 2015; Kumar et al.).
@@ -362,14 +364,16 @@ class DistillConfig:
     kd_loss: str = "hinton"
     student_checkpoint: str | None = None  # start the student from this checkpoint's backbone
     lr: float = 1e-3          # Adam (AdamW without weight decay)
-    batch_size: int = 8
+    batch_size: int = 8       # per process (under torchrun each rank takes its shard)
     clip_len: int | None = None
     size: int | None = None
     normalize: str | None = None
     eval_clips: int = 1
     seed: int = 0
     device: str = "auto"
-    threads: int = 2
+    threads: int = 2                  # torch intra-op threads (CPU work)
+    dali_threads: int | None = None   # DALI's threads; None: 8 on GPU (NVDEC sessions), 2 on CPU
+    amp: bool = False  # bf16 autocast of the training forward (GPU, or the CPU's bf16 kernels)
     ckpt_every: int = 50
     log_every: int = 1
     progress: bool = True
@@ -379,8 +383,30 @@ class DistillConfig:
             raise DalivsslError(f"kd_loss must be one of {', '.join(KD_LOSSES)}, got "
                                 f"{self.kd_loss!r}")
         return _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "threads",
-                                    "clip_len", "size", "ckpt_every", "log_every"),
-                             ("lr", "temperature"), ("alpha",))
+                                    "dali_threads", "clip_len", "size", "ckpt_every",
+                                    "log_every"), ("lr", "temperature"), ("alpha",))
+
+
+@dataclass(frozen=True)
+class ExportLogitsConfig:
+    """``dalivssl export-logits``: a finetuned checkpoint's video-level logits (the mean over
+    ``clips`` evenly spaced clips) for every video of ``data``, written to ``output`` for
+    ``distill --teacher-logits``. Clip settings are the checkpoint's (its run record)."""
+
+    checkpoint: str | None = None    # required: a finetune checkpoint
+    data: str | None = None          # manifest; None = the embedded synthetic train split
+    output: str | None = None        # required: the HDF5 file to write
+    clips: int = 10
+    batch_size: int = 8
+    device: str = "auto"
+    dali_threads: int | None = None  # DALI's threads; None: 8 on GPU (NVDEC sessions), 2 on CPU
+
+    def check(self) -> "ExportLogitsConfig":
+        for key, flag in (("checkpoint", "--checkpoint"), ("output", "-o/--output")):
+            if not getattr(self, key):
+                raise DalivsslError(f"{key} is required: give {flag} (or {key}: in --config)")
+        return _check_ranges(self, ("clips", "batch_size", "dali_threads"))
+# ------------------------------------------------------------ end distill / export-logits
 
 
 def _type_name(tp) -> str:

@@ -118,3 +118,32 @@ def plot_cka_map(result, path, name_a: str = "A", name_b: str = "B",
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_distill(path: Path, history: list[dict], teachers, accuracy: float, n_eval: int,
+                 teacher_acc: dict, name: str, title: str) -> Path:
+    """``distill.png``: the training loss with its CE and per-teacher KD parts per logged step
+    (left), and the student's video top-1 beside each live teacher's (right): Hinton et al. 2015;
+    multi-teacher as in Kumar et al. 2023 (arXiv 2306.06010, sec. KD)."""
+    plt = _pyplot()
+    step = [h["step"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(step, [h["loss"] for h in history], label="loss")
+    a.plot(step, [h["ce"] for h in history], label="CE")
+    for i, t in enumerate(teachers):
+        a.plot(step, [h[f"kd_{i}"] for h in history], label=f"KD {Path(t).stem}", alpha=0.7)
+    a.set_xlabel("step")
+    a.legend(fontsize=7)
+    a.set_title("training loss")
+    names = [name] + list(teacher_acc)
+    b.bar(range(len(names)), [accuracy] + list(teacher_acc.values()),
+          color=["tab:green"] + ["tab:gray"] * len(teacher_acc))
+    b.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    b.set_ylim(0, 1)
+    b.set_ylabel(f"video top-1 ({n_eval} videos)")
+    b.set_title("student vs each teacher")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _env(**kw):
-    from dalivssl.engine.fit import KILL_ENV
+    from dalivssl.engine.faults import KILL_ENV
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **kw}
     env.pop(KILL_ENV, None)

@@ -199,31 +199,6 @@ def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
                        protocol=cfg.protocol)
 
 
-class BatchList:
-    """A fixed list of batches as a resumable loader (tests, precomputed batches): the same
-    ``epoch`` / ``state_dict`` interface as ``PretextLoader``."""
-
-    def __init__(self, batches):
-        self.batches, self.epoch, self.position = list(batches), 0, 0
-        self.manifest = None
-        self.skipped: dict = {}
-
-    def __len__(self):
-        return len(self.batches)
-
-    def __iter__(self):
-        for b in range(self.position, len(self.batches)):
-            self.position = b + 1
-            yield self.batches[b]
-        self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state):
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
 def default_name(cfg: FinetuneConfig, parent=None) -> str:
     """``ft_<parent run's name>`` / ``probe_<…>``, or ``ft_scratch_<arch>`` from random init."""
     kind = "probe" if cfg.linear_probe else "ft"

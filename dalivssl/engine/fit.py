@@ -1,22 +1,21 @@
 """The one training loop: ``fit`` trains any module whose ``forward(batch)`` returns a dict with
 ``'loss'`` — pretext pretraining (``trainer.TaskModel``), finetuning and linear probing
-(``engine.finetune.ClassifierTask``) and multi-teacher distillation (``analysis.distill.
+(``engine.finetune.ClassifierTask``) and multi-teacher distillation (``engine.distill.
 DistillTask``) alike (timm's ``TrainingTask`` → ``ClassificationTask`` / ``LogitDistillationTask``
 with one ``train.py``).
 
-It owns: AMP (bf16 autocast on GPU), DDP (the caller passes the wrapped module), gradient clipping,
-the per-step LR schedule (:class:`LRFactor`: constant / step / cosine, linear warmup), the CSV +
-TensorBoard log (:class:`RunLog`), progress (a bar on a terminal, a plain line every
-``report_s`` seconds in a log file), checkpoints every ``ckpt_every`` steps and at the end, and
-exact resume: a checkpoint holds optimiser, scheduler, RNG states and the loader position, and
-the loader regenerates any batch from (seed, epoch, index), so a run killed at any moment and
-resumed reaches the same weights (bitwise on CPU).
+It owns: AMP (bf16 autocast, on GPU or CPU), DDP (the caller passes the wrapped module),
+gradient clipping, the per-step LR schedule (:class:`LRFactor`: constant / step / cosine, linear
+warmup), the CSV + TensorBoard log (:class:`RunLog`), progress (a bar on a terminal, a plain
+line every ``report_s`` seconds in a log file), checkpoints every ``ckpt_every`` steps and at the
+end, and exact resume: a checkpoint holds optimiser, scheduler, RNG states and the loader
+position, and the loader regenerates any batch from (seed, epoch, index), so a run killed at any
+moment and resumed reaches the same weights (bitwise on CPU).
 """
 from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ import numpy as np
 import torch
 
 from dalivssl.engine import checkpoint as ck
+from dalivssl.engine import faults
 from dalivssl.errors import DalivsslError
 
 SCHEDULES = ("constant", "step", "cosine")
-KILL_ENV = "DALIVSSL_KILL_AT_STEP"  # test hook: SIGKILL ourselves after this step (resume tests)
 
 
 # ---------------------------------------------------------------------------------- schedule
@@ -248,12 +247,13 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                            final=final)
 
     log = RunLog(run_dir / cfg.log_name, step, cfg.tensorboard) if is_main else None
-    kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+    kill_at = faults.kill_step()  # the kill/resume tests' hook (engine.faults)
     res = FitResult(step=step)
     wait_total = busy_total = window_wait = window_time = 0.0
     window_steps = 0
     t_start = time.perf_counter()
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else None
+    # bf16 autocast on the device's type: CUDA on GPU, the CPU's bf16 kernels on CPU
+    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if cfg.amp else None
     model.train()
     rep = Reporter(cfg.label, cfg.total_steps, step, cfg.progress and is_main)
     pending: list = []  # (step, loss tensor, outputs) not yet read back from the device
@@ -323,10 +323,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                     save(final=False)
                 if step in cfg.keep and stage_fields is not None:
                     save(final=True, epoch=cfg.keep[step])
-                if kill_at and step == kill_at:
-                    import signal
-
-                    os.kill(os.getpid(), signal.SIGKILL)
+                faults.after_step(step, kill_at)
                 if step >= cfg.total_steps:
                     break
                 t0 = time.perf_counter()

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from dalivssl.config import PretrainConfig, check_options, to_dict
-from dalivssl.engine.fit import KILL_ENV, LRFactor, make_scheduler, seed_all
+from dalivssl.engine.fit import LRFactor, make_scheduler, seed_all
 from dalivssl.engine.optim import build_optimizer, resolve_optim
 from dalivssl.errors import DalivsslError
 
-__all__ = ["TaskModel", "make_optimizer", "KILL_ENV", "LRFactor", "RESUME_KEYS"]
+__all__ = ["TaskModel", "make_optimizer", "LRFactor", "RESUME_KEYS"]
 
 # settings a resumed pretraining must share with the stored run (anything else, e.g. more
 # steps, is honoured and stated)

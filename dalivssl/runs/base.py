@@ -1,6 +1,6 @@
 """The one driver that runs a command: ``execute(spec, cfg)``.
 
-Layer: models → pipelines → data → tasks → engine → **runs** → analysis/study → cli. A run module
+Layer: models → pipelines → data → tasks → engine → **runs** → study → cli. A run module
 imports the engine and the leaves below it; the CLI and the study import runs, never the reverse.
 
 ``execute`` alone resolves the device (one ``devices.resolve_device`` call, kept in the context
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done",
-           "result_unchanged"]
+           "result_unchanged", "stored_checkpoint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +99,25 @@ def result_unchanged(ctx: "RunContext", record, keys, artifact: str) -> bool:
         stderr_console().print(f"{ctx.run_dir}: {record.kind} already complete with these "
                                "inputs; nothing to resume (left untouched)", highlight=False)
     return True
+
+
+def stored_checkpoint(ctx: "RunContext", kind: str, command: str, record, keys) -> dict | None:
+    """The checkpoint ``--resume`` continues: None without ``--resume`` or without one. A
+    checkpoint of another ``kind`` is refused, and so is one whose record differs from
+    ``record`` in ``keys`` (``record.check_resumable``), in one line each."""
+    from dalivssl import record as rec
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.errors import DalivsslError
+
+    path = ctx.run_dir / ck.CKPT_NAME
+    if not (ctx.resume and path.is_file()):
+        return None
+    old = ck.load_checkpoint(path)
+    if old.get("kind") != kind:
+        raise DalivsslError(f"{path}: a {old.get('kind')!r} checkpoint cannot be resumed by "
+                            f"{command}")
+    rec.check_resumable(rec.record_of(old), record, keys, path)
+    return old
 
 
 def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool = False,

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from dalivssl.config import FinetuneConfig, save_yaml
-from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, BatchList, Classifier,
+from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Classifier,
                                       ClassifierTask, FinetuneData, build_optimizer,
                                       checkpoint_fields, default_name, finetune_record,
                                       train_loader)
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, execute
+from dalivssl.runs.base import RunSpec, execute, stored_checkpoint
 
 __all__ = ["SPEC", "PROBE", "run_finetune"]
 
@@ -32,7 +32,8 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
                  test_batches=None, backbone_kwargs: dict | None = None) -> dict:
     """Train (engine.fit), evaluate, write the outputs above. Under torchrun the training set is
     sharded over the ranks and the model wrapped in DDP (rank 0 writes). ``train_batches`` /
-    ``test_batches`` replace the DALI loaders (tests).
+    ``test_batches`` replace the DALI loaders: a resumable loader (``len``, iteration, ``epoch``,
+    ``state_dict``/``load_state_dict``) and an iterable of eval batches.
     Returns {'clip_acc', 'video_acc', 'epochs', 'step', 'checkpoint', 'results', 'history'}."""
     return execute(PROBE if cfg.linear_probe else SPEC, cfg, out_dir, resume=resume,
                    overwrite=overwrite, data=data, backbone=backbone,
@@ -63,12 +64,7 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     device = torch.device(dist.device if dist.enabled else cfg.device)
     record = finetune_record(cfg, data)
     ckpt_path = out_dir / ck.CKPT_NAME
-    old = ck.load_checkpoint(ckpt_path) if ctx.resume and ckpt_path.is_file() else None
-    if old is not None:
-        if old.get("kind") != "finetune":
-            raise DalivsslError(f"{ckpt_path}: a {old.get('kind')!r} checkpoint cannot be "
-                                "resumed by finetune")
-        rec.check_resumable(rec.record_of(old), record, RESUME_KEYS, ckpt_path)
+    old = stored_checkpoint(ctx, "finetune", "finetune", record, RESUME_KEYS)
     seed_all(cfg.seed)  # the same initial head on every rank
     model = Classifier(backbone, len(data.classes), frozen=cfg.linear_probe,
                        l2_norm=cfg.l2_norm, dropout=cfg.dropout).to(device)
@@ -77,9 +73,11 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     if train_batches is None:
         loader = train_loader(data.train, cfg, where=data.train_path,
                               shard=(dist.rank, dist.world))
-    else:  # anything with the loader's state interface, or a plain list of batches
-        loader = (train_batches if hasattr(train_batches, "state_dict")
-                  else BatchList(train_batches))
+    elif hasattr(train_batches, "state_dict"):  # the loader's resumable interface
+        loader = train_batches
+    else:
+        raise TypeError("train_batches needs the loader interface (len, iteration, epoch, "
+                        "state_dict, load_state_dict)")
     if len(loader) == 0:
         raise DalivsslError(f"{data.train_path}: no training batches (videos too short or "
                             f"batch size {cfg.batch_size} too large)")
@@ -99,7 +97,7 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
         return checkpoint_fields(model, record.marked(final), data.classes, cfg, backbone_kwargs)
 
     kind = "linear probe" if cfg.linear_probe else "finetune"
-    fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME,
+    fcfg = FitConfig(total_steps=total, label=f"{kind} {cfg.name}", log_name=LOG_NAME, amp=cfg.amp,
                      ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, progress=cfg.progress,
                      tensorboard=True, items_per_step=cfg.batch_size * dist.world)
     res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields, net=net, dist=dist,

@@ -8,9 +8,10 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from dalivssl.analysis import distill as D
+from dalivssl.engine import distill as D
 from dalivssl.errors import DalivsslError
 from pipelines.types import Batch
+from tests.batches import BatchList
 
 
 def _softmax(z):
@@ -59,7 +60,6 @@ def _raw_batches(n=3, bs=4, seed=0):
 
 
 def test_gradient_reaches_only_the_student(tmp_path):
-    from dalivssl.engine.finetune import BatchList
     from dalivssl.engine.fit import FitConfig, fit, make_scheduler
 
     torch.manual_seed(0)
@@ -192,6 +192,19 @@ def _finetune_ckpt(path, classes, seed, num_classes=None, clip_len=8, size=64):
     return path
 
 
+def _main(argv):
+    """Run the CLI as the shell does: -> (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from dalivssl.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code, err.getvalue().strip()
+
+
 def _invoke(args):
     from dalivssl.cli import cli
 
@@ -216,6 +229,23 @@ def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manif
     assert f["paths"] == [rec.path for rec in train_manifest.records]
     assert f["attrs"]["num_clips"] == 2 and f["classes"] == classes
     assert np.all(np.isfinite(f["logits"])) and f["logits"].std() > 0
+    # an existing file is kept without --overwrite (one line, exit 2), replaced with it; the
+    # config written beside it replays the export (--config, with the output changed by --set)
+    before = h5.read_bytes()
+    code, err = _main(["export-logits", "--checkpoint", str(t1), "-o", str(h5)])
+    assert code == 2 and err == f"error: {h5}: already exists; pass --overwrite to replace " \
+                                "it, or another -o/--output" and h5.read_bytes() == before
+    replay = tmp_path / "replay.h5"
+    r = _invoke(["export-logits", "--config", str(tmp_path / "t0.config.yaml"), "--set",
+                 f"output={replay}"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    np.testing.assert_array_equal(D.read_logits_file(replay)["logits"], f["logits"])
+    r = _invoke(["export-logits", "--config", str(tmp_path / "replay.config.yaml"),
+                 "--checkpoint", str(t1), "-o", str(replay), "--overwrite"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    other = D.read_logits_file(replay)
+    assert other["attrs"]["num_clips"] == 2 and not np.allclose(other["logits"], f["logits"])
+    assert other["attrs"]["checkpoint"] == str(t1.resolve())
 
     out = tmp_path / "run"
     r = _invoke(["distill", "--teacher", str(t1), "--teacher-logits", str(h5), "--student", ARCH,
@@ -239,6 +269,12 @@ def test_export_logits_then_distill_end_to_end(tmp_path, tiny_synth, train_manif
     assert rows[0].startswith("step,epoch,loss,lr,clips_per_s,data_wait,ce,kd,kd_0,kd_1")
     assert len(rows) == 5
     assert (out / "distill.png").is_file()
+    import yaml
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())  # replays the run: data included
+    assert (cfg["data"], cfg["eval_data"]) == (str(tiny_synth["train"]), str(tiny_synth["test"]))
+    assert cfg["teachers"] == [str(t1)] and cfg["teacher_logits"] == [str(h5)]
+    assert (cfg["clip_len"], cfg["size"], cfg["device"], cfg["amp"]) == (8, 64, "cpu", False)
     student, ck = load_classifier(out / "checkpoint.pt")
     assert ck["kind"] == "finetune" and ck["arch"] == ARCH and ck["num_classes"] == len(classes)
     assert ck["step"] == 4 and (ck["clip_len"], ck["size"]) == (8, 64)
@@ -275,7 +311,7 @@ def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, t
     import sys
 
     from dalivssl.engine.checkpoint import load_checkpoint
-    from dalivssl.engine.fit import KILL_ENV
+    from dalivssl.engine.faults import KILL_ENV
 
     t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
     args = ["distill", "--teacher", str(t1), "--student", ARCH, "--data",
@@ -303,6 +339,14 @@ def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, t
     for part in ("backbone", "head"):
         for k in a[part]:
             assert torch.equal(a[part][k], b[part][k]), f"{part}.{k}"
+    # --resume of the finished run: one line, the same summary, not a byte rewritten
+    before = {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir() if p.is_file()}
+    done = run(tmp_path / "cut", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "distillation already complete at step 5; nothing to resume" in " ".join(
+        done.stderr.split())
+    assert done.stdout.split(", accuracy")[1] == res.stdout.split(", accuracy")[1]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "cut").iterdir() if p.is_file()} == before
 
 
 def test_teacher_accuracy_averages_clip_logits_per_video():
@@ -325,3 +369,79 @@ def test_teacher_accuracy_averages_clip_logits_per_video():
                      indices=torch.arange(4))] * 2  # a repeated batch counts once
     acc, n = D.teacher_accuracy(teacher, batches)
     assert n == 4 and acc == pytest.approx(3 / 4)  # videos 0, 1, 3 right; video 2 wrong
+
+
+def test_amp_runs_the_student_in_bf16_on_cpu_and_keeps_the_loss_in_fp32(tmp_path):
+    """--set amp=true: the loop's bf16 autocast reaches the student's forward on CPU; the KD loss
+    is computed in fp32 and the run trains to other (finite) numbers than without AMP."""
+    from dalivssl.engine.fit import FitConfig, fit, make_scheduler
+
+    seen = []
+
+    class Student(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 8 * 8, 3))
+
+        def forward(self, x):
+            out = self.net(x)
+            seen.append(out.dtype)
+            return out
+
+    def train(amp, run_dir):
+        run_dir.mkdir()
+        torch.manual_seed(0)
+        student = Student()
+        task = D.DistillTask(student, [D.LogitsTeacher("t.h5", torch.randn(12, 3))], "imagenet")
+        opt = torch.optim.SGD(student.parameters(), lr=0.1)
+        res = fit(task, BatchList(_raw_batches()), opt, make_scheduler(opt, "constant", 3),
+                  FitConfig(3, amp=amp, log_every=1, progress=False, tensorboard=False), run_dir,
+                  lambda final: {})
+        return res.losses
+
+    plain = train(False, tmp_path / "fp32")
+    assert seen == [torch.float32] * 3
+    seen.clear()
+    amp = train(True, tmp_path / "amp")
+    assert seen == [torch.bfloat16] * 3
+    assert np.all(np.isfinite(amp)) and amp != plain
+    np.testing.assert_allclose(amp, plain, rtol=0.05)  # the same training, in bf16
+    s = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    loss, _ = D.kd_loss(s, torch.tensor([0, 1, 2, 0]), [torch.randn(4, 3)])
+    assert loss.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_distill_under_torchrun_ddp_two_cpu_processes_with_amp(tmp_path, tiny_synth,
+                                                                train_manifest):
+    """The student in DDP over 2 gloo processes (each its shard), bf16 autocast, one writer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.record import read_run_record
+
+    root = Path(__file__).resolve().parents[2]
+    t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_port=29547", "-m", "dalivssl", "distill", "--teacher", str(t1), "--student",
+           ARCH, "--data", str(tiny_synth["train"]), "--eval-data", str(tiny_synth["test"]),
+           "--batch-size", "2", "--max-steps", "2", "--threads", "1", "--set", "amp=true",
+           "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]
+    assert isinstance(ck["rng"], list) and len(ck["rng"]) == 2
+    assert ck["record"]["status"] == "complete" and ck["record"]["settings"]["amp"] is True
+    assert yaml.safe_load((out / "config.yaml").read_text())["amp"] is True
+    assert read_run_record(out).status == "complete" and (out / "distill.png").is_file()
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[4] != ""  # one writer: 2 steps, one header
+    assert p.stdout.count("student ") == 2  # each rank reports; rank 0 alone wrote the files

@@ -9,6 +9,7 @@ import torch
 
 from dalivssl.errors import DalivsslError
 from tests.analysis.test_features import TinyBackbone, make_batches
+from tests.batches import BatchList
 
 # 6 videos, 3 classes; the class is the dominant colour channel (learnable by the tiny net)
 COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.9, 0.1, 0), (0.1, 0.8, 0.1), (0, 0.2, 0.9)]
@@ -46,7 +47,7 @@ def test_video_accuracy_uses_averaged_logits_not_votes():
 
 def _fit(model, batches, cfg, epochs, run_dir):
     """Train a Classifier with the engine's one loop over a fixed list of batches."""
-    from dalivssl.engine.finetune import BatchList, ClassifierTask, build_optimizer
+    from dalivssl.engine.finetune import ClassifierTask, build_optimizer
     from dalivssl.engine.fit import FitConfig, fit, make_scheduler
 
     loader = BatchList(batches)
@@ -122,8 +123,8 @@ def test_run_finetune_writes_checkpoint_record_results_and_plot(tmp_path):
     cfg = FinetuneConfig(arch="tiny", epochs=1, lr=0.1, eval_clips=3, clip_len=4, size=8,
                          progress=False)
     torch.manual_seed(0)
-    res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "run", train_batches=train,
-                       test_batches=test)
+    res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "run",
+                       train_batches=BatchList(train), test_batches=test)
     assert res["epochs"] == 1 and res["step"] == 2 and res["name"] == "ft_scratch_tiny"
     ck = load_checkpoint(res["checkpoint"])
     for key in ("kind", "arch", "backbone", "head", "num_classes", "classes", "clip_len", "size",
@@ -151,16 +152,14 @@ def test_run_finetune_writes_checkpoint_record_results_and_plot(tmp_path):
         assert rf.meta()["kind"] == "finetune" and rf.meta()["record"]["name"] == res["name"]
     # a second run into the same dir is refused, not silently overwritten
     with pytest.raises(DalivsslError, match="already holds a checkpoint; pass --resume"):
-        run_finetune(cfg, data, TinyBackbone(), tmp_path / "run", train_batches=train,
-                     test_batches=test)
+        run_finetune(cfg, data, TinyBackbone(), tmp_path / "run",
+                     train_batches=BatchList(train), test_batches=test)
 
 
 class _CrashAt:
     """A loader that dies before batch ``n`` of the run (a killed process)."""
 
     def __init__(self, batches, n):
-        from dalivssl.engine.finetune import BatchList
-
         self.inner, self.n, self.count = BatchList(batches), n, 0
 
     def __getattr__(self, name):
@@ -189,8 +188,8 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, probe):
     cfg = FinetuneConfig(arch="tiny", epochs=4, lr=0.1, eval_clips=2, dropout=0.3,
                          linear_probe=probe, ckpt_every=2, log_every=1, progress=False)
     torch.manual_seed(0)
-    full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full", train_batches=train,
-                        test_batches=test)
+    full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full",
+                        train_batches=BatchList(train), test_batches=test)
     torch.manual_seed(0)
     with pytest.raises(KeyboardInterrupt):  # dies after step 5, mid-epoch; last save at step 4
         run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut",
@@ -198,7 +197,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, probe):
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 4
     torch.manual_seed(123)  # resume must not depend on the caller's RNG: restored from the file
     res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut", resume=True,
-                       train_batches=train, test_batches=test)
+                       train_batches=BatchList(train), test_batches=test)
     assert res["epochs"] == 4 and res["step"] == 8
     rows = list(csv.DictReader(open(tmp_path / "cut" / "finetune_log.csv")))
     assert [int(r["step"]) for r in rows] == list(range(1, 9))
@@ -220,12 +219,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     data = _fake_data(tmp_path)
     train = make_batches(COLOURS, LABELS, batch_size=3)
     cfg = FinetuneConfig(arch="tiny", max_steps=2, eval_clips=1, progress=False)
-    run_finetune(cfg, data, TinyBackbone(), tmp_path / "r", train_batches=train,
+    run_finetune(cfg, data, TinyBackbone(), tmp_path / "r", train_batches=BatchList(train),
                  test_batches=make_batches(COLOURS, LABELS))
     with pytest.raises(DalivsslError, match=r"cannot resume with other settings \(batch_size: 8 "
                                             r"→ 4; lr: 0.001 → 0.5\)"):
         run_finetune(replace(cfg, batch_size=4, lr=0.5), data, TinyBackbone(), tmp_path / "r",
-                     resume=True, train_batches=train, test_batches=make_batches(COLOURS, LABELS))
+                     resume=True, train_batches=BatchList(train),
+                     test_batches=make_batches(COLOURS, LABELS))
 
 
 def test_max_steps_stops_mid_epoch(tmp_path):
@@ -234,7 +234,7 @@ def test_max_steps_stops_mid_epoch(tmp_path):
 
     cfg = FinetuneConfig(arch="tiny", max_steps=3, eval_clips=1, progress=False)
     res = run_finetune(cfg, _fake_data(tmp_path), TinyBackbone(), tmp_path / "r",
-                       train_batches=make_batches(COLOURS, LABELS, batch_size=3),
+                       train_batches=BatchList(make_batches(COLOURS, LABELS, batch_size=3)),
                        test_batches=make_batches(COLOURS, LABELS))
     assert res["step"] == 3 and res["epochs"] == 2
 
@@ -373,3 +373,61 @@ def test_dependent_defaults_resolve_once_in_the_config():
     assert resolve(FinetuneConfig, None, {"l2_norm": True}, ["lr=0.02"]).resolved().lr == 0.02
     probe = resolve(FinetuneConfig, None, {"linear_probe": True, "weight_decay": 1e-4}).resolved()
     assert probe.weight_decay == 1e-4
+
+
+def test_finetune_with_amp_trains_in_bf16(tmp_path):
+    """amp=True: bf16 autocast of the training forward (on CPU too); recorded, finite, and not
+    the fp32 numbers."""
+    import yaml
+
+    from dalivssl.config import FinetuneConfig
+    from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.runs.finetune import run_finetune
+
+    seen = []
+
+    class Recording(TinyBackbone):
+        def forward_features(self, x):
+            out = super().forward_features(x)
+            seen.append(out.dtype) if torch.is_grad_enabled() else None
+            return out
+
+    data, train = _fake_data(tmp_path), make_batches(COLOURS, LABELS, batch_size=3, noise=0.05)
+    test = make_batches(COLOURS, LABELS, batch_size=4, noise=0.05, seed=1)
+    losses = {}
+    for amp in (False, True):
+        cfg = FinetuneConfig(arch="tiny", max_steps=3, lr=0.1, eval_clips=1, log_every=1,
+                             progress=False, amp=amp)
+        torch.manual_seed(0)
+        seen.clear()
+        res = run_finetune(cfg, data, Recording(), tmp_path / str(amp),
+                           train_batches=BatchList(train), test_batches=test)
+        assert seen == [torch.bfloat16 if amp else torch.float32] * 3
+        losses[amp] = [h["loss"] for h in res["history"]]
+        assert load_checkpoint(res["checkpoint"])["record"]["settings"]["amp"] is amp
+        assert yaml.safe_load((tmp_path / str(amp) / "config.yaml").read_text())["amp"] is amp
+    assert np.all(np.isfinite(losses[True])) and losses[True] != losses[False]
+
+
+@pytest.mark.slow
+def test_cli_finetune_with_set_amp_true(tmp_path, tiny_synth):
+    """`finetune --set amp=true` on the DALI loader: trains, evaluates, records amp."""
+    import yaml
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+    from dalivssl.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "ft"
+    res = CliRunner().invoke(cli, [
+        "finetune", "--random-init", "--arch", "shufflenet", "--clip-len", "16", "--size", "48",
+        "--batch-size", "2", "--threads", "1", "--data", str(tiny_synth["train"]),
+        "--test-data", str(tiny_synth["test"]), "--max-steps", "2", "--eval-clips", "1",
+        "--set", "amp=true", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["step"] == 2 and ck["record"]["status"] == "complete"
+    assert ck["record"]["settings"]["amp"] is True
+    assert yaml.safe_load((out / "config.yaml").read_text())["amp"] is True
+    rows = (out / "finetune_log.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(np.isfinite(float(r.split(",")[2])) for r in rows[1:])

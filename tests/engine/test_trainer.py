@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from dalivssl.config import PretrainConfig
+from dalivssl.engine.faults import KILL_ENV
 from dalivssl.engine.optim import resolve_optim
-from dalivssl.engine.trainer import KILL_ENV, LRFactor
+from dalivssl.engine.trainer import LRFactor
 from dalivssl.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dalivssl.analysis import distill as D
+from dalivssl.engine import distill as D
 from dalivssl.config import DistillConfig
 from dalivssl.errors import DalivsslError
 

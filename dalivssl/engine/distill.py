@@ -1,4 +1,5 @@
-"""Multi-teacher knowledge distillation into a student backbone.
+"""Multi-teacher knowledge distillation: the loss, the teachers, the logits file and the training
+module the one loop (``engine.fit.fit``) trains.
 
 Hinton et al. 2015 ("Distilling the Knowledge in a Neural Network"); multi-teacher as in Kumar et
 al. 2023 (arXiv 2306.06010, sec. KD): the student learns from the labels and from every teacher,
@@ -10,6 +11,8 @@ with s, t_i: B x C logits. T^2 keeps the soft-target gradients on the scale of t
 no weight (Kumar et al. §4.4; what ``protocol: paper`` studies use).
 Teachers are finetuned dalivssl checkpoints (run live, eval mode, no grad) or precomputed
 video-level logits in an HDF5 file (external teachers such as video foundation models).
+:class:`DistillTask` owns its checkpoint state and its DDP wrapping: only the student trains and
+is wrapped, the teachers stay local to each rank (timm ``timm/task/distillation.py``).
 
 Logits file layout (written and read only through :class:`dalivssl.results.ResultsFile`):
 group ``logits``: ``logits`` float32 (N_videos, C) with attrs num_classes, num_clips, clip_len,
@@ -19,7 +22,6 @@ positions in the exporting manifest; ``classes`` (C,) class names (when known).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,10 +29,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from dalivssl.config import KD_LOSSES
 from dalivssl.errors import DalivsslError
 
 LOGITS_GROUP = "logits"
-KD_LOSSES = ("hinton", "paper")  # the kd_loss setting (DistillConfig.kd_loss)
 
 
 # ----------------------------------------------------------------------------------- loss
@@ -44,6 +46,8 @@ def kd_loss(student_logits, targets, teacher_logits: Sequence = (), temperature:
     as above; 'paper' ignores temperature and alpha: CE + Σ KL(p_t || p_s) at T = 1."""
     import torch.nn.functional as F
 
+    if student_logits.dtype in (torch.bfloat16, torch.float16):  # under AMP: the loss in fp32
+        student_logits = student_logits.float()
     if kind not in KD_LOSSES:
         raise DalivsslError(f"kd_loss must be one of {', '.join(KD_LOSSES)}, got {kind!r}")
     if kind == "paper":
@@ -147,15 +151,16 @@ def load_model_teacher(path, data_classes, device) -> ModelTeacher:
 
 
 def write_logits_file(path, logits: np.ndarray, paths: Sequence[str], indices: Sequence[int],
-                      classes: Sequence[str] = (), **attrs) -> Path:
-    """Write video-level logits (N x C) keyed by manifest-relative path (layout: module doc)."""
+                      classes: Sequence[str] = (), meta: dict | None = None, **attrs) -> Path:
+    """Write video-level logits (N x C) keyed by manifest-relative path (layout: module doc);
+    ``meta``: more file-level attributes (the export's config)."""
     from dalivssl.results import ResultsFile
 
     logits = np.asarray(logits, np.float32)
     if logits.ndim != 2 or len(logits) != len(paths) or len(paths) != len(indices):
         raise DalivsslError(f"{path}: logits {logits.shape} do not match {len(paths)} paths")
     with ResultsFile(path, "w") as rf:
-        rf.set_meta(command="export-logits")
+        rf.set_meta(command="export-logits", **(meta or {}))
         rf.write(LOGITS_GROUP, "logits", logits, num_classes=int(logits.shape[1]), **attrs)
         rf.write(LOGITS_GROUP, "paths", list(paths))
         rf.write(LOGITS_GROUP, "indices", np.asarray(indices, np.int64))
@@ -240,15 +245,23 @@ class DistillTask(torch.nn.Module):
 
     batch.clips: raw uint8 B×1×T×H×W×C (each model normalises its own way); the student is a
     :class:`dalivssl.engine.finetune.Classifier` fed ``normalize``-d clips; teachers are called
-    as teacher(raw_clips, manifest_indices) -> B×C logits and never get gradients."""
+    as teacher(raw_clips, manifest_indices) -> B×C logits and never get gradients.
+
+    The task owns its state: :meth:`run_state` gives the checkpoint fields (the student as a
+    finetune checkpoint, contract C7, described by ``record``; trained with ``config`` on
+    ``classes``), :meth:`load_run_state` restores them, and :meth:`prepare_distributed` wraps the
+    student alone in DDP."""
 
     def __init__(self, student, teachers: Sequence[Callable], normalize: str,
-                 temperature: float = 4.0, alpha: float = 1.0, kind: str = "hinton"):
+                 temperature: float = 4.0, alpha: float = 1.0, kind: str = "hinton",
+                 record=None, classes: Sequence[str] = (), config=None):
         super().__init__()
         self.student = student
+        self.ddp = None  # the student's DDP wrapper under torchrun (prepare_distributed)
         self.teachers = list(teachers)  # not submodules: never trained, never checkpointed
         self.normalize, self.temperature, self.alpha = normalize, temperature, alpha
         self.kind = kind
+        self.record, self.classes, self.config = record, list(classes), config
 
     def forward(self, batch) -> dict:
         from pipelines.loader import normalize_clips
@@ -259,17 +272,36 @@ class DistillTask(torch.nn.Module):
         raw = batch.clips
         x = normalize_clips(raw, self.normalize)[:, 0].to(y.device)  # B×C×T×H×W
         t_logits = [t(raw, batch.indices) for t in self.teachers]
-        loss, parts = kd_loss(self.student(x), y, t_logits, self.temperature, self.alpha,
-                              self.kind)
+        student = self.ddp if self.ddp is not None else self.student
+        loss, parts = kd_loss(student(x), y, t_logits, self.temperature, self.alpha, self.kind)
         out = {"loss": loss, "ce": parts["ce"], "kd": parts["kd"]}
         out.update({f"kd_{i}": v for i, v in enumerate(parts["kd_i"])})
         return out
+
+    def prepare_distributed(self, dist) -> "DistillTask":
+        """Under torchrun (``dist.enabled``) wrap the student in DDP: its gradients are averaged
+        over the ranks; each rank's teachers score that rank's shard. Returns self (what the
+        loop calls)."""
+        if dist is not None and dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.ddp = DDP(self.student, device_ids=None if dist.gpu_index is None
+                           else [dist.gpu_index])
+        return self
+
+    def run_state(self, final: bool) -> dict:
+        """The checkpoint fields of the run (``engine.fit`` adds optimiser, RNG, loader, step):
+        the student as a finetune checkpoint, its record 'complete' in the final save."""
+        from dalivssl.engine.finetune import checkpoint_fields
+
+        return checkpoint_fields(self.student, self.record.marked(final), self.classes,
+                                 self.config)
 
     def load_run_state(self, ckpt: dict) -> None:
         self.student.load_run_state(ckpt)
 
 
-# ------------------------------------------------------------------------------- the run
+# ------------------------------------------------------------------------------ evaluation
 def teacher_accuracy(teacher, loader) -> tuple[float, int]:
     """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video, the
     same :func:`dalivssl.engine.features.extract` every evaluation uses)."""
@@ -292,160 +324,3 @@ def student_backbone(cfg):
     return load_backbone(cfg.student_checkpoint, arch=cfg.arch)[0].train()
 
 
-def run_distill(cfg, out=None, resume: bool = False, overwrite: bool = False) -> dict:
-    """Build the student and teachers from ``cfg`` (:class:`dalivssl.config.DistillConfig`), train
-    with the one engine, evaluate student and model teachers on the eval data, and write the run
-    dir (checkpoint.pt, record.json, distill.h5, losses.csv, distill.png)."""
-    from dataclasses import replace
-
-    from dalivssl import record as rec
-    from dalivssl.engine.features import eval_loader, make_loader
-    from dalivssl.data.manifest import load_manifest
-    from dalivssl.data.synth import resolve_manifest
-    from dalivssl.engine import checkpoint as ck
-    from dalivssl.engine.finetune import Classifier, checkpoint_fields
-    from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
-    from dalivssl.engine.trainer import make_optimizer
-
-    from dalivssl.devices import announce as resolve_device
-
-    dev = resolve_device(cfg.device)
-    cfg = replace(cfg, device=dev.name)
-    tdev = torch.device(dev.torch)
-    data_path, manifest = resolve_manifest(cfg.data, "train")
-    if cfg.eval_data is not None:
-        eval_path, eval_manifest = Path(cfg.eval_data), load_manifest(cfg.eval_data)
-    elif cfg.data is None:
-        eval_path, eval_manifest = resolve_manifest(None, "test")
-    else:
-        eval_path, eval_manifest = data_path, manifest
-    classes = manifest_classes(manifest)
-    t_models = [load_model_teacher(p, classes, tdev) for p in cfg.teachers]
-    t_files = [load_logits_teacher(p, manifest, classes, tdev, data_path)
-               for p in cfg.teacher_logits]
-    first = t_models[0].record if t_models else None
-    clip = rec.resolve_clip(first, dict(clip_len=cfg.clip_len, size=cfg.size,
-                                        normalize=cfg.normalize), say=_say)
-    sources = [t.record.name for t in t_models] + [Path(p).stem for p in cfg.teacher_logits]
-    name = cfg.name or (f"kd_{cfg.arch}_from_{'+'.join(sources)}" if sources
-                        else f"sup_{cfg.arch}")
-    cfg = replace(cfg, name=name, clip_len=clip.clip_len, size=clip.size,
-                  normalize=clip.normalize)
-    out = Path(out or Path("runs/distill") / name)
-    lock = rec.open_run_dir(out, ck.CKPT_NAME, resume, overwrite)
-    try:
-        torch.set_num_threads(cfg.threads)
-        from dalivssl.config import to_dict
-
-        teachers = [t.path for t in t_models] + list(cfg.teacher_logits)
-        record = rec.new_record(
-            "distill", name, data_path=data_path, manifest=manifest, device=cfg.device,
-            parents=teachers + ([cfg.student_checkpoint] if cfg.student_checkpoint else []),
-            arch=cfg.arch, clip=clip, seed=cfg.seed,
-            settings={**to_dict(cfg), "device_info": dev.record()})
-        ckpt_path = out / ck.CKPT_NAME
-        old = ck.load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
-        if old is not None:
-            rec.check_resumable(rec.record_of(old), record,
-                                ("arch", "data_hash", "clip", "seed", "batch_size", "lr",
-                                 "temperature", "alpha", "kd_loss", "parent_hash"), ckpt_path)
-        seed_all(cfg.seed)
-        student = Classifier(student_backbone(cfg), len(classes)).to(tdev)
-        from dalivssl.engine.features import check_input_size
-
-        check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
-        task = DistillTask(student, [*t_models, *t_files], clip.normalize, cfg.temperature,
-                           cfg.alpha, cfg.kd_loss)
-        optimizer = make_optimizer(student.parameters(), "adamw", cfg.lr, 0.0, 0.0)
-        loader = make_loader("eval", manifest, str(data_path), batch_size=cfg.batch_size,
-                             device=cfg.device, clip_len=clip.clip_len, size=clip.size,
-                             seed=cfg.seed, augment=True, drop_last=True, raw=True, num_clips=1,
-                             random=True, flip=manifest.flip_safe, num_threads=cfg.threads)
-        total = len(loader) * cfg.epochs
-        total = min(cfg.max_steps, total) if cfg.max_steps else total
-        scheduler = make_scheduler(optimizer, "constant", total)
-        step = restore(old, task, optimizer, scheduler, loader) if old is not None else 0
-        rec.write_run_record(out, record)
-        from dalivssl.config import save_yaml
-
-        save_yaml(cfg, out / "config.yaml")  # replay: dalivssl distill --config …
-
-        def fields(final: bool) -> dict:
-            return checkpoint_fields(student, record.marked(final), classes, cfg)
-
-        res = fit(task, loader, optimizer, scheduler,
-                  FitConfig(total_steps=total, label=f"distill {name}", log_name="losses.csv",
-                            ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
-                            progress=cfg.progress, items_per_step=cfg.batch_size),
-                  out, fields, device=tdev, start_step=step)
-        test_loader = eval_loader(eval_manifest, cfg.eval_clips, cfg.batch_size, clip.clip_len,
-                                  clip.size, device=cfg.device, seed=cfg.seed, raw=True,
-                                  num_threads=cfg.threads, where=str(eval_path))
-        acc, n_eval = accuracy(student, test_loader, clip.normalize, tdev)
-        teacher_acc = {t.record.name: teacher_accuracy(t, test_loader)[0] for t in t_models}
-        record = record.marked(True)
-        _write_distill(out, record, cfg, res.history, acc, n_eval, eval_path, teacher_acc,
-                       teachers, dict(getattr(test_loader, "skipped", {})))
-        rec.write_run_record(out, record)
-    finally:
-        lock.release()
-    first_loss, last_loss = loss_summary(res.losses)
-    return {"name": name, "step": res.step, "first_loss": first_loss, "last_loss": last_loss,
-            "accuracy": acc, "videos": n_eval, "teachers": teacher_acc, "out": out}
-
-
-def _say(line: str) -> None:
-    from dalivssl.console import stderr_console
-
-    stderr_console().print(line, highlight=False)
-
-
-def _write_distill(out: Path, record, cfg, history, acc, n_eval, eval_path, teacher_acc,
-                   teacher_paths, skipped) -> None:
-    """distill.h5 (per-step loss/ce/kd/kd_teachers, eval accuracy) and distill.png."""
-    from dalivssl.results import ResultsFile
-
-    n_t = len(teacher_paths)
-    col = lambda k: np.array([float(h[k]) for h in history], np.float64)  # noqa: E731
-    kd_i = (np.stack([col(f"kd_{i}") for i in range(n_t)], 1) if n_t
-            else np.zeros((len(history), 0)))
-    with ResultsFile(out / "distill.h5", "w") as rf:
-        rf.set_meta(command="distill", record=record.to_dict(), config=record.settings)
-        rf.write("distill", "step", col("step").astype(np.int64))
-        rf.write("distill", "epoch", col("epoch").astype(np.int64))
-        rf.write("distill", "loss", col("loss"), formula="ce + sum_i KL_i (T = 1)"
-                 if cfg.kd_loss == "paper" else "ce + alpha * sum_i T^2 KL_i")
-        rf.write("distill", "ce", col("ce"))
-        rf.write("distill", "kd", col("kd"))
-        rf.write("distill", "kd_teachers", kd_i)
-        if teacher_paths:
-            rf.write("distill", "teachers", [str(Path(p).resolve()) for p in teacher_paths])
-        rf.write("eval", "accuracy", acc, videos=n_eval, clips=cfg.eval_clips,
-                 data=str(eval_path), skipped=sum(skipped.values()))
-        if teacher_acc:
-            rf.write("eval", "teacher_accuracy", np.array(list(teacher_acc.values())),
-                     names=list(teacher_acc))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(col("step"), col("loss"), label="loss")
-    a.plot(col("step"), col("ce"), label="CE")
-    for i in range(n_t):
-        a.plot(col("step"), kd_i[:, i], label=f"KD {Path(teacher_paths[i]).stem}", alpha=0.7)
-    a.set_xlabel("step")
-    a.legend(fontsize=7)
-    a.set_title("training loss")
-    names = [record.name] + list(teacher_acc)
-    b.bar(range(len(names)), [acc] + list(teacher_acc.values()),
-          color=["tab:green"] + ["tab:gray"] * len(teacher_acc))
-    b.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
-    b.set_ylim(0, 1)
-    b.set_ylabel(f"video top-1 ({n_eval} videos)")
-    b.set_title("student vs each teacher")
-    fig.suptitle(f"distill {record.describe()}")
-    fig.tight_layout()
-    fig.savefig(out / "distill.png", dpi=110)
-    plt.close(fig)

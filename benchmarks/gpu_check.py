@@ -40,6 +40,7 @@ from pathlib import Path
 import click
 
 SKIP_GPU = "skipped: no GPU"
+NVIDIA_NODES = ("/dev/nvidiactl", "/dev/dxg")  # a CUDA driver's device node (Linux, WSL)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -512,7 +513,11 @@ OPTIONAL = tuple(n for n, s in STEPS.items() if s.optional)
 # ------------------------------------------------------------------------------------ the run
 def _gpu_state() -> tuple[bool, bool, str]:
     """(CUDA usable, NVDEC usable, why not), decided in a child so this process never
-    initialises CUDA (its step children start clean)."""
+    initialises CUDA (its step children start clean). Without an NVIDIA device node (Linux
+    /dev/nvidiactl, WSL /dev/dxg) there is no CUDA: said at once, without the child's seconds
+    of torch import, which would come out of the deadline."""
+    if not any(os.path.exists(d) for d in NVIDIA_NODES):
+        return False, False, "no NVIDIA device node"
     code = ("import json; from dalivssl.devices import cuda_usable, resolve_device; "
             "c = cuda_usable(); d = resolve_device('auto'); "
             "print(json.dumps([c, d.is_gpu, '' if d.is_gpu else d.reason]))")

@@ -84,7 +84,23 @@ for first in ../parts/*.part-000; do
   rm -- "../parts/$whole".part-*
 done
 sha256sum --quiet -c ../SHA256SUMS
-"$PY" -m pip install --no-index --no-deps -- *.whl
+# the node's own copies of DALI's small dependencies win (its torch stack uses them too);
+# DALI and PyAV are always installed
+mapfile -t todo < <("$PY" - *.whl <<'PY'
+import importlib.metadata as md, sys
+for w in sys.argv[1:]:
+    name = w.split("-")[0].replace("_", "-").lower()
+    try:
+        if name not in ("nvidia-dali-cuda130", "av"):
+            md.version(name)
+            print(f"keeping the installed {name}", file=sys.stderr)
+            continue
+    except md.PackageNotFoundError:
+        pass
+    print(w)
+PY
+)
+"$PY" -m pip install --no-index --no-deps -- "${todo[@]}"
 "$PY" -c 'import nvidia.dali, av, optree; print("installed: DALI", nvidia.dali.__version__, "PyAV", av.__version__)'
 INSTALL
 chmod +x "$DIR/install.sh"

@@ -11,21 +11,26 @@
 #
 # usage: benchmarks/offline_bundle.sh DIR [--split-mib 60] [--python-version 3.12]
 #                                         [--platform manylinux_2_28_x86_64] [--dali-version V]
+#                                         [--av-version V]   (both default to this machine's)
 set -euo pipefail
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
+case "$1" in -h|--help) usage ;; -*) echo "offline_bundle.sh: DIR comes first, not $1" >&2; exit 2 ;; esac
 DIR=$1; shift
 SPLIT_MIB=60
 PYVER=$(python3 -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 PLATFORM=manylinux_2_28_x86_64
 DALI_VERSION=$(python3 -c 'import nvidia.dali as d; print(d.__version__)' 2>/dev/null || echo 2.4.0)
+# PyAV as here too: the project is tested with it (a newer major may change its encoders' API)
+AV_VERSION=$(python3 -c 'import av; print(av.__version__)' 2>/dev/null || echo 18.1.0)
 while [ $# -gt 0 ]; do
   case "$1" in
     --split-mib) SPLIT_MIB=$2; shift 2 ;;
     --python-version) PYVER=$2; shift 2 ;;
     --platform) PLATFORM=$2; shift 2 ;;
     --dali-version) DALI_VERSION=$2; shift 2 ;;
+    --av-version) AV_VERSION=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "offline_bundle.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -37,7 +42,7 @@ if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
 fi
 mkdir -p "$DIR/wheels"
 
-PACKAGES=("nvidia-dali-cuda130==$DALI_VERSION" av optree typing-extensions astunparse six gast
+PACKAGES=("nvidia-dali-cuda130==$DALI_VERSION" "av==$AV_VERSION" optree typing-extensions astunparse six gast
           packaging)
 python3 -m pip download --quiet --no-deps --only-binary=:all: --implementation cp \
   --python-version "$PYVER" --platform "$PLATFORM" --platform manylinux2014_x86_64 \

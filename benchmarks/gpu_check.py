@@ -40,6 +40,7 @@ from pathlib import Path
 import click
 
 SKIP_GPU = "skipped: no GPU"
+NVIDIA_NODES = ("/dev/nvidiactl", "/dev/dxg")  # a CUDA driver's device node (Linux, WSL)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -168,7 +169,11 @@ def _verify_files(ctx: Ctx):
             if not path.is_file():
                 dm.write_case(case, 160, path, n=48)
             info = probe_with_packets(path)
-        except Exception:  # an encoder or the ffmpeg binary missing: one file fewer
+        except Exception as exc:  # an encoder or the ffmpeg binary missing: one file fewer,
+            # said in a row (on a GPU that class goes unverified: a failure of this run)
+            ctx.emit({"step": f"verify file {name}", "device": "gpu" if ctx.gpu else "cpu",
+                      "status": "fail" if ctx.gpu else "info",
+                      "result": f"not written: {type(exc).__name__}: {exc}"[:160]})
             continue
         records.append(VideoRecord(str(path), info["num_frames"], label=0, codec=info["codec"],
                                    width=info["width"], height=info["height"],
@@ -208,8 +213,11 @@ def step_matrix(ctx: Ctx) -> None:
     for cell in cells:  # one matrix per cell: each row is out the moment it is measured
         r = dm.run_matrix(cells=[cell], backends=(backend,), timeout=15)["cells"][0]
         agrees = dm.agrees(r, backend)
+        status = {True: "ok", False: "fail", None: "info"}[agrees]
+        if backend == "gpu" and r["case"] in dm.NEW_CASES and r[backend]["status"] == "ENC":
+            status = "fail"  # an R1-R4 case this run could not even write: not measured
         ctx.emit({"step": f"matrix {r['case']}@{r['size']}", "device": backend,
-                  "status": {True: "ok", False: "fail", None: "info"}[agrees],
+                  "status": status,
                   "result": f"{dm.verdict(r, backend)}: {r[backend].get('detail', '')}"[:160]
                             .rstrip(": "),
                   "goal": f"table: {r['expected'][backend]}", "data": r})
@@ -307,9 +315,9 @@ def step_memory(ctx: Ctx) -> None:
         ctx.emit({"step": "memory", "device": "gpu", "status": SKIP_GPU})
         return
     for arch in MEMORY_ARCHS:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
         try:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
             net = create_backbone(arch).cuda()
             x = torch.randn(8, 3, 16, 224, 224, device="cuda")
             t = time.perf_counter()
@@ -457,6 +465,31 @@ def step_cka(ctx: Ctx) -> None:
               "goal": ">= 20x, err < 1e-8", "data": {"speedup": speed, "max_abs_err": err}})
 
 
+# (side, frames asked) of the vp9-altref files this check and `dalivssl doctor` encode: the
+# matrix's sizes at its 16 frames, and the verification's 160-px files of 48 frames
+PREMADE_ALTREF = tuple((s, 16) for s in (64, 112, 128, 240)) + ((160, 48),)
+
+
+def write_premade(folder: Path) -> list[Path]:
+    """Pre-encode the vp9-altref files (R3) with this machine's ffmpeg binary into ``folder``,
+    for a GPU node that has none: there ``--premade folder`` hands them to the steps
+    (``decode_matrix.PREMADE_ENV``)."""
+    from dalivssl.data import decode_matrix as dm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for side, n in PREMADE_ALTREF:
+        frames = dm.pattern_frames(max(n, dm.ALTREF_MIN_FRAMES), side, side)
+        raw = frames.tobytes()
+        path = folder / dm.premade_name(raw, *frames.shape[:3])
+        if not path.is_file():
+            tmp = path.with_suffix(".tmp.webm")
+            dm.write_vp9_altref(tmp, frames)
+            os.replace(tmp, path)
+        out.append(path)
+    return out
+
+
 @dataclass(frozen=True)
 class Step:
     """A step: its function, the most seconds it may take (its child is killed then), the least
@@ -481,7 +514,11 @@ OPTIONAL = tuple(n for n, s in STEPS.items() if s.optional)
 # ------------------------------------------------------------------------------------ the run
 def _gpu_state() -> tuple[bool, bool, str]:
     """(CUDA usable, NVDEC usable, why not), decided in a child so this process never
-    initialises CUDA (its step children start clean)."""
+    initialises CUDA (its step children start clean). Without an NVIDIA device node (Linux
+    /dev/nvidiactl, WSL /dev/dxg) there is no CUDA: said at once, without the child's seconds
+    of torch import, which would come out of the deadline."""
+    if not any(os.path.exists(d) for d in NVIDIA_NODES):
+        return False, False, "no NVIDIA device node"
     code = ("import json; from dalivssl.devices import cuda_usable, resolve_device; "
             "c = cuda_usable(); d = resolve_device('auto'); "
             "print(json.dumps([c, d.is_gpu, '' if d.is_gpu else d.reason]))")
@@ -631,23 +668,53 @@ def render(res: dict) -> str:
               default=Path("runs/gpu_check/gpu_check.json"), show_default=True)
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for generated data and logs (default: a temporary folder).")
-def cli(tiny, steps, deadline_s, out, work):
+@click.option("--premade", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of pre-encoded vp9-altref files (--write-premade), for a node "
+                   "without the ffmpeg binary.")
+@click.option("--write-premade", "premade_out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Only write the vp9-altref files into this folder (needs ffmpeg), then exit.")
+def cli(tiny, steps, deadline_s, out, work, premade, premade_out):
     """Check the GPU path in one command under a deadline: preflight, decode verification, decode
     matrix, pytest -m gpu, CPU-vs-GPU pixels, memory, AMP pretrain, then throughput if time is
     left; rows print as they finish and the JSON is rewritten after each."""
-    from dalivssl.errors import unknown_name
+    from dalivssl.data.decode_matrix import PREMADE_ENV
+    from dalivssl.errors import DalivsslError, unknown_name
 
+    if premade_out is not None:
+        files = write_premade(premade_out)
+        click.echo(f"wrote {len(files)} vp9-altref files to {premade_out}")
+        return 0
     names = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
     for n in names or []:
         if n not in STEPS:
             raise unknown_name("step", n, STEPS)
+    if premade is not None:
+        if not premade.is_dir():
+            raise DalivsslError(f"--premade {premade}: no such folder")
+        os.environ[PREMADE_ENV] = str(premade.resolve())  # the step children inherit it
     res = run_checks(tiny, names, work, lambda m: click.echo(m, err=True), deadline_s, out)
     click.echo(render(res))
     click.echo(f"wrote {out}")
     return 1 if any(r["status"] in ("fail", "error", "timeout") for r in res["rows"]) else 0
 
 
+def main(argv=None) -> int:
+    """The command line: bad input is one line on stderr and exit code 2, no traceback."""
+    from dalivssl.errors import DalivsslError
+
+    try:
+        return cli.main(args=argv, prog_name="gpu_check.sh", standalone_mode=False) or 0
+    except click.exceptions.Exit as exc:  # --help
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"gpu_check: {exc.format_message()}", err=True)
+        return 2
+    except DalivsslError as exc:
+        click.echo(f"gpu_check: {exc}", err=True)
+        return 2
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         sys.exit(_child(sys.argv[2]))
-    sys.exit(cli.main(standalone_mode=False) or 0)
+    sys.exit(main())

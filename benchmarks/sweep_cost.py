@@ -30,10 +30,12 @@ import click
               help="Use the first N test videos.")
 @click.option("--device", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
 @click.option("--decoder", default="dali", show_default=True, type=click.Choice(["dali", "pyav"]))
+@click.option("--dali-threads", default=None, type=click.IntRange(1),
+              help="DALI's threads (default: 8 on a GPU, 2 on a CPU; G5).")
 @click.option("--out", default=Path("runs/bench/sweep_cost.json"), show_default=True,
               type=click.Path(path_type=Path), help="JSON output.")
 def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, videos, device,
-        decoder, out):
+        decoder, dali_threads, out):
     """Time the 21-cell sweep and one clean evaluation of the same model on the same data."""
     import time
 
@@ -44,8 +46,10 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from dalivssl.engine import robustness as rb
     from dalivssl.engine.features import torch_device
     from dalivssl.data.synth import resolve_manifest
+    from dalivssl.devices import dali_threads as resolve_threads
     from models import create_backbone
 
+    threads = resolve_threads(device, dali_threads)
     tdev = torch.device(torch_device(device))
 
     data, manifest = resolve_manifest(data, "test")
@@ -62,7 +66,7 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
         if decoder == "pyav":
             return rb.PyAVSource(manifest, clips_per_video, clip_len, size, batch_size)
         return rb.dali_source(manifest, clips_per_video, clip_len, size, batch_size,
-                              device=device)
+                              device=device, num_threads=threads)
 
     def timed(cells):
         src = source()
@@ -112,7 +116,7 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
         "benchmark": "sweep_cost", "arch": arch, "videos": len(manifest),
         "clips_per_video": clips_per_video, "clip_len": clip_len, "size": size,
         "batch_size": batch_size, "forward_clips": forward_clips, "cells_per_call": per_call,
-        "device": device,
+        "device": device, "dali_threads": threads,
         "decoder": decoder, "cells": len(all_cells),
         "clean": {"total": t_clean, "decode": tm_clean.decode, "noise": tm_clean.noise,
                   "forward": tm_clean.forward},

@@ -152,7 +152,8 @@ class FinetuneConfig:
     normalize: str = "imagenet"
     seed: int = 0
     device: str = "auto"
-    threads: int = 2
+    threads: int = 2  # torch intra-op threads (CPU work)
+    dali_threads: int | None = None  # DALI's threads; None: 8 on GPU, 2 on CPU (G5)
     pretrained: str | None = None  # checkpoint path, None = random init
     # paper: "Resize and Center Crop" for training and evaluation clips (supp. C.3)
     protocol: str = "original"
@@ -175,7 +176,7 @@ class FinetuneConfig:
         """One-line errors for values no run can use (before any work)."""
         _check_protocol(self.protocol)
         _check_ranges(self, ("epochs", "max_steps", "batch_size", "eval_clips", "clip_len", "size",
-                             "threads", "ckpt_every", "log_every"), ("lr",),
+                             "threads", "dali_threads", "ckpt_every", "log_every"), ("lr",),
                       ("weight_decay", "momentum", "dropout", "head_lr_mult"))
         _check_intervals(self, ("momentum",))
         if self.dropout >= 1:

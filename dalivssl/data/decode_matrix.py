@@ -34,6 +34,10 @@ SIZES = (64, 112, 128, 240)
 FRAMES = 16
 MAX_MEAN_ABS = 12.0  # grey levels: YUV->RGB conversions of two decoders differ by a few
 CELL_TIMEOUT_S = 60.0
+ALTREF_MIN_FRAMES = 40  # libvpx places alt-refs only with enough look-ahead (lag 25)
+# a folder of pre-encoded vp9-altref files (:func:`premade_name`), for a machine without the
+# ffmpeg binary (an offline GPU node): ``benchmarks/gpu_check.py --write-premade DIR``
+PREMADE_ENV = "DALIVSSL_PREMADE"
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ def write_case(case: Case, size: int, path: Path, n: int = FRAMES) -> Path:
 
     w, h = case.shape or (size, size)
     if case.form == "altref":
-        return write_vp9_altref(path, pattern_frames(max(n, 40), h, w))
+        return write_vp9_altref(path, pattern_frames(max(n, ALTREF_MIN_FRAMES), h, w))
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(case.encoder, rate=25)
         stream.width, stream.height = w, h
@@ -156,14 +160,22 @@ def decode_source(case: Case, path: Path) -> Path:
 def write_vp9_altref(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
     """VP9 with hidden alt-ref frames (superframes), as libvpx writes web video in two-pass
     'good' mode (YouTube/Kinetics .webm; R3). One-pass encoding through PyAV produces none
-    (measured), so the ffmpeg binary runs both passes; RuntimeError without it."""
+    (measured), so the ffmpeg binary runs both passes. Where ``$DALIVSSL_PREMADE`` holds the
+    file of these very frames (:func:`premade_name`), it is copied instead; RuntimeError when
+    neither is there."""
     import shutil
 
-    ff = shutil.which("ffmpeg")
-    if ff is None:
-        raise RuntimeError("the vp9-altref case needs the ffmpeg binary (two-pass libvpx)")
     n, h, w = frames.shape[:3]
     raw = np.ascontiguousarray(frames, np.uint8).tobytes()
+    premade = Path(os.environ.get(PREMADE_ENV) or "/nonexistent") / premade_name(raw, n, h, w)
+    if premade.is_file():
+        shutil.copyfile(premade, path)
+        return path
+    ff = shutil.which("ffmpeg")
+    if ff is None:
+        raise RuntimeError("the vp9-altref case needs the ffmpeg binary (two-pass libvpx) or "
+                           f"${PREMADE_ENV}/{premade.name} (benchmarks/gpu_check.py "
+                           "--write-premade DIR, on a machine with ffmpeg)")
     with tempfile.TemporaryDirectory(prefix="dalivssl-altref-") as tmp:
         common = [ff, "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
                   f"{w}x{h}", "-r", str(fps), "-i", "-", "-c:v", "libvpx-vp9", "-deadline",
@@ -173,6 +185,14 @@ def write_vp9_altref(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
             subprocess.run(common + args, input=raw, check=True, capture_output=True,
                            timeout=120)
     return path
+
+
+def premade_name(raw: bytes, n: int, h: int, w: int) -> str:
+    """File name of the pre-encoded vp9-altref video of the uint8 frames ``raw`` (n×h×w×3):
+    size, length and a hash of the content, so a file stands only for the frames it encodes."""
+    import hashlib
+
+    return f"vp9-altref_{w}x{h}_{n}_{hashlib.sha1(raw).hexdigest()[:12]}.webm"
 
 
 def backends_here() -> dict[str, str]:

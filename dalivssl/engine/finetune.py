@@ -185,16 +185,25 @@ def resolve_data(data: str | None, test_data: str | None) -> FinetuneData:
     return FinetuneData(train_m, test_m, list(train_m.classes), str(data), str(test_data))
 
 
+def loader_threads(cfg: FinetuneConfig) -> int:
+    """DALI's threads for the finetune/probe loaders (G5): ``cfg.dali_threads``, else 8 on a
+    GPU (parallel NVDEC sessions) and 2 on a CPU (:func:`dalivssl.devices.dali_threads`)."""
+    from dalivssl.devices import dali_threads
+
+    return dali_threads(cfg.device, cfg.dali_threads)
+
+
 def train_loader(manifest, cfg: FinetuneConfig, where: str = "", shard=(0, 1)):
     """One random clip per video with random crop + flip (eval sampler, ``random=True``; under
     ``protocol='paper'`` the centre crop, no flip: supp. C.3 "Resize and Center Crop"); under
-    DDP each rank takes its ``shard`` (rank, world) of every epoch's order."""
+    DDP each rank takes its ``shard`` (rank, world) of every epoch's order. DALI gets its own
+    thread count (:func:`loader_threads`), not torch's ``threads``."""
     from dalivssl.engine.features import make_loader
 
     drop_last = len(manifest) >= 2 * cfg.batch_size
     return make_loader("eval", manifest, where, batch_size=cfg.batch_size, device=cfg.device,
                        clip_len=cfg.clip_len, size=cfg.size, seed=cfg.seed, augment=True,
-                       drop_last=drop_last, num_threads=cfg.threads, random=True,
+                       drop_last=drop_last, num_threads=loader_threads(cfg), random=True,
                        num_clips=1, normalize=cfg.normalize, flip=cfg.flip, shard=shard,
                        protocol=cfg.protocol)
 

@@ -17,7 +17,7 @@ from dalivssl.config import FinetuneConfig, save_yaml
 from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Classifier,
                                       ClassifierTask, FinetuneData, build_optimizer,
                                       checkpoint_fields, default_name, finetune_record,
-                                      train_loader)
+                                      loader_threads, train_loader)
 from dalivssl.errors import DalivsslError
 from dalivssl.runs.base import RunSpec, execute, stored_checkpoint
 
@@ -107,7 +107,7 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
 
         test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
                                    cfg.size, cfg.device, cfg.seed, cfg.normalize,
-                                   num_threads=cfg.threads, where=data.test_path)
+                                   num_threads=loader_threads(cfg), where=data.test_path)
     from dalivssl.engine.scoring import evaluate, write_results
     from dalivssl.plots import plot_finetune
 

@@ -41,3 +41,13 @@ def test_ceiling_decodes_exactly_the_ranges(make_video):
     path = make_video(num_frames=48, size=(32, 48), gop=16, seed=8)
     assert ceiling_decode(str(path), [(16, 20)]) == 4
     assert ceiling_decode(str(path), [(0, 3), (32, 48)]) == 3 + 16
+
+
+def test_dataloader_baselines_never_fork():
+    """The DataLoader baselines start their workers by forkserver: `bench loader` runs them after
+    CUDA and DALI's threads exist, where a forked worker inherits a broken CUDA context."""
+    from benchmarks.loader_throughput import TorchLoader
+
+    tl = TorchLoader([], [], 2, 2, (8, 8), "unit", "pyav")
+    assert tl.dl.multiprocessing_context.get_start_method() == "forkserver"
+    assert TorchLoader([], [], 2, 0, (8, 8), "unit", "pyav").dl.multiprocessing_context is None

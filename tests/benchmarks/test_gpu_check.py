@@ -63,3 +63,56 @@ def test_steps_that_do_not_fit_are_not_run(tmp_path):
     # pretrain needs 20 s and cannot have them: never started, said so
     assert got[-1] == ("pretrain", "not run (deadline)")
     assert rep["seconds"] <= 20 and wall < 20 + 15
+
+
+@pytest.mark.slow
+def test_no_nvdec_is_not_no_gpu(tmp_path, monkeypatch):
+    """G9: with CUDA but no NVDEC the CUDA-only rows still run (memory tries the GPU here and
+    reports the error), the decoder rows say 'skipped: no NVDEC (why)'."""
+    from benchmarks import gpu_check as gc
+
+    ctx = gc.Ctx(True, tmp_path, cuda=True, nvdec=False, why="libnvcuvid not found")
+    assert ctx.skip() == "skipped: no NVDEC (libnvcuvid not found)"
+    assert ctx.skip(cuda_only=True) == ""
+    assert gc.Ctx(True, tmp_path, cuda=False, nvdec=False).skip(cuda_only=True) == gc.SKIP_GPU
+    monkeypatch.setattr(gc, "_gpu_state", lambda: (True, False, "libnvcuvid not found"))
+    rep = gc.run_checks(tiny=True, steps=["preflight", "same-plans", "memory"],
+                        work=tmp_path / "work", log=lambda m: None, deadline_s=200)
+    assert rep["cuda"] is True and rep["gpu"] is False
+    assert rep["device"]["reason"] == "CUDA without NVDEC (libnvcuvid not found)"
+    rows = [(r["step"], r["device"], r["status"]) for r in rep["rows"]]
+    memory = [r for r in rows if r[0].startswith("memory ")]
+    assert [r[0] for r in memory] == [f"memory {a}" for a in gc.MEMORY_ARCHS]
+    assert all(r[1] == "gpu" and r[2] == "error" for r in memory)  # tried: no CUDA here
+    same = [r for r in rows if r[0].startswith("same-plans") and r[1] == "gpu"]
+    assert same and all(r[2] == "skipped: no NVDEC (libnvcuvid not found)" for r in same)
+    assert ("preflight", "gpu", "fail") in rows  # NVDEC was the goal of the preflight
+
+
+def test_premade_altref_files_stand_in_for_ffmpeg(tmp_path, monkeypatch):
+    """A node without the ffmpeg binary gets the vp9-altref videos (R3) pre-encoded here:
+    ``--write-premade`` writes them, DALIVSSL_PREMADE hands them to the matrix and the
+    verification, only for the very frames they encode; without them it is a named error."""
+    import shutil
+
+    from benchmarks import gpu_check as gc
+    from dalivssl.data import decode_matrix as dm
+    from dalivssl.data.index import probe_with_packets
+    from dalivssl.data.verify import decode_class
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("writing the vp9-altref files needs the ffmpeg binary")
+    monkeypatch.setattr(gc, "PREMADE_ALTREF", ((128, 16),))
+    (made,) = gc.write_premade(tmp_path / "premade")
+    assert made.name.startswith("vp9-altref_128x128_40_")
+    info = probe_with_packets(made)
+    assert decode_class(None, info["packets"], made).endswith("/hidden")  # alt-ref frames
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # a node without ffmpeg
+    monkeypatch.delenv(dm.PREMADE_ENV, raising=False)
+    with pytest.raises(RuntimeError, match=r"needs the ffmpeg binary .* \$DALIVSSL_PREMADE/"):
+        dm.write_case(dm.CASES["vp9-altref"], 128, tmp_path / "a.webm")
+    monkeypatch.setenv(dm.PREMADE_ENV, str(tmp_path / "premade"))
+    out = dm.write_case(dm.CASES["vp9-altref"], 128, tmp_path / "a.webm")
+    assert out.read_bytes() == made.read_bytes()
+    with pytest.raises(RuntimeError, match="needs the ffmpeg binary"):  # other frames: no file
+        dm.write_case(dm.CASES["vp9-altref"], 112, tmp_path / "b.webm")

@@ -26,7 +26,7 @@ def test_finetune_loaders_take_dali_threads_not_torch_threads(tiny_synth, monkey
 
 def test_bench_sweep_gives_dali_its_threads(tiny_synth, tmp_path, monkeypatch):
     from benchmarks import sweep_cost
-    from dalivssl.analysis import robustness as rb
+    from dalivssl.engine import robustness as rb
 
     seen = []
     real = rb.dali_source

@@ -83,14 +83,17 @@ def paper_lines(cfg) -> list[str]:
     from pipelines.samplers import SAMPLERS
     from pipelines.samplers.base import GAMMA_CHOICE, PAPER_CHOICES
 
-    what = getattr(SAMPLERS[get_task(cfg.task).SPEC["sampler"]], "paper_augment", False)
+    task = get_task(cfg.task)
+    own = [f"  - {part}.{k}: {v} (the paper's value, §4)"
+           for part, opts in getattr(task, "PAPER", {}).items() for k, v in opts.items()]
+    what = getattr(SAMPLERS[task.SPEC["sampler"]], "paper_augment", False)
     if not what:
-        return ["  the paper keeps this task's own augmentation (supp. C.3)"]
+        return ["  the paper keeps this task's own augmentation (supp. C.3)", *own]
     choices = PAPER_CHOICES if what is True else (GAMMA_CHOICE,)
     head = ("random rotation, resize, random crop, colour jitter, horizontal flip" if what is True
             else "the original's augmentation plus gamma adjustment")
     return [f"  supp. C.3: {head}"] + [f"  - {a}: {v} (paper gives no value; from {src})"
-                                      for a, v, src in choices]
+                                      for a, v, src in choices] + own
 
 
 def explain(cfg) -> str:

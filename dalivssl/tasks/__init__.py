@@ -11,7 +11,7 @@
 - ``DEMO`` (optional): sampler/head overrides of the demo preset (below);
 - ``PAPER`` (optional): head/sampler values of the benchmark's protocol (``protocol: paper``,
   Kumar et al. arXiv 2306.06010: supp. C.3 and §4), beyond the sampler's own ``protocol``;
-  ``PAPER_NOTES``: setting -> the paper's value, or "paper gives no value: <choice>" (--explain).
+  ``--explain`` lists them under "Paper protocol" beside the augmentation.
 
 Demo preset: with no ``--data`` the trainer runs the embedded synthetic dataset on CPU for two
 minutes; a few settings that are not the originals' make those first steps count. They apply

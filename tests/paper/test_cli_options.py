@@ -37,6 +37,8 @@ def test_pretrain_protocol_paper_explain():
     assert rc == 0 and "(protocol paper)" in out
     row = next(ln.split() for ln in out.splitlines() if ln.strip().startswith("head.queue_size"))
     assert row[1:3] == ["500", "500"]
+    notes = out.split("Paper protocol")[1].split("Known differences")[0]
+    assert "head.queue_size: 500 (the paper's value" in notes  # K = 500 named, not only tabled
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Batch
                                       checkpoint_fields, default_name, finetune_record,
                                       train_loader)
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, execute
+from dalivssl.runs.base import RunSpec, execute, extend_schedule
 
 __all__ = ["SPEC", "PROBE", "run_finetune"]
 
@@ -53,6 +53,9 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     cfg = replace(cfg.resolved().check(), device=ctx.device.torch)
     if cfg.flip is None:  # stored resolved: the run's config says what the loader did
         cfg = replace(cfg, flip=data.train.flip_safe)
+    if cfg.data is None:  # the manifests it trains and tests on, for config.yaml to replay
+        cfg = replace(cfg, data=data.train_path,
+                      test_data=None if data.test_path == data.train_path else data.test_path)
     if cfg.name is None:
         parent = None
         if cfg.pretrained:
@@ -85,8 +88,19 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
                             f"batch size {cfg.batch_size} too large)")
     total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
     scheduler = make_scheduler(optimizer, "cosine", total)
-    step = restore(old, task, optimizer, scheduler, loader, dist.rank) if old is not None else 0
+    step, stretched = 0, None
+    if old is not None:
+        step = restore(old, task, optimizer, scheduler, loader, dist.rank)
+        stretched = extend_schedule(scheduler, step, total)
     if dist.is_main:
+        from dalivssl.console import stderr_console
+
+        con = stderr_console()
+        if ctx.resume:
+            con.print(f"resuming {ckpt_path} at step {step} of {total}" if old is not None else
+                      f"no checkpoint in {out_dir}: starting from step 0", highlight=False)
+        if stretched:
+            con.print(f"resume: {stretched}", highlight=False)
         rec.write_run_record(out_dir, record)
         save_yaml(cfg, out_dir / "config.yaml")  # replay: dalivssl finetune --config …
     net = task

@@ -44,8 +44,14 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from dalivssl.analysis import robustness as rb
     from dalivssl.analysis.features import torch_device
     from dalivssl.data.synth import resolve_manifest
-    from models import create_backbone
+    from dalivssl.analysis.features import check_input_size
+    from models import BACKBONES, create_backbone
 
+    if arch not in BACKBONES:
+        from dalivssl.errors import unknown_name
+
+        raise unknown_name("architecture", arch, BACKBONES)
+    check_input_size(BACKBONES[arch], clip_len, size, arch)  # the declared minimum, first
     tdev = torch.device(torch_device(device))
 
     data, manifest = resolve_manifest(data, "test")

@@ -62,8 +62,28 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", *data, "--set", "head.feature_norm=true"], capsys)
     assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    code, err = _run(["pretrain", *data, "--size", "16"], capsys)
-    assert code == 2 and "arch 'shufflenet' cannot take 16-frame clips at 16 px" in err
+    code, err = _run(["pretrain", *data[:2], "--out", str(tmp_path / "small"), "--size", "16"],
+                     capsys)
+    # the arch's declared minimum, checked before anything is built or written
+    assert code == 2 and ("shufflenet needs clips of at least 15 frames and 33 px; got "
+                          "--clip-len 16 --size 16") in err
+    assert not (tmp_path / "small").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["pretrain", "--explain", "--arch", "nosuch"], "unknown architecture 'nosuch'; valid: c3d"),
+    (["pretrain", "--task", "videomae", "--arch", "nosuch", "--explain"],
+     "unknown architecture 'nosuch'"),
+    (["bench", "sweep", "--clip-len", "8", "--size", "32", "--arch", "shufflenet"],
+     "shufflenet needs clips of at least 15 frames and 33 px; got --clip-len 8 --size 32"),
+    (["bench", "sweep", "--arch", "nosuch"], "unknown architecture 'nosuch'"),
+])
+def test_review_tracebacks_are_one_line(argv, msg, capsys, tmp_path, monkeypatch):
+    """Review t3 #8, #36: these ended in a PyTorch traceback / KeyError."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(argv, capsys)
+    assert code == 2 and msg in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_tiny_run_via_main(tmp_path, tiny_synth, capsys):

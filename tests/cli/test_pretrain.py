@@ -131,3 +131,17 @@ def test_out_of_range_settings_are_one_line_errors_before_work(argv, message, ca
     code, err = _run([*argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and err.strip() == f"error: {message}"
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("task,opt,message", [
+    ("vcop", "head.hidden=0", "vcop head: hidden must be >= 1, got 0"),
+    ("cvrl", "head.hidden=0", "cvrl head: hidden must be >= 1, got 0"),
+    ("cvrl", "head.out_dim=0", "cvrl head: out_dim must be >= 1, got 0"),
+])
+def test_head_sizes_out_of_range_are_one_line(task, opt, message, tiny_synth, capsys, tmp_path):
+    """Review t3 #50: head.hidden=0 trained a head with no width (loss stuck at ln 6)."""
+    code, err = _run(["pretrain", "--task", task, "--arch", "squeezenet", "--clip-len", "8",
+                      "--size", "32", "--data", str(tiny_synth["train"]), "--set", opt,
+                      "--out", str(tmp_path / "o"), "--threads", "1"], capsys)
+    assert code == 2 and err.strip() == f"error: {message}"
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()

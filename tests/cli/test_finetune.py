@@ -107,3 +107,20 @@ def test_resume_with_more_steps_stretches_the_schedule(tiny_synth, pretrained, t
 
     for s in (3, 4, 5):
         assert lr[s] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 5)))
+
+
+def test_train_and_test_overlap_is_warned(tiny_synth, tmp_path, capsys):
+    """Review t3 #57: the same manifest as train and test set gave top-1 1.0 without a word."""
+    base = ["finetune", "--random-init", "--arch", "squeezenet", "--clip-len", "8", "--size",
+            "32", "--max-steps", "1", "--batch-size", "2", "--eval-clips", "1", "--threads", "1",
+            "--no-progress"]
+    train = str(tiny_synth["train"])
+    code, err = _run(base + ["--data", train, "--test-data", train, "--out",
+                             str(tmp_path / "a")], capsys)
+    from dalivssl.data.manifest import load_manifest
+
+    n = len(load_manifest(train))
+    assert f"warning: {n} of the {n} test videos ({train}) are training videos too" in err
+    code, err = _run(base + ["--data", str(tiny_synth["all"]), "--out", str(tmp_path / "b")],
+                     capsys)
+    assert "training videos too" not in err  # the train/test splits of one manifest: disjoint

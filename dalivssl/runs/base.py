@@ -81,10 +81,10 @@ def already_done(ctx: "RunContext", stored_record, step: int, total: int, what: 
 
 def extend_schedule(scheduler, step: int, total: int) -> str | None:
     """A resume with another step count: the restored schedule is stretched (or shrunk) to span
-    ``total`` steps from its start, as if the run had been planned that long, and the optimiser's
-    lr is set to the stretched schedule's value at ``step`` (the restored one is the old
-    schedule's, 0 at the end of a cosine); 'step' milestones keep their fractions. Returns the rule as one line to state, or None when
-    the total did not change."""
+    ``total`` steps from its start, as if the run had been planned that long ('step' milestones
+    keep their fractions), and the optimiser's lr is set to the stretched schedule's value at
+    ``step`` (the restored one is the old schedule's: 0 at the end of a cosine). Returns the rule
+    as one line to state, or None when the total did not change."""
     fns = scheduler.lr_lambdas
     old = fns[0].total
     if old == max(1, int(total)):

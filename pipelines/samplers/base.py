@@ -287,7 +287,7 @@ class Sampler:
         """(what a video needs so that every draw can be served, the settings that lower it):
         the one-line refusal of a dataset that cannot serve the task, and ``--explain``."""
         if self.min_frames <= 1:
-            return "any length (shorter videos are looped)", ""
+            return "any length (a shorter video repeats frames)", ""
         return f"≥ {self.min_frames} frames", "--clip-len"
 
     def check_lengths(self, records) -> None:

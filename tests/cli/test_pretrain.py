@@ -145,3 +145,20 @@ def test_head_sizes_out_of_range_are_one_line(task, opt, message, tiny_synth, ca
                       "--out", str(tmp_path / "o"), "--threads", "1"], capsys)
     assert code == 2 and err.strip() == f"error: {message}"
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--task", "prp"], "frames a video needs: ≥ 129 frames (rate 8: 16 × 8 + 1); lowered by "
+                        "sampler.rates or --clip-len"),
+    (["--task", "prp", "--arch", "squeezenet", "--clip-len", "8", "--set", "sampler.rates=[1,2]"],
+     "frames a video needs: ≥ 17 frames (rate 2: 8 × 2 + 1)"),
+    (["--task", "vcop"], "frames a video needs: ≥ 64 frames (3 clips × 16 + 2 gaps × 8)"),
+    (["--task", "rotnet"], "frames a video needs: any length (a shorter video repeats frames)"),
+])
+def test_explain_states_the_frames_a_video_needs(argv, line, capsys):
+    """Review t3 #35: --explain omitted the frames a task needs."""
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--explain", *argv])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.splitlines()[1].startswith(line)

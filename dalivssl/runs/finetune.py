@@ -19,7 +19,7 @@ from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Batch
                                       checkpoint_fields, default_name, finetune_record,
                                       train_loader)
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, execute, extend_schedule
+from dalivssl.runs.base import RunSpec, already_done, execute, extend_schedule
 
 __all__ = ["SPEC", "PROBE", "run_finetune"]
 
@@ -89,6 +89,11 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
     scheduler = make_scheduler(optimizer, "cosine", total)
     step, stretched = 0, None
+    if old is not None and (out_dir / RESULTS_NAME).is_file():
+        done = already_done(ctx, rec.record_of(old), int(old.get("step", 0)), total,
+                            "linear probe" if cfg.linear_probe else "finetuning")
+        if done is not None:  # a complete run: its stored results, nothing rewritten
+            return _stored(out_dir, int(old["step"]), len(loader), cfg.name)
     if old is not None:
         step = restore(old, task, optimizer, scheduler, loader, dist.rank)
         stretched = extend_schedule(scheduler, step, total)
@@ -140,6 +145,24 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
             "step": res.step, "checkpoint": ckpt_path, "results": results_path,
             "history": history, "skipped": skipped, "name": cfg.name}
+
+
+def _stored(out_dir, step: int, batches: int, name: str) -> dict:
+    """The summary of a complete run, read back from its finetune.h5 (what ``_run`` returns)."""
+    from dalivssl.results import ResultsFile
+
+    path = out_dir / RESULTS_NAME
+    with ResultsFile(path, "r") as rf:
+        skipped = int(rf.attrs("finetune", "video_acc").get("skipped", 0))
+        log = {c: rf.read("log", c) for c in rf.names("log")}
+        res = {"clip_acc": float(rf.read("finetune", "clip_acc")),
+               "video_acc": float(rf.read("finetune", "video_acc"))}
+    rows = len(next(iter(log.values()), []))
+    history = [{c: float(v[i]) for c, v in log.items() if not math.isnan(float(v[i]))}
+               for i in range(rows)]
+    return {**res, "epochs": math.ceil(step / max(1, batches)), "step": step,
+            "checkpoint": out_dir / "checkpoint.pt", "results": path, "history": history,
+            "skipped": {"test videos skipped": skipped} if skipped else {}, "name": name}
 
 
 SPEC = RunSpec(name="finetune", config=FinetuneConfig, artifact="checkpoint.pt",

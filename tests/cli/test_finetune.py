@@ -124,3 +124,26 @@ def test_train_and_test_overlap_is_warned(tiny_synth, tmp_path, capsys):
     code, err = _run(base + ["--data", str(tiny_synth["all"]), "--out", str(tmp_path / "b")],
                      capsys)
     assert "training videos too" not in err  # the train/test splits of one manifest: disjoint
+
+
+def test_resume_of_a_complete_finetune_leaves_it_untouched(tiny_synth, pretrained, tmp_path,
+                                                           capsys):
+    """As pretrain's: --resume of a finished run rewrote its checkpoint, record and results."""
+    out = tmp_path / "a"
+    args = _ft(tiny_synth, pretrained, out, "--max-steps", "2")
+    code, err = _run(args, capsys)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()
+              if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--resume"])
+    captured = capsys.readouterr()
+    assert exc.value.code in (0, None), captured.err
+    assert "finetuning already complete at step 2; nothing to resume (left untouched)" in \
+        captured.err
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()
+            if p.is_file()} == before
+    from dalivssl.results import ResultsFile
+
+    with ResultsFile(out / "finetune.h5", "r") as rf:
+        acc = float(rf.read("finetune", "video_acc"))
+    assert f"{acc:.4f}" in captured.out  # the stored result is reported

@@ -59,7 +59,10 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", *data, "--set", "head.queue=5", "--task", "tdl",
                       "--arch", "r21d"], capsys)
     assert code == 2 and "unknown tdl head option 'queue'; valid: queue_size" in err
-    code, err = _run(["pretrain", *data, "--set", "head.feature_norm=true"], capsys)
+    # clip_len 8: VCOP's 3-clip window (3 × 8 + 2 × 8 = 40 frames) fits the 40-frame videos
+    code, err = _run(["pretrain", *data, "--clip-len", "8", "--arch", "r21d", "--set",
+                      "head.feature_norm=true"],
+                     capsys)
     assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     code, err = _run(["pretrain", *data[:2], "--out", str(tmp_path / "small"), "--size", "16"],

@@ -10,22 +10,15 @@ import pytest
 import torch
 
 from tests.analysis.test_features import TinyBackbone, make_batches
-from tests.analysis.test_finetune import COLOURS, LABELS, _fake_data
+from tests.analysis.test_finetune import COLOURS, LABELS, _CrashAt, _fake_data
 
 
-class _SignalAt:
+class _SignalAt(_CrashAt):
     """A loader that sends ``sig`` to this process while serving batch ``n`` of the run."""
 
     def __init__(self, batches, n, sig):
-        from dalivssl.engine.finetune import BatchList
-
-        self.inner, self.n, self.sig, self.count = BatchList(batches), n, sig, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __len__(self):
-        return len(self.inner)
+        super().__init__(batches, n)
+        self.sig = sig
 
     def __iter__(self):
         for b in self.inner:

@@ -46,9 +46,15 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from dalivssl.engine import robustness as rb
     from dalivssl.engine.features import torch_device
     from dalivssl.data.synth import resolve_manifest
+    from dalivssl.engine.features import check_input_size
     from dalivssl.devices import dali_threads as resolve_threads
-    from models import create_backbone
+    from models import BACKBONES, create_backbone
 
+    if arch not in BACKBONES:
+        from dalivssl.errors import unknown_name
+
+        raise unknown_name("architecture", arch, BACKBONES)
+    check_input_size(BACKBONES[arch], clip_len, size, arch)  # the declared minimum, first
     threads = resolve_threads(device, dali_threads)
     tdev = torch.device(torch_device(device))
 

@@ -154,7 +154,12 @@ class FinetuneConfig:
     device: str = "auto"
     threads: int = 2  # torch intra-op threads (CPU work)
     dali_threads: int | None = None  # DALI's threads; None: 8 on GPU, 2 on CPU (G5)
-    pretrained: str | None = None  # checkpoint path, None = random init
+    pretrained: str | None = None  # checkpoint path (--checkpoint)
+    random_init: bool = False  # start from random weights (--random-init; needs arch)
+    # train manifest (its 'train' split when test_data is None) and test manifest; stored
+    # resolved, so that a run's config.yaml replays it on the same data
+    data: str | None = None
+    test_data: str | None = None
     # paper: "Resize and Center Crop" for training and evaluation clips (supp. C.3)
     protocol: str = "original"
     ckpt_every: int = 50

@@ -182,6 +182,31 @@ def render(rep: dict) -> str:
     return "\n".join(lines)
 
 
+def fail_reasons(m: dict) -> list[str]:
+    """Why the FAIL (and 'GPU only') cells failed: one line per backend and reason, naming its
+    cases and sizes. A codec the backend's decoder lacks says so (the capability table); any other
+    failure quotes DALI's message."""
+    from dalivssl.data.capabilities import DECODERS
+
+    groups: dict = {}
+    for r in m["cells"]:
+        for d in m["backends"]:
+            if r[d]["status"] != "FAIL":
+                continue
+            codec = r.get("codec")
+            if codec not in DECODERS.get(d, {}):
+                why = f"DALI's {d.upper()} decoder has no {codec} (it reads " \
+                      f"{', '.join(DECODERS.get(d, {})) or 'nothing here'})"
+            else:
+                why = " ".join((r[d].get("detail") or "no reason reported").split())[:140]
+            groups.setdefault((d, why), {}).setdefault(r["case"], []).append(str(r["size"]))
+    out = []
+    for (d, why), cases in groups.items():
+        where = ", ".join(f"{c} ({'/'.join(sizes)})" for c, sizes in cases.items())
+        out.append(f"  FAIL on {d}: {where}: {why}")
+    return out
+
+
 def render_matrix(m: dict) -> list[str]:
     from dalivssl.data.decode_matrix import agrees, verdict
 
@@ -208,6 +233,7 @@ def render_matrix(m: dict) -> list[str]:
     for d, why in m["backends"].items():
         if why:
             lines.append(f"  {d}: SKIP ({why})")
+    lines += fail_reasons(m)
     lines.append(f"  {mismatches} cell(s) disagree with the table (marked !)" if mismatches
                  else "  every measured cell agrees with the table")
     # the reasons worth reading: disagreements with the table, aborts, hangs, wrong frames

@@ -39,8 +39,9 @@ class Backbone(nn.Module):
     cka_layers: list[str]
     #: dropout probability before the classifier in the original code.
     default_dropout: float = 0.0
-    #: a small T×H×W that runs (tests use it); some nets need more (ShuffleNet: T ≥ 15, H ≥ 33).
-    min_input: tuple[int, int, int] = (8, 16, 16)
+    #: the smallest T×H×W clip that runs, checked by every command before it builds the net
+    #: (adaptive pooling takes any size; C3D, ShuffleNet and the ViTs declare their own).
+    min_input: tuple[int, int, int] = (1, 1, 1)
     #: T, H, W must be multiples of these (a ViT's tubelet; convolutions take any size).
     input_multiple: tuple[int, int, int] = (1, 1, 1)
     #: True when ``forward_tokens`` can encode a subset of the tokens (ViTs; CNNs cannot).

@@ -28,6 +28,8 @@ LAYERS = (("1", 3, 64, (1, 2, 2)), ("2", 64, 128, (2, 2, 2)),
 class C3D(Backbone):
     """C3D-BN backbone (VCOP naming: conv1, bn1, relu1, pool1, …, conv5b); ``feature_dim`` = 512."""
 
+    min_input = (8, 16, 16)  # pool5's 2×2×2 window after four stride-2 pools
+
     def __init__(self, num_classes: int | None = None, dropout: float | None = None):
         super().__init__()
         self._order = []

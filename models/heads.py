@@ -38,6 +38,14 @@ class EmbeddingHead(nn.Module):
         return F.normalize(self.fc(x), dim=1)
 
 
+def check_at_least(**bounds) -> None:
+    """``name=(value, minimum)``: a ValueError naming the first option below its minimum (the
+    trainer reports it in one line as '<task> head: …'); a zero width would train nothing."""
+    for name, (value, low) in bounds.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
 class MLPProjection(nn.Module):
     """CVRL/SimCLR projection: ``layers`` × [Linear(hidden) → BN → ReLU] → Linear(out_dim).
     B×D → B×out_dim (not normalised; the loss normalises)."""
@@ -45,6 +53,7 @@ class MLPProjection(nn.Module):
     def __init__(self, in_dim: int, hidden: int = 2048, out_dim: int = 128, layers: int = 3,
                  bn_momentum: float = 0.003):
         super().__init__()
+        check_at_least(hidden=(hidden, 1), out_dim=(out_dim, 1), layers=(layers, 0))
         mods, d = [], in_dim
         for _ in range(layers):
             # TF BN momentum 0.997 (decay of the running mean) == torch momentum 0.003
@@ -76,6 +85,7 @@ class PairwiseOrderHead(nn.Module):
     def __init__(self, in_dim: int, num_clips: int, hidden: int = 512, dropout: float = 0.5,
                  feature_norm: str = "none"):
         super().__init__()
+        check_at_least(num_clips=(num_clips, 2), hidden=(hidden, 1))
         if feature_norm not in self.NORMS:
             raise ValueError(f"feature_norm must be one of {', '.join(self.NORMS)}, "
                              f"got {feature_norm!r}")

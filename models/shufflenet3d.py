@@ -76,7 +76,7 @@ class ShuffleNet3D(Backbone):
 
     default_dropout = 0.2
     # the stride-2 AvgPool shortcut needs T ≥ 2 and H, W ≥ 3 before layer3: T ≥ 15, H, W ≥ 33
-    min_input = (16, 40, 40)
+    min_input = (15, 33, 33)
 
     def __init__(self, num_classes: int | None = None, groups: int = 3, width_mult: float = 2.0,
                  dropout: float | None = None, zero_init_residual: bool = False):

@@ -126,3 +126,8 @@ def vit_b(num_classes: int | None = None, dropout: float | None = None,
     """ViT-B/16 with 2-frame tubelets (VideoMAE ``vit_base_patch16_224``): D 768, 12×12 heads."""
     return VisionTransformer3D(768, 12, 12, attention_dropout=attention_dropout,
                                num_classes=num_classes, dropout=dropout)
+
+
+# declared on the builders too: commands check a clip against them before building a net
+vit_s.min_input = vit_s.input_multiple = VisionTransformer3D.min_input
+vit_b.min_input = vit_b.input_multiple = VisionTransformer3D.min_input

@@ -126,6 +126,12 @@ class PretextLoader:
         self.records = list(manifest.records)
         if not self.records:
             raise LoaderError("the manifest holds no videos")
+        check = getattr(self.sampler, "check_lengths", None)  # samplers are duck-typed
+        try:  # a dataset that cannot serve the task's draws: one line now, not an empty shard
+            if check is not None:
+                check(self.records)
+        except ValueError as exc:
+            raise LoaderError(str(exc)) from None
         self.batch_size = int(batch_size)
         self.device = device
         self.seed = int(seed)

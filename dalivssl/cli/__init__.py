@@ -70,7 +70,7 @@ def main(argv=None):
         sys.exit(exc.exit_code)
     except DalivsslError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(getattr(exc, "exit_code", 2))  # 2, or 128 + signal for a stopped run
     except ValueError as exc:
         # pipelines/ and models/ cannot import dalivssl, so their input errors (LoaderError,
         # TooShort, bad noise names, models.ModelError) are ValueError subclasses defined there:

@@ -66,16 +66,20 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     from dalivssl.console import stderr_console
     from dalivssl.errors import DalivsslError
 
-    if bool(checkpoint) == bool(random_init):
-        raise DalivsslError("give exactly one of --checkpoint PATH or --random-init --arch NAME")
-    if random_init and not arch:
-        raise DalivsslError("--random-init needs --arch")
     flags = dict(linear_probe=linear_probe, l2_norm=l2_norm, epochs=epochs, max_steps=max_steps,
                  batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                  dropout=dropout, flip=flip, eval_clips=eval_clips, name=name, device=device,
                  threads=threads, seed=seed, progress=False if no_progress else None,
-                 protocol=protocol)
+                 protocol=protocol, arch=arch, clip_len=clip_len, size=size, normalize=normalize,
+                 pretrained=checkpoint, random_init=True if random_init else None, data=data,
+                 test_data=test_data)
     cfg = resolve(FinetuneConfig, config_path, flags, sets)
+    given = explicit_keys(config_path, flags, sets)  # what the user set, anywhere
+    checkpoint = cfg.pretrained
+    if bool(checkpoint) == bool(cfg.random_init):
+        raise DalivsslError("give exactly one of --checkpoint PATH or --random-init --arch NAME")
+    if cfg.random_init and "arch" not in given:
+        raise DalivsslError("--random-init needs --arch")
     cfg = cfg.resolved().check()
     console = stderr_console()
 
@@ -85,27 +89,52 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     from dalivssl.runs.finetune import run_finetune
 
     torch.set_num_threads(cfg.threads)
-    fdata = resolve_data(data, test_data)  # bad manifests fail first, before any loading
-    parent = None
+    fdata = resolve_data(cfg.data, cfg.test_data)  # bad manifests fail first, before any loading
+    from dalivssl.data.manifest import shared_videos
+
+    shared = shared_videos(fdata.train, fdata.test)
+    if shared:
+        console.print(f"[yellow]warning: {len(shared)} of the {len(fdata.test)} test videos "
+                      f"({fdata.test_path}) are training videos too ({fdata.train_path}), e.g. "
+                      f"{shared[0].name}: the test accuracy will overstate[/yellow]",
+                      highlight=False)
+    parent, ckpt = None, None
     if checkpoint:
+        from dalivssl.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint)
+        if "arch" in given and ckpt.get("arch") != cfg.arch:
+            raise DalivsslError(f"{checkpoint}: checkpoint is for arch {ckpt.get('arch')!r}, not "
+                                f"{cfg.arch!r}")
+        parent = rec.record_of(ckpt, checkpoint)
+        cfg = replace(cfg, arch=ckpt["arch"], pretrained=str(Path(checkpoint).resolve()))
+    # clip settings: the checkpoint's record, under any given by a flag, --config or --set
+    clip = rec.resolve_clip(parent, {k: getattr(cfg, k) for k in ("clip_len", "size", "normalize")
+                                     if k in given},
+                            say=lambda s: console.print(s, highlight=False))
+    from models import BACKBONES
+
+    from dalivssl.engine.features import check_input_size
+
+    if cfg.arch not in BACKBONES:
+        from dalivssl.errors import unknown_name
+
+        raise unknown_name("architecture", cfg.arch, BACKBONES)
+    # the backbone's declared minimum input, before anything is built
+    check_input_size(BACKBONES[cfg.arch], clip.clip_len, clip.size, cfg.arch)
+    if ckpt is not None:
         from dalivssl.engine.checkpoint import load_backbone
 
-        backbone, ckpt = load_backbone(checkpoint, arch=arch, device="cpu")
-        parent = rec.record_of(ckpt, checkpoint)
-        arch, backbone_kwargs = ckpt["arch"], dict(ckpt.get("backbone_kwargs") or {})
-        cfg = replace(cfg, pretrained=str(Path(checkpoint).resolve()))
+        backbone, _ = load_backbone(checkpoint, device="cpu")
+        backbone_kwargs = dict(ckpt.get("backbone_kwargs") or {})
     else:
         from models import create_backbone
 
         torch.manual_seed(cfg.seed)
-        backbone, backbone_kwargs = create_backbone(arch), {}
-    clip = rec.resolve_clip(parent, dict(clip_len=clip_len, size=size, normalize=normalize),
-                            say=lambda s: console.print(s, highlight=False))
-    from dalivssl.engine.features import check_input_size
-
-    check_input_size(backbone, clip.clip_len, clip.size, arch)
-    cfg = replace(cfg, arch=arch, clip_len=clip.clip_len, size=clip.size,
-                  normalize=clip.normalize)
+        backbone, backbone_kwargs = create_backbone(cfg.arch), {}
+    check_input_size(backbone, clip.clip_len, clip.size, cfg.arch)
+    cfg = replace(cfg, clip_len=clip.clip_len, size=clip.size, normalize=clip.normalize,
+                  **stored_data(cfg, fdata))
     from dalivssl.engine.finetune import default_name
 
     cfg = replace(cfg, name=cfg.name or default_name(cfg, parent))
@@ -131,4 +160,26 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
                   f"{res['clip_acc']:.4f}", f"{res['video_acc']:.4f}")
     stdout_console().print(table)
     console.print(f"checkpoint: {res['checkpoint']}\nresults: {res['results']}")
+
+
+def explicit_keys(config_path, flags: dict, sets) -> set:
+    """The config keys the user gave (a --config file's, flags not None, --set's): what must win
+    over the values a checkpoint's record supplies."""
+    from dalivssl.config import load_yaml, parse_set
+
+    keys = {k for k, v in flags.items() if v is not None} | set(parse_set(sets))
+    return keys | set(load_yaml(config_path)) if config_path else keys
+
+
+def stored_data(cfg, fdata) -> dict:
+    """data / test_data as the run's config.yaml keeps them: absolute paths of the manifests it
+    used (the embedded dataset's too), test_data only where it was given, so that ``--config``
+    replays the same split."""
+    from pathlib import Path
+
+    def absolute(p):
+        return str(Path(p).resolve())
+
+    test = cfg.test_data if cfg.data else fdata.test_path
+    return dict(data=absolute(fdata.train_path), test_data=absolute(test) if test else None)
 

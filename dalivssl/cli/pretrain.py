@@ -63,6 +63,7 @@ def pretrain(task, arch, data, subset, epochs, max_steps, batch_size, clip_len, 
                  keep_epochs=_epochs(keep_epochs))
     cfg = resolve(PretrainConfig, config_path, flags, sets)
     _validate_names(cfg)
+    _check_arch(cfg)
     if explain:
         from dalivssl.engine.explain import explain as explain_text
 
@@ -100,3 +101,16 @@ def _validate_names(cfg) -> None:
     if cfg.data and not Path(cfg.data).is_file():
         raise DalivsslError(f"{cfg.data}: manifest not found")
     cfg.check()
+
+
+def _check_arch(cfg) -> None:
+    """An unknown arch, or clips smaller than the arch declares it takes (``min_input``): one
+    line, before anything is built (imports the models, not DALI)."""
+    from models import BACKBONES
+
+    from dalivssl.engine.features import check_input_size
+    from dalivssl.errors import unknown_name
+
+    if cfg.arch not in BACKBONES:
+        raise unknown_name("architecture", cfg.arch, BACKBONES)
+    check_input_size(BACKBONES[cfg.arch], cfg.clip_len, cfg.size, cfg.arch)

@@ -153,6 +153,13 @@ class Manifest:
         return self.select(r for r in self.records if r.split == name)
 
 
+def shared_videos(a: Manifest, b: Manifest) -> list[Path]:
+    """The video files both manifests use (resolved paths; segments of one file count as one):
+    a test set that shares them with the training set overstates accuracy."""
+    ours = {a.abspath(r).resolve() for r in a}
+    return sorted({p for p in (b.abspath(r).resolve() for r in b) if p in ours})
+
+
 def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     """Write ``manifest`` as JSON lines, atomically (temp file + rename)."""
     path = Path(path)

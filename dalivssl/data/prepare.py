@@ -204,6 +204,11 @@ def prepare(manifest: Manifest, out_dir, codec: str = "vp9", short_side: int | N
         raise unknown_name("codec", codec, PREPARE_CODECS)
     if segment_frames is not None and segment_frames < 2:
         raise DalivsslError(f"--segment-frames must be >= 2, got {segment_frames}")
+    if short_side and short_side < 2:  # 0 / None: keep the size
+        raise DalivsslError(f"--short-side must be >= 2 (or 0: keep the size), got {short_side}")
+    for key, value in (("gop", gop), ("workers", workers)):
+        if value is not None and value < 1:
+            raise DalivsslError(f"--{key} must be >= 1, got {value}")
     out = Path(out_dir).resolve()
     if out == Path(manifest.root).resolve():
         raise DalivsslError(f"{out}: output folder must differ from the dataset root")

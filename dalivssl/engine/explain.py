@@ -121,7 +121,14 @@ def explain(cfg) -> str:
             rows.append((k, _fmt(v), _fmt(p), "–", ""))
     w = [max(len(r[i]) for r in rows) for i in range(4)]
     data = cfg.data or "the embedded synthetic dataset" + (" (demo preset)" if demo else "")
-    lines = [f"pretrain {cfg.task} / {cfg.arch} on {data} (protocol {cfg.protocol})", ""]
+    lines = [f"pretrain {cfg.task} / {cfg.arch} on {data} (protocol {cfg.protocol})"]
+    from dalivssl.tasks import resolve_options
+    from pipelines.samplers import SAMPLERS
+
+    sampler = SAMPLERS[task.SPEC["sampler"]](clip_len=cfg.clip_len, size=cfg.size,
+                                             **resolve_options(cfg)["sampler"])
+    need, fix = sampler.need()  # the sampler's min_frames, stated (pipelines.samplers.base)
+    lines += [f"frames a video needs: {need}" + (f"; lowered by {fix}" if fix else ""), ""]
     lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d:<{w[3]}}  {e}".rstrip()
               for a, b, c, d, e in rows]
     lines += ["", "Paper protocol (Kumar et al., protocol: paper):", *paper_lines(cfg)]

@@ -4,13 +4,14 @@
 DistillTask``) alike (timm's ``TrainingTask`` → ``ClassificationTask`` / ``LogitDistillationTask``
 with one ``train.py``).
 
-It owns: AMP (bf16 autocast, on GPU or CPU), DDP (the caller passes the wrapped module),
-gradient clipping, the per-step LR schedule (:class:`LRFactor`: constant / step / cosine, linear
-warmup), the CSV + TensorBoard log (:class:`RunLog`), progress (a bar on a terminal, a plain
-line every ``report_s`` seconds in a log file), checkpoints every ``ckpt_every`` steps and at the
-end, and exact resume: a checkpoint holds optimiser, scheduler, RNG states and the loader
-position, and the loader regenerates any batch from (seed, epoch, index), so a run killed at any
-moment and resumed reaches the same weights (bitwise on CPU).
+It owns: AMP (bf16 autocast, on GPU or CPU), DDP (the caller passes the wrapped module), gradient clipping,
+the per-step LR schedule (:class:`LRFactor`: constant / step / cosine, linear warmup), the CSV +
+TensorBoard log (:class:`RunLog`), progress (a bar on a terminal, a plain line every
+``report_s`` seconds in a log file), checkpoints every ``ckpt_every`` steps, at the end and on
+SIGINT/SIGTERM (:class:`StopSignals`: the step finishes, the checkpoint is saved, the run stops),
+and exact resume: a checkpoint holds optimiser, scheduler, RNG states and the loader position, and
+the loader regenerates any batch from (seed, epoch, index), so a run killed at any moment and
+resumed reaches the same weights (bitwise on CPU).
 """
 from __future__ import annotations
 
@@ -30,6 +31,44 @@ from dalivssl.engine import faults
 from dalivssl.errors import DalivsslError
 
 SCHEDULES = ("constant", "step", "cosine")
+
+
+class Interrupted(DalivsslError):
+    """SIGINT/SIGTERM stopped a run after a checkpoint was saved; the CLI exits 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)
+
+
+class StopSignals:
+    """While open, SIGINT and SIGTERM (SLURM's preemption notice) only set ``signum``: the loop
+    finishes its step, saves a checkpoint and stops (:class:`Interrupted`). A second Ctrl-C
+    interrupts at once. Not under DDP (ranks could stop at different steps) nor off the main
+    thread, where the handlers stay as they were."""
+
+    def __init__(self, enabled: bool = True):
+        import signal
+        import threading
+
+        self.signum, self.old = 0, {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._note)
+
+    def _note(self, signum, frame):
+        import signal
+
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def close(self) -> None:
+        import signal
+
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        self.old = {}
 
 
 # ---------------------------------------------------------------------------------- schedule
@@ -272,6 +311,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         res.metrics = {k: float(v) for k, v in pending[-1][2].items() if k != "loss"}
         pending.clear()
 
+    signals = StopSignals(enabled=not (dist is not None and dist.enabled))
     try:
         while step < cfg.total_steps:
             t0 = time.perf_counter()
@@ -323,7 +363,19 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                     save(final=False)
                 if step in cfg.keep and stage_fields is not None:
                     save(final=True, epoch=cfg.keep[step])
-                faults.after_step(step, kill_at)
+                if signals.signum and step < cfg.total_steps:
+                    flush()
+                    save(final=False)
+                    import signal
+
+                    name = signal.Signals(signals.signum).name
+                    raise Interrupted(f"{cfg.label}: {name} at step {step} of {cfg.total_steps}; "
+                                      f"checkpoint saved to {ckpt_path}; to go on, rerun the same "
+                                      "command with --resume", signals.signum)
+                if kill_at and step == kill_at:
+                    import signal
+
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if step >= cfg.total_steps:
                     break
                 t0 = time.perf_counter()
@@ -333,6 +385,9 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         flush()
     finally:
         rep.close()
+        signals.close()
+        if log is not None and signals.signum:
+            log.close()
     save(final=True)
     res.step = step
     res.wall_s = time.perf_counter() - t_start

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 __all__ = ["RunSpec", "RunContext", "execute", "clean_outputs", "already_done",
-           "result_unchanged", "stored_checkpoint"]
+           "result_unchanged", "stored_checkpoint", "extend_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +118,27 @@ def stored_checkpoint(ctx: "RunContext", kind: str, command: str, record, keys) 
                             f"{command}")
     rec.check_resumable(rec.record_of(old), record, keys, path)
     return old
+
+
+def extend_schedule(scheduler, step: int, total: int) -> str | None:
+    """A resume with another step count: the restored schedule is stretched (or shrunk) to span
+    ``total`` steps from its start, as if the run had been planned that long ('step' milestones
+    keep their fractions), and the optimiser's lr is set to the stretched schedule's value at
+    ``step`` (the restored one is the old schedule's: 0 at the end of a cosine). Returns the rule
+    as one line to state, or None when the total did not change."""
+    fns = scheduler.lr_lambdas
+    old = fns[0].total
+    if old == max(1, int(total)):
+        return None
+    for fn in fns:  # the same object per group: stretch it once
+        if fn.total == old:
+            fn.milestones = [round(m * total / old) for m in fn.milestones]
+            fn.total = max(1, int(total))
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, fns):
+        group["lr"] = base * fn(step)
+    lr = scheduler.optimizer.param_groups[0]["lr"]
+    return (f"the {fns[0].name} schedule planned for {old} steps now spans {total} (from step 0); "
+            f"it goes on from step {step} at lr {lr:.3g}")
 
 
 def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool = False,

@@ -19,7 +19,7 @@ from dalivssl.engine.finetune import (LOG_NAME, RESULTS_NAME, RESUME_KEYS, Class
                                       checkpoint_fields, default_name, finetune_record,
                                       loader_threads, train_loader)
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, execute, stored_checkpoint
+from dalivssl.runs.base import RunSpec, already_done, execute, extend_schedule, stored_checkpoint
 
 __all__ = ["SPEC", "PROBE", "run_finetune"]
 
@@ -54,6 +54,9 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     cfg = replace(cfg.resolved().check(), device=ctx.device.torch)
     if cfg.flip is None:  # stored resolved: the run's config says what the loader did
         cfg = replace(cfg, flip=data.train.flip_safe)
+    if cfg.data is None:  # the manifests it trains and tests on, for config.yaml to replay
+        cfg = replace(cfg, data=data.train_path,
+                      test_data=None if data.test_path == data.train_path else data.test_path)
     if cfg.name is None:
         parent = None
         if cfg.pretrained:
@@ -83,8 +86,24 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
                             f"batch size {cfg.batch_size} too large)")
     total = int(cfg.max_steps) if cfg.max_steps else int(cfg.epochs) * len(loader)
     scheduler = make_scheduler(optimizer, "cosine", total)
-    step = restore(old, task, optimizer, scheduler, loader, dist.rank) if old is not None else 0
+    step, stretched = 0, None
+    if old is not None and (out_dir / RESULTS_NAME).is_file():
+        done = already_done(ctx, rec.record_of(old), int(old.get("step", 0)), total,
+                            "linear probe" if cfg.linear_probe else "finetuning")
+        if done is not None:  # a complete run: its stored results, nothing rewritten
+            return _stored(out_dir, int(old["step"]), len(loader), cfg.name)
+    if old is not None:
+        step = restore(old, task, optimizer, scheduler, loader, dist.rank)
+        stretched = extend_schedule(scheduler, step, total)
     if dist.is_main:
+        from dalivssl.console import stderr_console
+
+        con = stderr_console()
+        if ctx.resume:
+            con.print(f"resuming {ckpt_path} at step {step} of {total}" if old is not None else
+                      f"no checkpoint in {out_dir}: starting from step 0", highlight=False)
+        if stretched:
+            con.print(f"resume: {stretched}", highlight=False)
         rec.write_run_record(out_dir, record)
         save_yaml(cfg, out_dir / "config.yaml")  # replay: dalivssl finetune --config …
     net = task
@@ -125,6 +144,24 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
     return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
             "step": res.step, "checkpoint": ckpt_path, "results": results_path,
             "history": history, "skipped": skipped, "name": cfg.name}
+
+
+def _stored(out_dir, step: int, batches: int, name: str) -> dict:
+    """The summary of a complete run, read back from its finetune.h5 (what ``_run`` returns)."""
+    from dalivssl.results import ResultsFile
+
+    path = out_dir / RESULTS_NAME
+    with ResultsFile(path, "r") as rf:
+        skipped = int(rf.attrs("finetune", "video_acc").get("skipped", 0))
+        log = {c: rf.read("log", c) for c in rf.names("log")}
+        res = {"clip_acc": float(rf.read("finetune", "clip_acc")),
+               "video_acc": float(rf.read("finetune", "video_acc"))}
+    rows = len(next(iter(log.values()), []))
+    history = [{c: float(v[i]) for c, v in log.items() if not math.isnan(float(v[i]))}
+               for i in range(rows)]
+    return {**res, "epochs": math.ceil(step / max(1, batches)), "step": step,
+            "checkpoint": out_dir / "checkpoint.pt", "results": path, "history": history,
+            "skipped": {"test videos skipped": skipped} if skipped else {}, "name": name}
 
 
 SPEC = RunSpec(name="finetune", config=FinetuneConfig, artifact="checkpoint.pt",

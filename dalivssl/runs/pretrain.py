@@ -13,7 +13,7 @@ import json
 from dalivssl.config import PretrainConfig, save_yaml, to_dict
 from dalivssl.engine.trainer import RESUME_KEYS
 from dalivssl.errors import DalivsslError
-from dalivssl.runs.base import RunSpec, already_done, execute
+from dalivssl.runs.base import RunSpec, already_done, execute, extend_schedule
 
 __all__ = ["SPEC", "pretrain"]
 
@@ -98,8 +98,8 @@ def _run(cfg: PretrainConfig, ctx) -> dict:
         if done is not None:
             return done
         step = restore(ckpt, model, optimizer, scheduler, loader, dist.rank)
-        for fn in scheduler.lr_lambdas:  # more steps: the schedule spans the new total
-            fn.total = max(1, int(total_steps))
+        stretched = extend_schedule(scheduler, step, total_steps)
+        notes += [stretched] if stretched else []
     if dist.is_main:
         save_yaml(resolved, run_dir / "config.yaml")
         rec.write_run_record(run_dir, record)

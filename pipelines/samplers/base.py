@@ -283,6 +283,26 @@ class Sampler:
         self.min_frames = 1
         self.param_keys: tuple[str, ...] = ("crop",)
 
+    def need(self) -> tuple[str, str]:
+        """(what a video needs so that every draw can be served, the settings that lower it):
+        the one-line refusal of a dataset that cannot serve the task, and ``--explain``."""
+        if self.min_frames <= 1:
+            return "any length (a shorter video repeats frames)", ""
+        return f"≥ {self.min_frames} frames", "--clip-len"
+
+    def check_lengths(self, records) -> None:
+        """TooShort-free draws need one video of ``min_frames`` usable frames: when even the
+        longest is shorter, one line naming the need and the fix (a ValueError, before any
+        decoding), not an empty shard later."""
+        if self.min_frames <= 1 or not records:
+            return
+        longest = max(usable_range(r)[1] for r in records)
+        if longest < self.min_frames:
+            need, fix = self.need()
+            raise ValueError(f"{self.name} at clip_len {self.clip_len} needs {need}; the "
+                             f"longest of {len(records)} videos has {longest}: lower {fix}, or "
+                             f"use longer videos")
+
     def _reject(self, unknown: dict) -> None:
         """Unknown task options fail with the list of the valid ones."""
         if unknown:

@@ -77,6 +77,10 @@ class PRPSampler(Sampler):
     def _strict_length(self) -> bool:
         return False  # the need depends on the drawn rate
 
+    def need(self) -> tuple[str, str]:
+        return (f"≥ {self.min_frames} frames (rate {max(self.rates)}: {self.clip_len} × "
+                f"{max(self.rates)} + 1)", "sampler.rates or --clip-len")
+
     def _plan(self, record, length, rng):
         t = self.clip_len
         label = int(rng.integers(len(self.rates)))

@@ -68,6 +68,11 @@ class VCOPSampler(Sampler):
         self.window = self.clip_len * self.num_clips + self.interval * (self.num_clips - 1)
         self.min_frames = self.window
 
+    def need(self) -> tuple[str, str]:
+        return (f"≥ {self.min_frames} frames ({self.num_clips} clips × {self.clip_len} + "
+                f"{self.num_clips - 1} gaps × {self.interval})",
+                "sampler.num_clips, sampler.interval or --clip-len")
+
     def label_of(self, order) -> int:
         """Lexicographic index of a clip order (tuple_order) among permutations(range(tl))."""
         return self._perm_index[tuple(int(o) for o in order)]

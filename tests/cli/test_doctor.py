@@ -137,3 +137,19 @@ def test_first_run_cases_on_cpu():
                    "h264-200x150": ("200x150", "FAIL", "no"), "annexb-bframes": (128, "FAIL", "no")}
     assert all("Failed to create video decoder" in r["cpu"]["detail"] for r in m["cells"]
                if r["expected"]["cpu"] == "no")
+
+
+def test_every_fail_cell_carries_a_reason(matrix):
+    """Review t3 #34: 17 FAIL cells with no reason given."""
+    from dalivssl import doctor as doc
+
+    lines = doc.render_matrix(matrix)
+    reasons = [ln for ln in lines if ln.startswith("  FAIL on ")]
+    assert reasons == [
+        "  FAIL on cpu: h264 (64/128): DALI's CPU decoder has no h264 (it reads vp8, vp9, mjpeg)",
+        "  FAIL on cpu: hevc (64/128): DALI's CPU decoder has no hevc (it reads vp8, vp9, mjpeg)"]
+    # a codec the decoder has, failing: DALI's own message, whitespace folded
+    vp9 = json.loads(json.dumps(_cell(matrix, "vp9", 64)))
+    vp9["cpu"] = {"status": "FAIL", "detail": "bad\n  stream"}
+    assert doc.fail_reasons({"backends": {"cpu": ""}, "cells": [vp9]}) == [
+        "  FAIL on cpu: vp9 (64): bad stream"]

@@ -64,11 +64,34 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", *data, "--set", "head.queue=5", "--task", "tdl",
                       "--arch", "r21d"], capsys)
     assert code == 2 and "unknown tdl head option 'queue'; valid: queue_size" in err
-    code, err = _run(["pretrain", *data, "--set", "head.feature_norm=true"], capsys)
+    # clip_len 8: VCOP's 3-clip window (3 × 8 + 2 × 8 = 40 frames) fits the 40-frame videos
+    code, err = _run(["pretrain", *data, "--clip-len", "8", "--arch", "r21d", "--set",
+                      "head.feature_norm=true"],
+                     capsys)
     assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
     assert err.count("\n") == 1 and "Traceback" not in err
-    code, err = _run(["pretrain", *data, "--size", "16"], capsys)
-    assert code == 2 and "arch 'shufflenet' cannot take 16-frame clips at 16 px" in err
+    code, err = _run(["pretrain", *data[:2], "--out", str(tmp_path / "small"), "--size", "16"],
+                     capsys)
+    # the arch's declared minimum, checked before anything is built or written
+    assert code == 2 and ("shufflenet needs clips of at least 15 frames and 33 px; got "
+                          "--clip-len 16 --size 16") in err
+    assert not (tmp_path / "small").exists()
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["pretrain", "--explain", "--arch", "nosuch"], "unknown architecture 'nosuch'; valid: c3d"),
+    (["pretrain", "--task", "videomae", "--arch", "nosuch", "--explain"],
+     "unknown architecture 'nosuch'"),
+    (["bench", "sweep", "--clip-len", "8", "--size", "32", "--arch", "shufflenet"],
+     "shufflenet needs clips of at least 15 frames and 33 px; got --clip-len 8 --size 32"),
+    (["bench", "sweep", "--arch", "nosuch"], "unknown architecture 'nosuch'"),
+])
+def test_review_tracebacks_are_one_line(argv, msg, capsys, tmp_path, monkeypatch):
+    """Review t3 #8, #36: these ended in a PyTorch traceback / KeyError."""
+    monkeypatch.chdir(tmp_path)
+    code, err = _run(argv, capsys)
+    assert code == 2 and msg in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_tiny_run_via_main(tmp_path, tiny_synth, capsys):
@@ -116,3 +139,34 @@ def test_out_of_range_settings_are_one_line_errors_before_work(argv, message, ca
     code, err = _run([*argv, "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and err.strip() == f"error: {message}"
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("task,opt,message", [
+    ("vcop", "head.hidden=0", "vcop head: hidden must be >= 1, got 0"),
+    ("cvrl", "head.hidden=0", "cvrl head: hidden must be >= 1, got 0"),
+    ("cvrl", "head.out_dim=0", "cvrl head: out_dim must be >= 1, got 0"),
+])
+def test_head_sizes_out_of_range_are_one_line(task, opt, message, tiny_synth, capsys, tmp_path):
+    """Review t3 #50: head.hidden=0 trained a head with no width (loss stuck at ln 6)."""
+    code, err = _run(["pretrain", "--task", task, "--arch", "squeezenet", "--clip-len", "8",
+                      "--size", "32", "--data", str(tiny_synth["train"]), "--set", opt,
+                      "--out", str(tmp_path / "o"), "--threads", "1"], capsys)
+    assert code == 2 and err.strip() == f"error: {message}"
+    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--task", "prp"], "frames a video needs: ≥ 129 frames (rate 8: 16 × 8 + 1); lowered by "
+                        "sampler.rates or --clip-len"),
+    (["--task", "prp", "--arch", "squeezenet", "--clip-len", "8", "--set", "sampler.rates=[1,2]"],
+     "frames a video needs: ≥ 17 frames (rate 2: 8 × 2 + 1)"),
+    (["--task", "vcop"], "frames a video needs: ≥ 64 frames (3 clips × 16 + 2 gaps × 8)"),
+    (["--task", "rotnet"], "frames a video needs: any length (a shorter video repeats frames)"),
+])
+def test_explain_states_the_frames_a_video_needs(argv, line, capsys):
+    """Review t3 #35: --explain omitted the frames a task needs."""
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain", "--explain", *argv])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    assert out.splitlines()[1].startswith(line)

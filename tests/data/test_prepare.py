@@ -140,6 +140,24 @@ def test_cli_prepare(src, tmp_path):
     assert m.meta["format"] == "ssv2" and m.flip_safe is False
 
 
+@pytest.mark.parametrize("opt,value,msg", [
+    ("--short-side", "-5", "--short-side must be >= 2 (or 0: keep the size), got -5"),
+    ("--short-side", "1", "--short-side must be >= 2"),
+    ("--gop", "0", "--gop must be >= 1, got 0"),
+    ("--workers", "-1", "--workers must be >= 1, got -1"),
+])
+def test_out_of_range_prepare_options_are_one_line(src, tmp_path, opt, value, msg, capsys):
+    """Review t3 #48: --short-side -5 made 2×2-px videos."""
+    from dalivssl.cli import main
+
+    path = save_manifest(src, tmp_path / "m.jsonl")
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "prepare", str(path), str(tmp_path / "out"), opt, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.gpu
 def test_h264_for_the_mixed_decoder(src, tmp_path):
     new, failures, _ = prepare(src, tmp_path / "out", codec="h264", short_side=32,

@@ -242,3 +242,20 @@ def test_forward_backward_on_cuda_at_benchmark_size(name):
     logits.float().sum().backward()
     assert all(p.grad is not None for p in m.parameters())
     assert tuple(m.forward_map(x).shape[1:]) == SPEC[name][3]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_minimum_input_is_the_smallest_that_runs(name):
+    """Each backbone declares the smallest clip it takes (``min_input`` on its builder, read
+    before anything is built); a clip one frame or pixel smaller fails where the minimum is > 1."""
+    builder = BACKBONES[name]
+    t, h, w = getattr(builder, "min_input", (1, 1, 1))
+    m = create_backbone(name).eval()
+    assert tuple(m.min_input) == (t, h, w)
+    with torch.no_grad():
+        assert m.forward_features(torch.zeros(1, 3, t, h, w)).shape[0] == 1
+        for smaller in ((t - 1, h, w), (t, h - 1, w - 1)):
+            if min(smaller) >= 1 and smaller != (t, h, w) and not any(
+                    s % k for s, k in zip(smaller, getattr(builder, "input_multiple", (1,) * 3))):
+                with pytest.raises((RuntimeError, ValueError)):
+                    m.forward_features(torch.zeros(1, 3, *smaller))

@@ -783,3 +783,21 @@ def test_eval_random_mode_and_options():
         SAMPLERS["eval"](normalize="zscore")
     with pytest.raises(ValueError, match="random=True"):
         SAMPLERS["eval"](random=True, num_clips=3)
+
+
+def test_a_dataset_too_short_for_every_draw_is_one_line_before_decoding(tiny_synth):
+    """Review t3 #43: PRP on 48-frame videos ended in 'no usable video left in shard 0/1;
+    skipped: {}'. The loader now names the need and the fix before any decoding."""
+    from dalivssl.data.manifest import load_manifest
+    from pipelines.loader import LoaderError, PretextLoader
+
+    m = load_manifest(tiny_synth["train"])  # 40-frame videos
+    with pytest.raises(LoaderError, match=r"^prp at clip_len 8 needs ≥ 65 frames \(rate 8: 8 × 8 "
+                       r"\+ 1\); the longest of \d+ videos has 40: lower sampler.rates or "
+                       r"--clip-len, or use longer videos$"):
+        PretextLoader("prp", m, 2, clip_len=8, size=32)
+    with pytest.raises(LoaderError, match=r"vcop at clip_len 16 needs ≥ 64 frames \(3 clips × 16"
+                       r" \+ 2 gaps × 8\); the longest of \d+ videos has 40"):
+        PretextLoader("vcop", m, 2, clip_len=16, size=32)
+    # rates the videos can serve: built (the need follows the settings)
+    assert PretextLoader("prp", m, 2, clip_len=8, size=32, rates=(1, 2, 4)).sampler.min_frames == 33

@@ -80,3 +80,23 @@ def test_every_registered_spec_loads():
         assert s.name == name and "checkpoint.pt" in s.outputs or s.artifact in s.outputs
     with pytest.raises(DalivsslError, match="unknown command"):
         spec("nope")
+
+
+def test_resume_with_more_steps_stretches_the_schedule(tiny_synth, tmp_path, capsys):
+    """Review t3 #56: the resumed steps ran at the old schedule's lr (0 after a cosine)."""
+    import csv
+    import math
+
+    from dalivssl.runs.pretrain import pretrain
+
+    run = tmp_path / "r"
+    cfg = _cfg(tiny_synth, run, tensorboard=False, schedule="cosine", warmup_steps=0, lr=0.01)
+    pretrain(cfg)
+    capsys.readouterr()
+    pretrain(replace(cfg, max_steps=4), resume=True)
+    err = capsys.readouterr().err
+    assert "the cosine schedule planned for 2 steps now spans 4 (from step 0)" in err
+    with open(run / "log.csv") as f:
+        lr = {int(r["step"]): float(r["lr"]) for r in csv.DictReader(f)}
+    for s in (3, 4):
+        assert lr[s] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 4)))

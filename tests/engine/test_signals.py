@@ -11,6 +11,7 @@ import torch
 
 from tests.analysis.test_features import TinyBackbone, make_batches
 from tests.analysis.test_finetune import COLOURS, LABELS, _CrashAt, _fake_data
+from tests.batches import BatchList
 
 
 class _SignalAt(_CrashAt):
@@ -41,8 +42,8 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, sig):
     cfg = FinetuneConfig(arch="tiny", epochs=4, lr=0.1, eval_clips=2, ckpt_every=50,
                          log_every=1, progress=False)
     torch.manual_seed(0)
-    full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full", train_batches=train,
-                        test_batches=test)
+    full = run_finetune(cfg, data, TinyBackbone(), tmp_path / "full",
+                        train_batches=BatchList(train), test_batches=test)
     before = signal.getsignal(sig)
     torch.manual_seed(0)
     with pytest.raises(Interrupted) as exc:
@@ -56,7 +57,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_finishes_the_run(tmp_path, sig):
     ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert ckpt["step"] == 3 and ckpt["record"]["status"] != "complete"
     res = run_finetune(cfg, data, TinyBackbone(), tmp_path / "cut", resume=True,
-                       train_batches=train, test_batches=test)
+                       train_batches=BatchList(train), test_batches=test)
     assert res["step"] == 8
     a, b = load_checkpoint(full["checkpoint"]), load_checkpoint(res["checkpoint"])
     for part in ("head", "backbone"):

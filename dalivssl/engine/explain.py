@@ -193,8 +193,8 @@ def explain_finetune(cfg, data, parent=None) -> str:
     src = f"{parent.name}'s record" if parent is not None else "the defaults (random init)"
     lines = [f"{kind} {cfg.arch} from {parent.name if parent else 'random init'} on "
              f"{data.train_path} → test {data.test_path} (protocol {cfg.protocol})",
-             f"clip settings: {cfg.clip_len}×{cfg.size}² {cfg.normalize}, from {src} under "
-             f"any --clip-len/--size/--normalize given",
+             f"clip settings: {cfg.clip_len}×{cfg.size}² {cfg.normalize}, from {src} "
+             f"(record.resolve_clip; a --clip-len/--size/--normalize given wins, noted above)",
              f"flip: {flip}" + ("" if cfg.flip is not None else
                                 " (the train manifest's flip_safe: off where classes name a "
                                 "left/right direction)"), ""]

@@ -45,12 +45,15 @@ from dalivssl.config import OPTIMIZERS
               help="Evenly spaced test clips per video (video score = mean logits; default 10).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run dir (default runs/finetune/<name>).")
+@click.option("--explain", is_flag=True, help="Print the resolved settings (clip settings from "
+              "the checkpoint's record) beside the paper protocol's and the original's, then "
+              "exit: no training, nothing written.")
 @config_options
 @run_options
 def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_norm, epochs,
              max_steps, batch_size, lr, optimizer, weight_decay, dropout, flip, protocol,
              clip_len, size, normalize, eval_clips, out, config_path, sets, name, device, threads,
-             seed, resume, overwrite, no_progress):
+             seed, resume, overwrite, no_progress, explain):
     """Finetune (or linear-probe) a backbone on labelled videos and report top-1 accuracy.
 
     Training: one random clip per video (random crop + flip, see --flip). Test: --eval-clips
@@ -122,6 +125,12 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
         raise unknown_name("architecture", cfg.arch, BACKBONES)
     # the backbone's declared minimum input, before anything is built
     check_input_size(BACKBONES[cfg.arch], clip.clip_len, clip.size, cfg.arch)
+    if explain:
+        from dalivssl.engine.explain import explain_finetune
+
+        click.echo(explain_finetune(replace(cfg, clip_len=clip.clip_len, size=clip.size,
+                                            normalize=clip.normalize), fdata, parent))
+        return
     if ckpt is not None:
         from dalivssl.engine.checkpoint import load_backbone
 

@@ -41,6 +41,70 @@ def test_pretrain_protocol_paper_explain():
     assert "head.queue_size: 500 (the paper's value" in notes  # K = 500 named, not only tabled
 
 
+def _row(out, key):
+    """A finetune --explain table row's cells: setting, this run, paper, original[, ≠]."""
+    return next(ln.split() for ln in out.splitlines() if ln.strip().startswith(key + " "))
+
+
+@pytest.fixture(scope="module")
+def clip_ckpt(tmp_path_factory):
+    """A finetuned squeezenet checkpoint whose record says 8×48² 'unit' (not the defaults)."""
+    import torch
+
+    from dalivssl.engine.checkpoint import save_checkpoint
+    from models import create_backbone
+
+    bb = create_backbone("squeezenet")
+    path = tmp_path_factory.mktemp("ck") / "ft.pt"
+    return save_checkpoint(path, kind="finetune", arch="squeezenet", backbone=bb.state_dict(),
+                           config={}, versions={}, step=0, epoch=0, num_classes=2,
+                           classes=["a", "b"], head=torch.nn.Linear(bb.feature_dim, 2).state_dict(),
+                           clip_len=8, size=48, normalize="unit")
+
+
+def _ft_explain(tiny_synth, ckpt, out, *extra):
+    return _run("finetune", "--checkpoint", ckpt, "--data", tiny_synth["train"], "--test-data",
+                tiny_synth["test"], "--out", out, "--explain", *extra)
+
+
+def test_finetune_protocol_paper_explain(tiny_synth, clip_ckpt, tmp_path):
+    rc, out = _ft_explain(tiny_synth, clip_ckpt, tmp_path / "ft", "--protocol", "paper",
+                          "--linear-probe", "--lr", "0.05")
+    assert rc == 0 and "linear probe squeezenet" in out and "(protocol paper)" in out, out
+    assert _row(out, "train_crop")[1:] == ["resize+centre-crop", "resize+centre-crop",
+                                           "resize+random-crop+flip", "≠"]
+    assert _row(out, "eval_crop")[1:] == ["resize+centre-crop"] * 3
+    # the checkpoint's clip settings, resolved by record.resolve_clip as the run does
+    assert "clip settings: 8×48² unit" in out
+    assert _row(out, "clip_len")[1:] == ["8", "16", "–"]
+    assert _row(out, "size")[1:] == ["48", "112", "–"]
+    assert " ".join(_row(out, "normalize")[1:]) == "unit paper gives no value –"
+    # FinetuneConfig.resolved(): the probe's weight decay is 0; the lr given wins and differs
+    assert _row(out, "weight_decay")[1] == "0" and " ".join(_row(out, "weight_decay")[2:]) == \
+        "paper gives no value –"
+    assert _row(out, "lr")[1] == "0.05" and _row(out, "lr")[-2:] == ["0.001", "≠"]
+    assert not (tmp_path / "ft").exists()  # nothing written, no training
+
+
+def test_finetune_default_protocol_explain(tiny_synth, clip_ckpt, tmp_path):
+    rc, out = _ft_explain(tiny_synth, clip_ckpt, tmp_path / "ft", "--flip", "--size", "56")
+    assert rc == 0 and "(protocol original)" in out, out
+    assert _row(out, "train_crop")[1:] == ["resize+random-crop+flip", "resize+centre-crop",
+                                           "resize+random-crop+flip"]  # same as the original
+    assert _row(out, "size")[1:] == ["56", "112", "–"] and "size 48 → 56" in out
+    assert _row(out, "weight_decay")[1] == "0.0005" and _row(out, "lr")[1:2] == ["0.001"]
+    # the synthetic classes name a direction: without --flip the run does not flip
+    rc, out = _ft_explain(tiny_synth, clip_ckpt, tmp_path / "ft")
+    assert _row(out, "train_crop")[1:] == ["resize+random-crop", "resize+centre-crop",
+                                           "resize+random-crop+flip", "≠"]
+    assert not (tmp_path / "ft").exists()
+    # bad input: one line, exit 2, before anything
+    rc, out = _ft_explain(tiny_synth, clip_ckpt, tmp_path / "ft", "--size", "0")
+    assert rc == 2 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
+    rc, out = _run("finetune", "--checkpoint", tmp_path / "none.pt", "--explain")
+    assert rc == 2 and "none.pt" in out and "Traceback" not in out, out
+
+
 @pytest.mark.slow
 def test_commands_record_the_paper_options(tiny_synth, tmp_path):
     rc, out = _run("pretrain", "--task", "rotnet", "--arch", "squeezenet", "--data",

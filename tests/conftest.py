@@ -43,23 +43,33 @@ def make_video(tmp_path_factory):
     return _make
 
 
-def _has_gpu() -> bool:
+def _gpu_state() -> tuple[bool, bool]:
+    """(a CUDA GPU is usable, NVDEC is usable too): what ``--device auto`` resolves (G9: CUDA
+    without NVDEC is a GPU for the CUDA-only tests, not for the decoding ones)."""
     try:
         import torch
 
-        return torch.cuda.is_available()
+        if not torch.cuda.is_available():
+            return False, False
+        from dalivssl.devices import resolve_device
+
+        return True, bool(resolve_device("auto").is_gpu)
     except Exception:  # pragma: no cover
-        return False
+        return False, False
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU-marked tests run only where a CUDA GPU exists."""
-    if _has_gpu():
+    """GPU-marked tests run only where a CUDA GPU exists; those that decode on the GPU need
+    NVDEC as well, unless they are also marked ``cuda_only`` (CuPy, GPU noise, backbones)."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    cuda, nvdec = _gpu_state()
+    for item in gpu:
+        if not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        elif not nvdec and "cuda_only" not in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs NVDEC (CUDA without NVDEC here)"))
 
 
 @pytest.fixture(scope="session")

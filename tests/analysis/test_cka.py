@@ -233,6 +233,7 @@ def test_minibatch_rejects_mismatched_batches():
 
 # ------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
+@pytest.mark.cuda_only
 def test_cupy_matches_numpy():
     import cupy as cp
 
@@ -416,6 +417,7 @@ def test_cka_cli_end_to_end(tmp_path, tiny_synth):
 
 
 @pytest.mark.gpu
+@pytest.mark.cuda_only
 def test_cka_map_gpu_matches_cpu(monkeypatch):
     import torch
 

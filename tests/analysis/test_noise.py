@@ -177,6 +177,7 @@ def test_import_is_cheap():
 
 
 @pytest.mark.gpu
+@pytest.mark.cuda_only
 def test_corrupt_on_gpu_matches_cpu_statistics():
     for kind in NOISES:
         g = corrupt(RAMP, kind, 3, seed=1, device="gpu")

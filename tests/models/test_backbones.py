@@ -231,6 +231,7 @@ def test_import_models_does_not_import_torchvision():
 
 
 @pytest.mark.gpu
+@pytest.mark.cuda_only
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_backward_on_cuda_at_benchmark_size(name):
     torch.manual_seed(0)

@@ -93,14 +93,11 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
 
     torch.set_num_threads(cfg.threads)
     fdata = resolve_data(cfg.data, cfg.test_data)  # bad manifests fail first, before any loading
-    from dalivssl.data.manifest import shared_videos
+    from dalivssl.data.manifest import overlap_warning
 
-    shared = shared_videos(fdata.train, fdata.test)
-    if shared:
-        console.print(f"[yellow]warning: {len(shared)} of the {len(fdata.test)} test videos "
-                      f"({fdata.test_path}) are training videos too ({fdata.train_path}), e.g. "
-                      f"{shared[0].name}: the test accuracy will overstate[/yellow]",
-                      highlight=False)
+    warn = overlap_warning(fdata.train, fdata.test, fdata.train_path, fdata.test_path)
+    if warn:
+        console.print(f"[yellow]{warn}[/yellow]", highlight=False)
     parent, ckpt = None, None
     if checkpoint:
         from dalivssl.engine.checkpoint import load_checkpoint

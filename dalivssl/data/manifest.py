@@ -160,6 +160,17 @@ def shared_videos(a: Manifest, b: Manifest) -> list[Path]:
     return sorted({p for p in (b.abspath(r).resolve() for r in b) if p in ours})
 
 
+def overlap_warning(train: Manifest, test: Manifest, train_path, test_path,
+                    what: str = "test accuracy") -> str | None:
+    """One warning line when ``test`` uses videos of ``train`` (:func:`shared_videos`): the
+    ``what`` then overstates; None when they are disjoint."""
+    shared = shared_videos(train, test)
+    if not shared:
+        return None
+    return (f"warning: {len(shared)} of the {len(test)} test videos ({test_path}) are training "
+            f"videos too ({train_path}), e.g. {shared[0].name}: the {what} will overstate")
+
+
 def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     """Write ``manifest`` as JSON lines, atomically (temp file + rename)."""
     path = Path(path)

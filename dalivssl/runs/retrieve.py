@@ -40,7 +40,7 @@ def prepare(cfg: RetrieveConfig):
 
     from dalivssl import record as rec
     from dalivssl.console import stderr_console
-    from dalivssl.data.manifest import load_manifest
+    from dalivssl.data.manifest import load_manifest, overlap_warning
     from dalivssl.engine.features import check_input_size
 
     cfg = cfg.check()
@@ -51,6 +51,10 @@ def prepare(cfg: RetrieveConfig):
         paths = ensure_default_dataset()
         train, test = str(paths["train"]), str(paths["test"])
     manifests = {"train": load_manifest(train), "test": load_manifest(test)}  # before weights
+    warn = overlap_warning(manifests["train"], manifests["test"], train, test,
+                           "retrieval accuracy (a query finds itself)")
+    if warn:
+        stderr_console().print(f"[yellow]{warn}[/yellow]", highlight=False)
     torch.set_num_threads(cfg.threads)
     parent = None
     if cfg.checkpoint:

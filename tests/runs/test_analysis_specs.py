@@ -206,3 +206,19 @@ def test_retrieve_resume_leaves_the_result_or_refuses_other_settings(runs, tmp_p
     rc, err = _main(capsys, *[a if a != "1,5" else "1,10" for a in argv])
     assert rc == 2 and "cannot resume with other settings (topk: [1, 5] → [1, 10])" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_retrieve_warns_when_queries_are_gallery_videos(tiny_synth, capsys):
+    """Review t3 #57 for retrieval: a query set that is the gallery finds itself at top-1."""
+    from dalivssl.config import RetrieveConfig
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.runs.retrieve import prepare
+
+    train, test = str(tiny_synth["train"]), str(tiny_synth["test"])
+    prepare(RetrieveConfig(random_init=True, arch="squeezenet", train=train, test=train))
+    n = len(load_manifest(train))
+    err = capsys.readouterr().err
+    assert f"warning: {n} of the {n} test videos ({train}) are training videos too" in err
+    assert "retrieval accuracy (a query finds itself) will overstate" in err
+    prepare(RetrieveConfig(random_init=True, arch="squeezenet", train=train, test=test))
+    assert "training videos too" not in capsys.readouterr().err  # disjoint splits: no word

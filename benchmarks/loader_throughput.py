@@ -36,6 +36,15 @@ import click
 from benchmarks.baselines import DECODERS, PlanDataset, peak_rss_mb, torchcodec_missing
 
 UCF_VERSION = "ucf_like_v1"
+# extra DALI rows (--variants): name -> (JSON key, table label, PretextLoader options); each is the
+# default loader with one change, timed in the same interleaved rounds as every other row
+VARIANTS = {
+    "whole-file": ("dali_whole_file", "whole file", {"gop_ranges": False}),
+    "dali-augment": ("dali_augment", "DALI resize+colour", {"cpu_augment": "dali"}),
+    "dali-augment-noaa": ("dali_augment_noaa", "DALI resize, no antialias",
+                          {"cpu_augment": "dali", "antialias": False}),
+    "prefetch-2": ("dali_prefetch_2", "prefetch 2", {"prefetch": 2}),
+}
 MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
 
 
@@ -282,7 +291,8 @@ def _gop_bound(man, plans) -> dict:
 
 
 def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_len, size, workers,
-                  task_options, decoders, log, repeats: int = 3) -> dict:
+                  task_options, decoders, log, repeats: int = 3,
+                  variants=("whole-file",)) -> dict:
     from dalivssl.data.manifest import load_manifest
     from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
@@ -290,8 +300,9 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     man = load_manifest(manifest_path)
     loaders = {key: PretextLoader(task, man, batch_size=batch_size, device=device,
                                   clip_len=clip_len, size=size, seed=0, num_threads=workers,
-                                  gop_ranges=ranges, router=routes, **task_options)
-               for key, ranges in (("dali", True), ("dali_whole_file", False))}
+                                  router=routes, **opts, **task_options)
+               for key, opts in (("dali", {}), *((VARIANTS[v][0], VARIANTS[v][2])
+                                                 for v in variants))}
     loader = loaders["dali"]
     # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses
     t0 = time.perf_counter()
@@ -357,6 +368,7 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
         for key in runs:
             res[key]["of_ceiling"] = res[key]["clips_per_s"] / res["ceiling"]["clips_per_s"]
     res["skipped"] = loader.skipped
+    res["variants"] = {VARIANTS[v][0]: VARIANTS[v][1] for v in variants}
     return res
 
 
@@ -379,7 +391,8 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
                  f"{r['mean_window']:.0f})" if "bound" in r else "")
         dali = r["dali"]
         rows = [(r["dataset"], f"DALI ({device}) GOP ranges", dali, bound)]
-        rows += [("", f"DALI ({device}) whole file", r["dali_whole_file"], "")]
+        rows += [("", f"DALI ({device}) {label}", r[key], "")
+                 for key, label in r.get("variants", {}).items()]
         rows += [("", f"DataLoader+{dec}" if dec != "ceiling" else "ceiling: PyAV decode only, "
                   "GOP ranges", r[dec], "") for dec in decoders]
         for i, (dataset, name, m, extra) in enumerate(rows):
@@ -421,9 +434,12 @@ def _rss(m) -> str:
               help="comma list of built-in datasets (ignored with --data)")
 @click.option("--repeats", default=3, show_default=True,
               help="interleaved rounds per loader; the median is reported")
+@click.option("--variants", default="whole-file", show_default=True,
+              help="extra DALI rows, a comma list of: " + ", ".join(VARIANTS) + " (each is the "
+                   "default loader with one change; '' for none)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos, segment_frames,
-        short_side, datasets, repeats, json_out):
+        short_side, datasets, repeats, variants, json_out):
     """Clips/s of the DALI PretextLoader vs DataLoader + torchcodec / PyAV on the same plans."""
     from rich.console import Console
 
@@ -431,6 +447,12 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
     if not console.is_terminal:  # logs and pipes: a table that fits without wrapping its cells
         console = Console(width=160)
     workers = workers or os.cpu_count() or 1
+    variants = tuple(v.strip() for v in variants.split(",") if v.strip())
+    if set(variants) - set(VARIANTS):
+        from dalivssl.errors import DalivsslError
+
+        raise DalivsslError(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; "
+                            f"valid: {', '.join(VARIANTS)}")
     missing = torchcodec_missing()
     decoders = ([] if missing else ["torchcodec"]) + ["pyav", "ceiling"]
     if missing:
@@ -469,7 +491,8 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
         results = []
         for name, path in sets:
             results.append(bench_dataset(name, path, task, device, batches, batch_size, clip_len,
-                                         size, workers, {}, decoders, console.log, repeats))
+                                         size, workers, {}, decoders, console.log, repeats,
+                                         variants))
         all_results[task] = results
         _print_table(console, task, device, batch_size, clip_len, size, workers, decoders,
                      results)

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import click
 
-from benchmarks.baselines import DECODERS, PlanDataset, peak_rss_mb, torchcodec_missing
+from benchmarks.baselines import (DECODERS, TORCHCODEC_SEEK_MODE, TORCHCODEC_THREADS, PlanDataset,
+                                  peak_rss_mb, torchcodec_missing)
 
 UCF_VERSION = "ucf_like_v1"
 # extra DALI rows (--variants): name -> (JSON key, table label, PretextLoader options); each is the
@@ -507,9 +508,16 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
     note = (f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores "
             f"(a busy machine inflates every figure; compare ratios)")
     console.print(note)
+    if "torchcodec" in decoders:
+        console.print(f"torchcodec: seek_mode={TORCHCODEC_SEEK_MODE!r}, num_ffmpeg_threads="
+                      f"{TORCHCODEC_THREADS}, one get_frames_at per plan")
     out = {"benchmark": "loader", "tasks": tasks, "device": device, "batch_size": batch_size,
            "clip_len": clip_len, "size": size, "workers": workers, "results": all_results,
-           "cross": cross, "machine": note, "torchcodec": missing or "used"}
+           "cross": cross, "machine": note, "torchcodec": missing or "used",
+           "torchcodec_settings": {"seek_mode": TORCHCODEC_SEEK_MODE,
+                                   "num_ffmpeg_threads": TORCHCODEC_THREADS,
+                                   "calls": "one VideoDecoder per video, one get_frames_at per plan"},
+           "variants": list(variants)}
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(out, indent=2, default=float, allow_nan=False))

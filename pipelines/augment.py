@@ -197,6 +197,15 @@ def _gamma(clip, gamma, device: str):
 TORCH_KEYS = frozenset(("crop", "flip") + COLOUR_KEYS)
 
 
+def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """A relative crop box [y0, x0, h, w] on whole pixels of a ``height`` × ``width`` frame:
+    (top, left, h, w), rounded to the nearest pixel, at least one pixel, inside the frame."""
+    y0, x0, h, w = (float(v) for v in box)
+    top, left = int(round(y0 * height)), int(round(x0 * width))
+    return (top, left, max(1, min(height - top, int(round(h * height)))),
+            max(1, min(width - left, int(round(w * width)))))
+
+
 def torch_covers(keys) -> bool:
     """Whether :func:`torch_augment_clip` implements every key of ``keys``."""
     return set(graph_keys(keys)) <= TORCH_KEYS
@@ -221,11 +230,7 @@ def torch_augment_clip(frames, arrays: dict, k: int, out_size: tuple[int, int],
     if extra:
         raise ValueError(f"torch augmentation lacks {sorted(extra)}; use the DALI graph")
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
-    H0, W0 = int(x.shape[1]), int(x.shape[2])
-    y0, x0, h, w = (float(v) for v in arrays["crop"][k])
-    top, left = int(round(y0 * H0)), int(round(x0 * W0))
-    hh = max(1, min(H0 - top, int(round(h * H0))))
-    ww = max(1, min(W0 - left, int(round(w * W0))))
+    top, left, hh, ww = pixel_box(arrays["crop"][k], int(x.shape[1]), int(x.shape[2]))
     if index is not None:  # whole frames first (a memcpy each), then one copy of the crop
         x = x.index_select(0, torch.as_tensor(np.asarray(index), dtype=torch.int64))
     x = x[:, top:top + hh, left:left + ww].contiguous()

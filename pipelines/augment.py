@@ -212,10 +212,11 @@ def torch_covers(keys) -> bool:
 
 
 def torch_augment_clip(frames, arrays: dict, k: int, out_size: tuple[int, int],
-                       contrast: bool = True, index=None):
+                       contrast: bool = True, index=None, rounded: bool = True):
     """:func:`augment_clip` in torch for the CPU backend: uint8 (T, H0, W0, 3) decoded frames
     (``index``: the frames of ``frames`` that form the clip) and row ``k`` of ``param_arrays``
-    -> uint8 (T, out_h, out_w, 3).
+    -> uint8 (T, out_h, out_w, 3); ``rounded=False``: the colour map's float result clamped to
+    [0, 255] without the rounding to uint8 (for a caller that normalises next).
 
     Geometry runs on uint8 before any float conversion (torchvision's uint8 antialiased bilinear
     resize, the filter of DALI's ``fn.resize`` with ``antialias=True``): the crop box is rounded to
@@ -231,8 +232,12 @@ def torch_augment_clip(frames, arrays: dict, k: int, out_size: tuple[int, int],
         raise ValueError(f"torch augmentation lacks {sorted(extra)}; use the DALI graph")
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
     top, left, hh, ww = pixel_box(arrays["crop"][k], int(x.shape[1]), int(x.shape[2]))
-    if index is not None:  # whole frames first (a memcpy each), then one copy of the crop
-        x = x.index_select(0, torch.as_tensor(np.asarray(index), dtype=torch.int64))
+    if index is not None:
+        index = np.asarray(index, np.int64)
+        if index.size and (np.diff(index) == 1).all():  # a run of frames: a view, no copy
+            x = x[int(index[0]):int(index[-1]) + 1]
+        else:  # whole frames (a memcpy each), then one copy of the crop below
+            x = x.index_select(0, torch.from_numpy(index))
     x = x[:, top:top + hh, left:left + ww].contiguous()
     # T 3 h w in channels-last memory: torchvision's vectorised uint8 path
     x = F.resize(x.permute(0, 3, 1, 2), list(out_size), antialias=True).permute(0, 2, 3, 1)
@@ -242,7 +247,9 @@ def torch_augment_clip(frames, arrays: dict, k: int, out_size: tuple[int, int],
         xf = x.float()
         y = xf @ torch.from_numpy(np.asarray(arrays["colour_m"][k], np.float32)).T
         if contrast and "colour_t" in arrays:
-            m = (xf @ torch.tensor(LUMA, dtype=torch.float32)).mean()
+            m = xf.mean(dim=(0, 1, 2)) @ torch.tensor(LUMA, dtype=torch.float32)
             y += torch.from_numpy(np.asarray(arrays["colour_t"][k], np.float32)) * m
-        x = y.round_().clamp_(0, 255).to(torch.uint8)
+        x = y.clamp_(0, 255)
+        if rounded:
+            x = x.round_().to(torch.uint8)
     return x

@@ -218,7 +218,8 @@ def torch_outputs(cfg: GraphConfig, decoded: list, orders: list, params: list,
     def one(j):
         x = torch.from_numpy(decoded[j])
         for g, (a, b, k) in enumerate(bounds):
-            clip = torch_augment_clip(x, params[j], k, cfg.out_size, contrast, orders[j][a:b])
+            clip = torch_augment_clip(x, params[j], k, cfg.out_size, contrast, orders[j][a:b],
+                                      rounded=cfg.normalize is None)
             if cfg.normalize is None:
                 dest(j, g).copy_(clip)
             else:  # FHWC -> CFHW into the batch tensor, then (x - mean) / std in place

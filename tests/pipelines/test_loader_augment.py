@@ -38,26 +38,7 @@ def test_param_arrays_fill_identity_and_build_colour_inputs():
 
 def _run_one(frame: np.ndarray, params: dict, size) -> np.ndarray:
     """Decode-free check: run augment_clip on a single-frame 'clip' through a tiny pipeline."""
-    import nvidia.dali as dali
-    from nvidia.dali import fn, types
-
-    from pipelines.augment import augment_clip
-
-    keys = tuple(params)
-    inputs = graph_inputs(keys)
-    arrays = param_arrays(params, keys, 1)
-    pipe = dali.Pipeline(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
-    with pipe:
-        x = fn.external_source(name="x", dtype=types.UINT8, ndim=4, layout="FHWC")
-        nodes = {n: fn.external_source(name=n, dtype=types.FLOAT if k == "float" else types.INT32,
-                                       ndim=nd) for n, (k, nd) in inputs.items()}
-        pipe.set_outputs(augment_clip(x, nodes, 0, size, "cpu", "contrast" in keys))
-    pipe.build()
-    pipe.feed_input("x", [frame[None]])
-    for n in inputs:
-        pipe.feed_input(n, [arrays[n]])
-    (out,) = pipe.run()
-    return np.array(out[0])[0].astype(np.float64)
+    return _run_clip(frame[None], params, size)[0].astype(np.float64)
 
 
 def test_colour_ops_match_numpy_formulas():

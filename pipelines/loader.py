@@ -103,7 +103,8 @@ class PretextLoader:
     verify without one stops rather than deliver unverified frames. cpu_augment: where a CPU
     run augments: 'auto' (torch on DALI's decoded frames when it implements the plan's keys and
     no noise is asked for: ``pipelines.augment.TORCH_KEYS``; else DALI), 'dali', or 'torch'
-    (``video.GraphConfig``); a GPU run augments in DALI. antialias: DALI's resize filter.
+    (``video.GraphConfig``), on as many threads as DALI's, one torch thread each; a GPU run
+    augments in DALI. antialias: DALI's resize filter.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both

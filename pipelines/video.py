@@ -21,6 +21,10 @@ input), optionally adds noise, and concatenates everything back into one sequenc
   normalised:  float (K, C, T, out_h, out_w) per sample, plus one float (C, N, out_h, out_w)
                output per extra-frame group (fn.crop_mirror_normalize: ImageNet mean/std or
                [0, 1], fused with the FHWC -> CFHW transpose).
+
+On the CPU backend (``GraphConfig.torch_augment``) the graph stops at the decoder: ``run`` hands
+each sample's unique decoded frames to ``torch_outputs``, which slices, augments
+(``augment.torch_augment_clip``) and normalises them into the same outputs.
 """
 from __future__ import annotations
 

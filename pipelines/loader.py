@@ -365,9 +365,14 @@ class PretextLoader:
         out_size = tuple(int(s) for s in getattr(self.sampler, "out_size", None) or
                          (getattr(self.sampler, "size", 112),) * 2)
         extra = tuple((k, int(np.asarray(v).size)) for k, v in plan.extra_frames.items())
-        return GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
-                           graph_keys(plan.params), self.device, self.noise,
-                           None if self.raw else self.normalize, self.cpu_augment, self.antialias)
+        cfg = GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
+                          graph_keys(plan.params), self.device, self.noise,
+                          None if self.raw else self.normalize, self.cpu_augment, self.antialias)
+        try:
+            cfg.torch_augment  # noqa: B018  (cpu_augment='torch' on keys torch lacks)
+        except ValueError as exc:
+            raise LoaderError(f"task {self.task}: {exc}") from None
+        return cfg
 
     def _ensure_pipe(self, cfg):
         from pipelines.video import build_pipeline

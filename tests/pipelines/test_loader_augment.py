@@ -188,3 +188,9 @@ def test_cpu_loader_backends_agree_on_the_same_plans(task, make_video):
                                                                 np.percentile(diff, 50))
     with pytest.raises(LoaderError, match="cpu_augment"):
         PretextLoader(task, man, cpu_augment="numpy", **kw)
+    # rotation is not in the torch path: 'torch' is refused in one line, 'auto' keeps DALI
+    with pytest.raises(LoaderError, match="cannot run keys"):
+        PretextLoader("rotnet", man, cpu_augment="torch", **kw).batch_at(0, 0)
+    ld = PretextLoader("rotnet", man, **kw)
+    ld.batch_at(0, 0)
+    assert not ld._cfg.torch_augment

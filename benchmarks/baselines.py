@@ -56,11 +56,11 @@ def torch_augment(frames, params: dict, k: int, out_size, normalize: str):
     import torch
     import torchvision.transforms.v2.functional as F
 
+    from pipelines.augment import pixel_box
+
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(frames).permute(0, 3, 1, 2)
-    H0, W0 = x.shape[-2:]
-    y0, x0, h, w = (float(v) for v in params.get("crop", [[0, 0, 1, 1]] * (k + 1))[k])
-    x = F.resized_crop(x, int(round(y0 * H0)), int(round(x0 * W0)), max(1, int(round(h * H0))),
-                       max(1, int(round(w * W0))), list(out_size), antialias=True)
+    box = params.get("crop", [[0, 0, 1, 1]] * (k + 1))[k]
+    x = F.resized_crop(x, *pixel_box(box, *x.shape[-2:]), list(out_size), antialias=True)
 
     def p(key, default):
         return float(params[key][k]) if key in params else default

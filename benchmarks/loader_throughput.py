@@ -10,6 +10,10 @@ Datasets (unless --data names a manifest):
   ucf-prepared   the same videos after `dalivssl data prepare`-style preparation (short side 128,
                  segments of --segment-frames frames, GOP 16).
 
+--variants adds DALI rows that each change one loader option (``VARIANTS``: the whole file instead
+of GOP ranges; 'dali-augment', the CPU graph that resizes and colours in DALI, as before torch took
+that over on CPU; without DALI's antialiasing; prefetch depth 2), timed in the same rounds.
+
 Every manifest gets its packet index first (what `dalivssl data index` records; written beside
 the benchmark's own copy of the manifest, never into a cached dataset), so DALI decodes only the
 GOPs a plan needs; the row "DALI whole file" decodes from frame 0 as before, for comparison.
@@ -18,7 +22,8 @@ Reported per loader: clips/s (median of --repeats interleaved rounds, with the s
 frames per delivered frame and per frame of the window (a sample's first to last frame; DALI:
 counted by the loader from its sub-streams; PyAV: counted while decoding after a seek to the
 keyframe before the first needed frame; torchcodec: not exposed), the ratios DALI / baseline on
-clips/s and on CPU time per clip; for DALI also the bound 1 + GOP/window of the issue
+clips/s and on CPU time per clip, every loader as a fraction of the ceiling row (on clips/s, and on
+CPU time per clip, which a shared machine's load disturbs less); for DALI also the bound 1 + GOP/window of the issue
 (``_gop_bound``) and the share of samples that decode at most window + GOP frames. Timings leave out start-up:
 DALI's pipelines are built and the DataLoader's persistent workers have decoded a warm-up round
 before any clock starts; fewer than MIN_TIMED timed batches print a warning. The machine note
@@ -33,9 +38,19 @@ from pathlib import Path
 
 import click
 
-from benchmarks.baselines import DECODERS, PlanDataset, peak_rss_mb, torchcodec_missing
+from benchmarks.baselines import (DECODERS, TORCHCODEC_SEEK_MODE, TORCHCODEC_THREADS, PlanDataset,
+                                  peak_rss_mb, torchcodec_missing)
 
 UCF_VERSION = "ucf_like_v1"
+# extra DALI rows (--variants): name -> (JSON key, table label, PretextLoader options); each is the
+# default loader with one change, timed in the same interleaved rounds as every other row
+VARIANTS = {
+    "whole-file": ("dali_whole_file", "whole file", {"gop_ranges": False}),
+    "dali-augment": ("dali_augment", "DALI resize+colour", {"cpu_augment": "dali"}),
+    "dali-augment-noaa": ("dali_augment_noaa", "DALI resize, no antialias",
+                          {"cpu_augment": "dali", "antialias": False}),
+    "prefetch-2": ("dali_prefetch_2", "prefetch 2", {"prefetch": 2}),
+}
 MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
 
 
@@ -282,7 +297,8 @@ def _gop_bound(man, plans) -> dict:
 
 
 def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_len, size, workers,
-                  task_options, decoders, log, repeats: int = 3) -> dict:
+                  task_options, decoders, log, repeats: int = 3,
+                  variants=("whole-file",)) -> dict:
     from dalivssl.data.manifest import load_manifest
     from dalivssl.data.verify import routes
     from pipelines.loader import PretextLoader
@@ -290,8 +306,9 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     man = load_manifest(manifest_path)
     loaders = {key: PretextLoader(task, man, batch_size=batch_size, device=device,
                                   clip_len=clip_len, size=size, seed=0, num_threads=workers,
-                                  gop_ranges=ranges, router=routes, **task_options)
-               for key, ranges in (("dali", True), ("dali_whole_file", False))}
+                                  router=routes, **opts, **task_options)
+               for key, opts in (("dali", {}), *((VARIANTS[v][0], VARIANTS[v][2])
+                                                 for v in variants))}
     loader = loaders["dali"]
     # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses
     t0 = time.perf_counter()
@@ -356,7 +373,11 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     if "ceiling" in res:  # every loader as a fraction of the decode-only ceiling
         for key in runs:
             res[key]["of_ceiling"] = res[key]["clips_per_s"] / res["ceiling"]["clips_per_s"]
+            # the same on CPU time per clip: steadier than clips/s on a shared, busy machine
+            res[key]["of_ceiling_cpu"] = (res["ceiling"]["cpu_ms_per_clip"]
+                                          / res[key]["cpu_ms_per_clip"])
     res["skipped"] = loader.skipped
+    res["variants"] = {VARIANTS[v][0]: VARIANTS[v][1] for v in variants}
     return res
 
 
@@ -368,7 +389,7 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
                         f"clip {clip_len}, size {size}, {workers} workers/threads")
     for col in ("dataset", "loader", "clips/s", "spread", "CPU ms/clip", "decoded/delivered",
                 "decoded/window", "DALI × (clips/s)", "DALI × (CPU/clip)", "of ceiling",
-                "peak RSS MiB (main / workers)"):
+                "of ceiling (CPU/clip)", "peak RSS MiB (main / workers)"):
         table.add_column(col, justify="right" if col not in ("dataset", "loader") else "left")
 
     def ratio(v):
@@ -379,7 +400,8 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
                  f"{r['mean_window']:.0f})" if "bound" in r else "")
         dali = r["dali"]
         rows = [(r["dataset"], f"DALI ({device}) GOP ranges", dali, bound)]
-        rows += [("", f"DALI ({device}) whole file", r["dali_whole_file"], "")]
+        rows += [("", f"DALI ({device}) {label}", r[key], "")
+                 for key, label in r.get("variants", {}).items()]
         rows += [("", f"DataLoader+{dec}" if dec != "ceiling" else "ceiling: PyAV decode only, "
                   "GOP ranges", r[dec], "") for dec in decoders]
         for i, (dataset, name, m, extra) in enumerate(rows):
@@ -388,7 +410,8 @@ def _print_table(console, task, device, batch_size, clip_len, size, workers, dec
             table.add_row(dataset, name, f"{m['clips_per_s']:.1f}", f"{m['spread']:.0%}",
                           f"{m['cpu_ms_per_clip']:.0f}", ratio(m["decoded_per_delivered"]),
                           ratio(m["decoded_per_window"]) + extra, times, cpu,
-                          ratio(m.get("of_ceiling")), _rss(m.get("peak_rss_mb")))
+                          ratio(m.get("of_ceiling")), ratio(m.get("of_ceiling_cpu")),
+                          _rss(m.get("peak_rss_mb")))
     console.print(table)
 
 
@@ -421,9 +444,12 @@ def _rss(m) -> str:
               help="comma list of built-in datasets (ignored with --data)")
 @click.option("--repeats", default=3, show_default=True,
               help="interleaved rounds per loader; the median is reported")
+@click.option("--variants", default="whole-file", show_default=True,
+              help="extra DALI rows, a comma list of: " + ", ".join(VARIANTS) + " (each is the "
+                   "default loader with one change; '' for none)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos, segment_frames,
-        short_side, datasets, repeats, json_out):
+        short_side, datasets, repeats, variants, json_out):
     """Clips/s of the DALI PretextLoader vs DataLoader + torchcodec / PyAV on the same plans."""
     from rich.console import Console
 
@@ -431,6 +457,12 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
     if not console.is_terminal:  # logs and pipes: a table that fits without wrapping its cells
         console = Console(width=160)
     workers = workers or os.cpu_count() or 1
+    variants = tuple(v.strip() for v in variants.split(",") if v.strip())
+    if set(variants) - set(VARIANTS):
+        from dalivssl.errors import DalivsslError
+
+        raise DalivsslError(f"unknown variant(s) {sorted(set(variants) - set(VARIANTS))}; "
+                            f"valid: {', '.join(VARIANTS)}")
     missing = torchcodec_missing()
     decoders = ([] if missing else ["torchcodec"]) + ["pyav", "ceiling"]
     if missing:
@@ -469,7 +501,8 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
         results = []
         for name, path in sets:
             results.append(bench_dataset(name, path, task, device, batches, batch_size, clip_len,
-                                         size, workers, {}, decoders, console.log, repeats))
+                                         size, workers, {}, decoders, console.log, repeats,
+                                         variants))
         all_results[task] = results
         _print_table(console, task, device, batch_size, clip_len, size, workers, decoders,
                      results)
@@ -484,9 +517,16 @@ def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos
     note = (f"load average {load0:.1f} -> {load1:.1f} on {os.cpu_count()} cores "
             f"(a busy machine inflates every figure; compare ratios)")
     console.print(note)
+    if "torchcodec" in decoders:
+        console.print(f"torchcodec: seek_mode={TORCHCODEC_SEEK_MODE!r}, num_ffmpeg_threads="
+                      f"{TORCHCODEC_THREADS}, one get_frames_at per plan")
     out = {"benchmark": "loader", "tasks": tasks, "device": device, "batch_size": batch_size,
            "clip_len": clip_len, "size": size, "workers": workers, "results": all_results,
-           "cross": cross, "machine": note, "torchcodec": missing or "used"}
+           "cross": cross, "machine": note, "torchcodec": missing or "used",
+           "torchcodec_settings": {"seek_mode": TORCHCODEC_SEEK_MODE,
+                                   "num_ffmpeg_threads": TORCHCODEC_THREADS,
+                                   "calls": "one VideoDecoder per video, one get_frames_at per plan"},
+           "variants": list(variants)}
     if json_out:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(out, indent=2, default=float, allow_nan=False))

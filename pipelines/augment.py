@@ -124,13 +124,14 @@ def param_arrays(params: dict, keys, num_clips: int) -> dict[str, np.ndarray]:
 
 
 def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: str = "cpu",
-                 contrast: bool = True):
+                 contrast: bool = True, antialias: bool = True):
     """Augment one FHWC uint8 clip (a DataNode) with row ``k`` of the per-sample parameters.
 
     clip: uint8 (T, H0, W0, 3) per sample, on ``device`` ('cpu' or 'gpu').
     params: input name (``graph_inputs``) -> external-source DataNode holding the (K, ...) array
     of each sample (CPU). contrast: whether the plans jitter contrast (the colour offset then
-    needs the clip's mean luma). Returns uint8 (T, out_h, out_w, 3).
+    needs the clip's mean luma). antialias: ``fn.resize``'s filter when shrinking. Returns
+    uint8 (T, out_h, out_w, 3).
     """
     from nvidia.dali import fn, types
 
@@ -144,9 +145,9 @@ def augment_clip(clip, params: dict, k: int, out_size: tuple[int, int], device: 
     if crop is not None:
         start = crop[0:2]  # [y0, x0]: roi follows the spatial order of the layout (H, W)
         clip = fn.resize(clip, size=list(out_size), roi_start=start, roi_end=start + crop[2:4],
-                         roi_relative=True, device=device)
+                         roi_relative=True, antialias=antialias, device=device)
     else:
-        clip = fn.resize(clip, size=list(out_size), device=device)
+        clip = fn.resize(clip, size=list(out_size), antialias=antialias, device=device)
     if "flip" in params:
         clip = fn.flip(clip, horizontal=row("flip"), device=device)
     if "angle" in params:
@@ -187,3 +188,68 @@ def _gamma(clip, gamma, device: str):
 
     xf = fn.cast(clip, dtype=types.FLOAT, device=device) * (1.0 / 255.0)
     return fn.cast(dmath.pow(xf, gamma) * 255.0, dtype=types.UINT8, device=device)
+
+
+# ------------------------------------------------------------------------------------------------
+# the same augmentation in torch, for the CPU backend
+
+# keys the torch path implements (the others, and noise, keep the DALI graph)
+TORCH_KEYS = frozenset(("crop", "flip") + COLOUR_KEYS)
+
+
+def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """A relative crop box [y0, x0, h, w] on whole pixels of a ``height`` × ``width`` frame:
+    (top, left, h, w), rounded to the nearest pixel, at least one pixel, inside the frame."""
+    y0, x0, h, w = (float(v) for v in box)
+    top, left = int(round(y0 * height)), int(round(x0 * width))
+    return (top, left, max(1, min(height - top, int(round(h * height)))),
+            max(1, min(width - left, int(round(w * width)))))
+
+
+def torch_covers(keys) -> bool:
+    """Whether :func:`torch_augment_clip` implements every key of ``keys``."""
+    return set(graph_keys(keys)) <= TORCH_KEYS
+
+
+def torch_augment_clip(frames, arrays: dict, k: int, out_size: tuple[int, int],
+                       contrast: bool = True, index=None, rounded: bool = True):
+    """:func:`augment_clip` in torch for the CPU backend: uint8 (T, H0, W0, 3) decoded frames
+    (``index``: the frames of ``frames`` that form the clip) and row ``k`` of ``param_arrays``
+    -> uint8 (T, out_h, out_w, 3); ``rounded=False``: the colour map's float result clamped to
+    [0, 255] without the rounding to uint8 (for a caller that normalises next).
+
+    Geometry runs on uint8 before any float conversion (torchvision's uint8 antialiased bilinear
+    resize, the filter of DALI's ``fn.resize`` with ``antialias=True``): the crop box is rounded to
+    whole source pixels (DALI's roi is fractional, so edges can differ by under a pixel), then the
+    flip, then the fused colour map of :func:`colour_affine` on the model-resolution clip, rounded
+    and saturated to uint8 as DALI's cast does. Keys outside ``TORCH_KEYS`` raise ValueError.
+    """
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    extra = set(arrays) - {"crop", "flip", "colour_m", "colour_t"}
+    if extra:
+        raise ValueError(f"torch augmentation lacks {sorted(extra)}; use the DALI graph")
+    x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.asarray(frames))
+    top, left, hh, ww = pixel_box(arrays["crop"][k], int(x.shape[1]), int(x.shape[2]))
+    if index is not None:
+        index = np.asarray(index, np.int64)
+        if index.size and (np.diff(index) == 1).all():  # a run of frames: a view, no copy
+            x = x[int(index[0]):int(index[-1]) + 1]
+        else:  # whole frames (a memcpy each), then one copy of the crop below
+            x = x.index_select(0, torch.from_numpy(index))
+    x = x[:, top:top + hh, left:left + ww].contiguous()
+    # T 3 h w in channels-last memory: torchvision's vectorised uint8 path
+    x = F.resize(x.permute(0, 3, 1, 2), list(out_size), antialias=True).permute(0, 2, 3, 1)
+    if "flip" in arrays and int(arrays["flip"][k]):
+        x = x.flip(2)
+    if "colour_m" in arrays:
+        xf = x.float()
+        y = xf @ torch.from_numpy(np.asarray(arrays["colour_m"][k], np.float32)).T
+        if contrast and "colour_t" in arrays:
+            m = xf.mean(dim=(0, 1, 2)) @ torch.tensor(LUMA, dtype=torch.float32)
+            y += torch.from_numpy(np.asarray(arrays["colour_t"][k], np.float32)) * m
+        x = y.clamp_(0, 255)
+        if rounded:
+            x = x.round_().to(torch.uint8)
+    return x

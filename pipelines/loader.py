@@ -100,7 +100,11 @@ class PretextLoader:
     decodes bit-identically to FFmpeg), True, or False. router: the verification itself,
     ``(manifest, records, device) -> (routes by class, class of each record)``; the caller passes
     ``dalivssl.data.verify.routes`` (pipelines cannot import dalivssl), and a loader that must
-    verify without one stops rather than deliver unverified frames.
+    verify without one stops rather than deliver unverified frames. cpu_augment: where a CPU
+    run augments: 'auto' (torch on DALI's decoded frames when it implements the plan's keys and
+    no noise is asked for: ``pipelines.augment.TORCH_KEYS``; else DALI), 'dali', or 'torch'
+    (``video.GraphConfig``), on as many threads as DALI's, one torch thread each; a GPU run
+    augments in DALI. antialias: DALI's resize filter.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
@@ -112,7 +116,8 @@ class PretextLoader:
                  return_indices: bool = False, shard: tuple[int, int] = (0, 1),
                  num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
                  noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
-                 verify: bool | str = "auto", router=None, **task_options):
+                 verify: bool | str = "auto", router=None, cpu_augment: str = "auto",
+                 antialias: bool = True, **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -144,6 +149,12 @@ class PretextLoader:
         self.raw = bool(raw)
         self.noise = tuple(noise) if noise is not None else None
         self.prefetch = int(prefetch)
+        from pipelines.video import CPU_AUGMENT
+
+        if cpu_augment not in CPU_AUGMENT:
+            raise LoaderError(f"cpu_augment must be one of {', '.join(CPU_AUGMENT)}, not "
+                              f"{cpu_augment!r}")
+        self.cpu_augment, self.antialias = cpu_augment, bool(antialias)
         self.normalize = getattr(self.sampler, "normalize", "imagenet")
         if self.normalize not in NORMALIZE_MODES:
             raise LoaderError(f"sampler {self.task}: unknown normalisation {self.normalize!r}; "
@@ -360,9 +371,14 @@ class PretextLoader:
         out_size = tuple(int(s) for s in getattr(self.sampler, "out_size", None) or
                          (getattr(self.sampler, "size", 112),) * 2)
         extra = tuple((k, int(np.asarray(v).size)) for k, v in plan.extra_frames.items())
-        return GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
-                           graph_keys(plan.params), self.device, self.noise,
-                           None if self.raw else self.normalize)
+        cfg = GraphConfig(plan.num_clips, plan.clip_len, extra, out_size,
+                          graph_keys(plan.params), self.device, self.noise,
+                          None if self.raw else self.normalize, self.cpu_augment, self.antialias)
+        try:
+            cfg.torch_augment  # noqa: B018  (cpu_augment='torch' on keys torch lacks)
+        except ValueError as exc:
+            raise LoaderError(f"task {self.task}: {exc}") from None
+        return cfg
 
     def _ensure_pipe(self, cfg):
         from pipelines.video import build_pipeline
@@ -419,7 +435,8 @@ class PretextLoader:
         """The CPU-decoder twin of the GPU pipeline (same graph and seed) for routed classes."""
         from pipelines.video import build_pipeline
 
-        ccfg = type(cfg)(**{**cfg.__dict__, "device": "cpu"})
+        # DALI augments here too: the routed samples look like the GPU-decoded ones beside them
+        ccfg = type(cfg)(**{**cfg.__dict__, "device": "cpu", "cpu_augment": "dali"})
         if self._cpu is None or self._cpu[0] != ccfg:
             self._cpu = (ccfg, build_pipeline(ccfg, self.batch_size, self.num_threads, None,
                                               seed=self.seed + 7919 * self.rank))

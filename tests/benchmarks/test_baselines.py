@@ -37,6 +37,35 @@ def test_baseline_delivers_the_plans_frame_indices(decoder, make_video):
     assert [_nearest(f, ref) for f in frames] == INDICES
 
 
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_dataloader_item_holds_the_plans_frames_and_flip(decoder, make_video):
+    """What the bench's DataLoader gets per plan (PlanDataset: decode + torch_augment): clip k
+    holds plan.frames[k] in plan order (shuffled, repeated), flipped where the plan says so, as
+    float K×C×T×H×W in [0, 1]; a second decoder setting is stated in the module."""
+    import torch
+
+    from benchmarks.baselines import (TORCHCODEC_SEEK_MODE, TORCHCODEC_THREADS, PlanDataset)
+    from pipelines.types import ClipPlan
+
+    if decoder == "torchcodec" and torchcodec_missing():
+        pytest.skip(torchcodec_missing())
+    assert TORCHCODEC_SEEK_MODE in ("exact", "approximate") and TORCHCODEC_THREADS >= 1
+    path = make_video(num_frames=48, size=(32, 48), gop=16, seed=9)
+    ref = _all_frames(path)
+    frames = np.array([[30, 2, 2, 17], [41, 40, 5, 6]])
+    plan = ClipPlan(frames, 3, {"crop": np.tile(np.float32([0, 0, 1, 1]), (2, 1)),
+                                "flip": np.array([0, 1], np.int32)})
+    clips, label, _ = PlanDataset([(str(path), plan)], (32, 48), "unit", decoder)[0]
+    assert clips.shape == (2, 3, 4, 32, 48) and clips.dtype == torch.float32 and int(label) == 3
+    got = (clips.permute(0, 2, 3, 4, 1).numpy() * 255).round().astype(np.uint8)
+    flipped = got[1].copy()
+    got[1] = got[1][:, :, ::-1]  # undo the plan's flip of clip 1
+    assert [[_nearest(f, ref) for f in clip] for clip in got] == frames.tolist()
+    want = ref[frames].astype(np.int16)
+    close = np.abs(got.astype(np.int16) - want).mean()
+    assert close < 3 and np.abs(flipped.astype(np.int16) - want[1]).mean() > 10 + close
+
+
 def test_ceiling_decodes_exactly_the_ranges(make_video):
     path = make_video(num_frames=48, size=(32, 48), gop=16, seed=8)
     assert ceiling_decode(str(path), [(16, 20)]) == 4

@@ -89,3 +89,30 @@ def gpu_synth(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("synth128")
     return generate(out, videos=8, classes=2, frames=150, size=GPU_MIN_SIZE, seed=0)
+
+
+def run_cli(*args) -> "subprocess.CompletedProcess":
+    """``python -m dalivssl ARGS`` in this process (no second interpreter, torch and DALI import):
+    its exit code, stdout and stderr as a ``CompletedProcess``. An exception that would have
+    escaped ``main`` prints its traceback on stderr and gives exit code 1, as the interpreter
+    does. Tests about signals, kills, locks held by another process or torchrun keep a real
+    subprocess."""
+    import contextlib
+    import io
+    import subprocess
+    import traceback
+
+    from dalivssl.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception:  # noqa: BLE001 - what the interpreter prints for an uncaught error
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess(["dalivssl", *argv], code, out.getvalue(), err.getvalue())

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,9 +26,10 @@ def _env(**kw):
     return env
 
 
-def _dalivssl(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "dalivssl", *map(str, args)], env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def _dalivssl(*args):
+    """A command in this process (tests/conftest.py: run_cli); the lock test starts the run that
+    holds the dir as a real second process."""
+    return run_cli(*args)
 
 
 def _pretrain_args(data, out, *extra):

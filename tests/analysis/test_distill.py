@@ -316,11 +316,15 @@ def test_distill_resumes_after_kill_to_identical_weights(tmp_path, tiny_synth, t
     t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
     args = ["distill", "--teacher", str(t1), "--student", ARCH, "--data",
             str(tiny_synth["train"]), "--eval-data", str(tiny_synth["test"]), "--batch-size", "3",
-            "--max-steps", "5", "--epochs", "3", "--set", "ckpt_every=2", "--no-progress"]
+            "--max-steps", "5", "--epochs", "3", "--set", "ckpt_every=2", "--no-progress",
+            "--threads", "1"]  # one thread in this process and in the killed one: same sums
 
     def run(out, *extra, kill=None):
-        env = {**os.environ, **({KILL_ENV: str(kill)} if kill else {})}
-        env.pop(KILL_ENV, None) if not kill else None
+        if not kill:  # in this process (tests/conftest.py); only the killed run needs its own
+            from tests.conftest import run_cli
+
+            return run_cli(*args, "--out", out, *extra)
+        env = {**os.environ, KILL_ENV: str(kill)}
         return subprocess.run([sys.executable, "-m", "dalivssl", *args, "--out", str(out),
                                *extra], env=env, capture_output=True, text=True, timeout=300)
 

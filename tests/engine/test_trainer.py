@@ -50,6 +50,15 @@ def _cmd(out, *extra):
             "--set", "ckpt_every=2", "--set", "tensorboard=false", *extra]
 
 
+def _in_process(cmd):
+    """``cmd`` (from :func:`_cmd`) in this process (tests/conftest.py: run_cli): only the run
+    that is killed needs a process of its own."""
+    from tests.conftest import run_cli
+
+    res = run_cli(*cmd[3:])
+    assert res.returncode == 0, res.stderr
+
+
 def _env(**kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **kw}
     env.pop(KILL_ENV, None) if KILL_ENV not in kw else None
@@ -84,14 +93,13 @@ def test_resume_after_kill_is_bitwise_identical(tiny_synth, tmp_path):
     data = str(tiny_synth["train"])
     full, killed = tmp_path / "full", tmp_path / "killed"
     base = ["--data", data, "--max-steps", "7"]
-    subprocess.run(_cmd(full, *base), env=_env(), check=True, capture_output=True, timeout=300)
+    _in_process(_cmd(full, *base))
     # killed by SIGKILL right after step 5 (last checkpoint: step 4), then resumed to 7
     p = subprocess.run(_cmd(killed, *base), env=_env(**{KILL_ENV: "5"}), capture_output=True,
                        timeout=300)
     assert p.returncode == -signal.SIGKILL
     assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] == 4
-    subprocess.run(_cmd(killed, *base, "--resume"), env=_env(), check=True, capture_output=True,
-                   timeout=300)
+    _in_process(_cmd(killed, *base, "--resume"))
     a = torch.load(full / "checkpoint.pt", weights_only=True)
     b = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 7

@@ -4,19 +4,15 @@ errors; recorded in config.yaml / the run's files)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_cli
 
 
 def _run(*args):
-    res = subprocess.run([sys.executable, "-m", "dalivssl", *map(str, args)],
-                         capture_output=True, text=True, cwd=ROOT)
+    res = run_cli(*args)  # in this process (tests/conftest.py)
     return res.returncode, res.stdout + res.stderr
 
 

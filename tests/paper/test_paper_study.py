@@ -4,13 +4,12 @@ epoch), self-CKA, and a tiny paper-protocol study run end to end on CPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from dalivssl.study.spec import expand, load_study, parse_study
+from tests.conftest import run_cli
 from tests.study.conftest import TINY_PRETRAIN, tiny_data, write_study  # noqa: F401
 
 # preset -> (cells, {step: runs}): the paper's grids
@@ -107,8 +106,7 @@ def test_tiny_paper_protocol_study_runs_end_to_end(tiny_data, tmp_path):  # noqa
 
     path = write_study(tmp_path / "paper.yaml", _tiny(tiny_data))
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "dalivssl", "study", "run", path, "--out",
-                          str(out)], capture_output=True, text=True)
+    res = run_cli("study", "run", path, "--out", out)  # in this process; its commands in theirs
     assert res.returncode == 0, res.stdout + res.stderr
     plan = expand(load_study(path))
     assert all(status(out, r) == "done" for r in plan.runs.values())

@@ -15,14 +15,16 @@ import pytest
 from dalivssl.study import results as R
 from dalivssl.study.runner import LOG_FILE, attempts, run_dir, status
 from dalivssl.study.spec import expand, load_study
+from tests.conftest import run_cli
 from tests.study.conftest import study_dict, write_study
 
 pytestmark = pytest.mark.slow
 
 
 def dalivssl(*args, check=True):
-    res = subprocess.run([sys.executable, "-m", "dalivssl", *map(str, args)],
-                         capture_output=True, text=True)
+    """A study in this process (tests/conftest.py: run_cli); its commands run as the study runs
+    them, each in its own process."""
+    res = run_cli(*args)
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res

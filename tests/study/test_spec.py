@@ -3,13 +3,12 @@ one-line validation errors."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 
 from dalivssl.errors import DalivsslError
 from dalivssl.study.spec import expand, load_study, parse_study, preset_names
+from tests.conftest import run_cli
 from tests.study.conftest import study_dict, write_study
 
 HASHED = re.compile(r"^(.*)-[0-9a-f]{6}$")
@@ -155,8 +154,7 @@ def test_validation_errors(tiny_data, change, message):
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, tiny_data):
     path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, pretrain={"lr": 0.1}))
-    res = subprocess.run([sys.executable, "-m", "dalivssl", "study", "plan", path],
-                         capture_output=True, text=True)
+    res = run_cli("study", "plan", path)  # in this process (tests/conftest.py)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0
     assert "bad.yaml: pretrain: unknown option" in res.stderr

@@ -25,45 +25,63 @@ def _half(name, rank):
     return fake_batch(name, b=B, t=4, s=16, seed=rank)
 
 
-def _worker(rank, init, name, out):
+NAMES = ["cvrl", "rotnet", "vcop"]
+
+
+def _worker(rank, init, names, out):
+    """One rank: every task in ``names`` in turn, in one process group (one spawn for all)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    try:
+        for name in names:
+            _one_task(rank, name, f"{out}.{name}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _one_task(rank, name, out):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from dalivssl.engine.syncbn import convert_sync_batchnorm, count_sync_batchnorm
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
-    try:
-        model = _model(name)
-        params = list(model.parameters())
-        if TASKS[name].SPEC.get("sync_bn"):  # the trainer's hook, where it wraps the model in DDP
-            convert_sync_batchnorm(model)
-        assert list(model.parameters()) == params  # the optimiser's references stay valid
-        net = DDP(model)
-        batch = _half(name, rank)  # each rank its own half of the global batch
-        conv, bn = model.backbone.net[0], model.backbone.net[1]
-        with torch.no_grad():
-            first_bn = bn(conv(batch.clips[:, 0]))
-        net(batch)["loss"].backward()
-        torch.save({"n_sync": count_sync_batchnorm(model), "bn": first_bn,
-                    "cls": type(bn).__name__, "running_mean": bn.running_mean.clone(),
-                    "grads": [p.grad for p in model.parameters()]}, f"{out}.{rank}")
-        dist.barrier()  # both ranks done with every collective before the group is torn down
-    finally:
-        dist.destroy_process_group()
+    model = _model(name)
+    params = list(model.parameters())
+    if TASKS[name].SPEC.get("sync_bn"):  # the trainer's hook, where it wraps the model in DDP
+        convert_sync_batchnorm(model)
+    assert list(model.parameters()) == params  # the optimiser's references stay valid
+    net = DDP(model)
+    batch = _half(name, rank)  # each rank its own half of the global batch
+    conv, bn = model.backbone.net[0], model.backbone.net[1]
+    with torch.no_grad():
+        first_bn = bn(conv(batch.clips[:, 0]))
+    net(batch)["loss"].backward()
+    torch.save({"n_sync": count_sync_batchnorm(model), "bn": first_bn,
+                "cls": type(bn).__name__, "running_mean": bn.running_mean.clone(),
+                "grads": [p.grad for p in model.parameters()]}, f"{out}.{rank}")
+    dist.barrier()  # both ranks done with every collective before the next task
 
 
-@pytest.mark.parametrize("name", ["cvrl", "rotnet", "vcop"])
-def test_sync_bn_in_two_process_cpu_ddp(name, tmp_path):
+@pytest.fixture(scope="module")
+def ddp_out(tmp_path_factory):
+    """The two gloo processes, spawned once for every task of the test below (a spawn imports
+    torch twice); returns the prefix of their result files."""
+    import torch.multiprocessing as mp
+
+    tmp = tmp_path_factory.mktemp("sync_bn")
+    out = tmp / "out"
+    mp.spawn(_worker, args=(f"file://{tmp / 'pg'}", NAMES, str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sync_bn_in_two_process_cpu_ddp(name, ddp_out):
     """Two gloo processes, each with half of the batch: for CVRL and RotNet every BN layer is
     synchronised, its output is BN over both halves, and the averaged gradients equal one
     process's on the whole batch (VCOP: per-process BN, as its original)."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "out"
-    mp.spawn(_worker, args=(f"file://{tmp_path / 'pg'}", name, str(out)), nprocs=WORLD,
-             join=True)
-    res = [torch.load(f"{out}.{r}", weights_only=True) for r in range(WORLD)]
+    res = [torch.load(f"{ddp_out}.{name}.{r}", weights_only=True) for r in range(WORLD)]
     assert TASKS[name].SPEC.get("sync_bn", False) == (name in SYNCED)
     # one process on the whole batch (plain BN over 2B clips)
     ref = _model(name)

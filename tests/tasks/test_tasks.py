@@ -345,7 +345,9 @@ def test_loss_falls_real_backbone(name, arch, t, s):
                               weight_decay=spec["weight_decay"])
     else:
         opt = torch.optim.Adam(params, lr=1e-3)
-    for i in range(12):
+    # 6 steps: every task and backbone is below 0.65 × its initial loss by then (TDL on R(2+1)D
+    # the last, 0.65; 12 steps, as before, add nothing but time)
+    for i in range(6):
         out = TASKS[name].step(bb, head, fake_batch(name, b=4, t=t, s=s,
                                                     seed=(i if name in MOCO else 999)))
         opt.zero_grad()

@@ -4,10 +4,6 @@ falls. CPU sizes: 16×64² clips (8×4×4 tubelets), mask ratio 0.75 → 4 visib
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +17,6 @@ from pipelines.samplers.videomae import SCALES, multiscale_crop_box
 from pipelines.types import IMAGENET_MEAN, IMAGENET_STD, Batch, sample_rng
 from tests.tasks.fakes import tiny_vit
 
-ROOT = Path(__file__).resolve().parents[2]
 REC = VideoRecord("a/long.webm", num_frames=300, label=0, width=320, height=240)
 
 
@@ -240,16 +235,19 @@ def test_optimiser_policy_declared_by_the_task():
 
 
 # ---------------------------------------------------------------------------------- end to end
-def test_short_cpu_pretrain_loss_falls(tiny_synth, tmp_path):
-    """``dalivssl pretrain --task videomae --arch vit_s`` at 16×64², batch 2, 8 steps."""
+def test_short_cpu_pretrain_loss_falls(tiny_synth, tmp_path, monkeypatch):
+    """``dalivssl pretrain --task videomae --arch vit_s`` at 16×64², batch 2, 8 steps (in this
+    process: tests/conftest.py run_cli)."""
+    from tests.conftest import run_cli
+
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "dalivssl", "pretrain", "--task", "videomae", "--arch", "vit_s",
-           "--data", str(tiny_synth["train"]), "--size", "64", "--batch-size", "2",
-           "--max-steps", "8", "--threads", "1", "--out", str(out), "--no-progress",
-           "--set", "sampler.mask_ratio=0.75", "--set", "lr=1e-3", "--set", "log_every=1",
-           "--set", "tensorboard=false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, timeout=300)
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("pretrain", "--task", "videomae", "--arch", "vit_s", "--data",
+                  tiny_synth["train"], "--size", "64", "--batch-size", "2", "--max-steps", "8",
+                  "--threads", "1", "--out", out, "--no-progress", "--set",
+                  "sampler.mask_ratio=0.75", "--set", "lr=1e-3", "--set", "log_every=1",
+                  "--set", "tensorboard=false")
+    assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 8
     losses = [float(r.split(",")[2]) for r in (out / "log.csv").read_text().splitlines()[1:]]

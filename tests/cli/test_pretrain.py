@@ -57,6 +57,8 @@ def test_unwritable_out_dir(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", "--data", str(tiny_synth["train"]), "--out",
                       str(blocker / "run")], capsys)
     assert code == 2 and "output directory is not writable" in err and str(blocker) in err
+    assert err.strip() == (f"error: {blocker / 'run'}: output directory is not writable "
+                           f"({blocker} is a file, not a directory)")  # review t3 #18: "(File exists)"
 
 
 def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):

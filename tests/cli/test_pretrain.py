@@ -72,6 +72,11 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
                      capsys)
     assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+    for item, msg in [("sampler.num_rotations=0", "rotnet sampler: num_rotations must be 2, 3 or 4, got 0"),
+                      ("sampler.foo=1", "rotnet sampler: unknown option(s) foo; valid: ")]:
+        code, err = _run(["pretrain", *data, "--task", "rotnet", "--clip-len", "8", "--arch", "r21d",
+                          "--set", item], capsys)  # review t3 #18: not blamed on the dataset
+        assert code == 2 and err.startswith(f"error: {msg}") and err.count("\n") == 1, err
     code, err = _run(["pretrain", *data[:2], "--out", str(tmp_path / "small"), "--size", "16"],
                      capsys)
     # the arch's declared minimum, checked before anything is built or written

@@ -72,6 +72,20 @@ def test_bad_input_fails_before_the_run_dir_exists(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_run_failing_before_writing_leaves_no_empty_dir(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")  # review t3 #17: clean error, but an empty out dir was left
+    with pytest.raises(DalivsslError, match="bad.jsonl"):
+        pretrain(_cfg(tiny_synth, tmp_path / "new" / "run", data=str(bad)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # run and its parent gone
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, even empty
+    with pytest.raises(DalivsslError, match="bad.jsonl"):
+        pretrain(_cfg(tiny_synth, tmp_path / "mine", data=str(bad)))
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_every_registered_spec_loads():
     from dalivssl.runs import SPECS, spec
 

@@ -86,6 +86,20 @@ def test_a_run_failing_before_writing_leaves_no_empty_dir(tiny_synth, tmp_path):
     assert (tmp_path / "mine").is_dir()
 
 
+def test_summary_after_resume_covers_the_whole_run(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    # 10 steps: the first / last loss are means over 2 steps; steps 1-2 see the same lr whether
+    # the run was planned for 6 or 10 steps (milestones 1/3, 2/3)
+    full = pretrain(_cfg(tiny_synth, tmp_path / "full", max_steps=10, tensorboard=False))
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_synth, run, max_steps=6, tensorboard=False))
+    resumed = pretrain(_cfg(tiny_synth, run, max_steps=10, tensorboard=False), resume=True)
+    # review t3 #20: "loss first→last" covered only the resumed part (steps 7-10)
+    assert resumed["steps"] == 10 and resumed["first_loss"] == full["first_loss"]
+    assert json.loads((run / "summary.json").read_text())["first_loss"] == full["first_loss"]
+
+
 def test_every_registered_spec_loads():
     from dalivssl.runs import SPECS, spec
 

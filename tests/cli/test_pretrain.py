@@ -111,6 +111,26 @@ def test_tiny_run_via_main(tmp_path, tiny_synth, capsys):
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
 
 
+def test_short_videos_are_said_on_screen(tmp_path, tiny_synth, capsys):
+    import json
+
+    out = tmp_path / "run"  # 40-frame videos, 16-frame clips at stride 5: an 80-frame span
+    code, err = _run(["pretrain", "--task", "rotnet", "--arch", "r21d", "--size", "32",
+                      "--batch-size", "2", "--max-steps", "2", "--threads", "1", "--data",
+                      str(tiny_synth["train"]), "--out", str(out), "--set", "tensorboard=false",
+                      "--set", "sampler.strides=[5]", "--no-progress"], capsys)
+    assert code == 0, err
+    from dalivssl.data.manifest import load_manifest
+
+    short = json.loads((out / "summary.json").read_text())["short_videos"]
+    assert short >= 4  # at least the 2 steps × batch 2 used, each too short (prefetch plans more)
+    total = len(load_manifest(tiny_synth["train"]).records)
+    warn = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warn == [f"warning: {short} of {total} videos are shorter than a 16-frame clip's span, so "
+                    "their clips repeat frames (looped or padded); lower --clip-len or use longer "
+                    "videos"], err
+
+
 def test_help_is_fast_and_lazy():
     code = ("import sys; from dalivssl.cli import main\n"
             "try: main(['pretrain', '--help'])\nexcept SystemExit: pass\n"

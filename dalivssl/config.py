@@ -533,8 +533,9 @@ def resolve(cls, yaml_path=None, flags: dict | None = None, sets=None):
     """defaults < YAML < flags (None values ignored) < --set."""
     cfg = cls()
     if yaml_path:
+        data = load_yaml(yaml_path)  # its errors name the file already
         try:
-            cfg = from_dict(cls, load_yaml(yaml_path), cfg)
+            cfg = from_dict(cls, data, cfg)
         except DalivsslError as exc:
             raise DalivsslError(f"{yaml_path}: {exc}") from None
     cfg = from_dict(cls, {k: v for k, v in (flags or {}).items() if v is not None}, cfg)

@@ -345,8 +345,9 @@ def check_writable(run_dir) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise DalivsslError(f"{run_dir}: output directory is not writable "
-                            f"({exc.strerror or exc})") from None
+        files = [p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()]
+        why = f"{files[0]} is a file, not a directory" if files else exc.strerror or exc
+        raise DalivsslError(f"{run_dir}: output directory is not writable ({why})") from None
     return run_dir
 
 

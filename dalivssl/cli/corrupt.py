@@ -41,6 +41,9 @@ def _fps(path: Path) -> float:
 def corrupt(in_path, out_path, noise, severity, constants, rounding, seed, codec, device):
     """Decode IN, add NOISE at SEVERITY to every frame independently, write OUT.
 
+    OUT is re-encoded with a lossy codec (vp9, vp8, mjpeg, h264, mpeg4): the encoder removes part
+    of the noise, so the report gives both the noise std added and the one measured in OUT.
+
     A truncated or damaged IN is refused (its missing frames would silently be left out)."""
     from dalivssl.errors import DalivsslError, VideoError
 
@@ -83,6 +86,15 @@ def corrupt(in_path, out_path, noise, severity, constants, rounding, seed, codec
         except Exception as exc:
             raise DalivsslError(f"{out_path}: cannot write {codec} video "
                                 f"({str(exc).splitlines()[0][:120] or type(exc).__name__})") from None
-    diff = noisy.astype("float32") - frames
+    added = float((noisy.astype("float32") - frames).std())
+    try:  # what the written (lossily re-encoded) file holds, not what went into the encoder
+        written = decode_frames(out_path)
+        kept = (f"{float((written.astype('float32') - frames).std()):.1f} in the written file"
+                if written.shape == frames.shape else
+                f"the written file decodes to {written.shape}, not {frames.shape}")
+    except Exception as exc:
+        kept = f"the written file cannot be read back ({str(exc).splitlines()[0][:80]})"
     console.print(f"wrote {out_path}: {len(noisy)} frames {noisy.shape[2]}x{noisy.shape[1]}, "
-                  f"{noise} s{severity} ({constants}), noise std {float(diff.std()):.1f} levels")
+                  f"{noise} s{severity} ({constants}), noise std {added:.1f} levels added, "
+                  f"{kept} ({codec} is lossy: the encoder removes part of the noise)",
+                  highlight=False, soft_wrap=True)

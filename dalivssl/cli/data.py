@@ -101,6 +101,12 @@ def subset(manifest, sizes, seed, split_name, output):
 
     m = load_manifest(manifest)
     if split_name:
+        splits = sorted({r.split for r in m})
+        if split_name not in splits:
+            from dalivssl.errors import DalivsslError
+
+            raise DalivsslError(f"{manifest}: no video in split {split_name!r}; "
+                                f"its splits: {', '.join(splits)}")
         m = m.split(split_name)
     for n, sub in nested_subsets(m, sizes, seed).items():
         path = save_manifest(sub, output / f"subset_{n}.jsonl")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,22 @@ def save_checkpoint(path, **fields) -> Path:
     return path
 
 
+def _unreadable_reason(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in words: empty, truncated zip, refused content or not PyTorch."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
+    if head == b"PK\x03\x04":  # torch.save writes a zip archive
+        if not zipfile.is_zipfile(path):
+            return "a PyTorch zip archive that is truncated or damaged; save or copy it again"
+        return f"a PyTorch file a weights-only load refuses: {first}"
+    if head[:1] == b"\x80":  # pickle: torch's legacy format
+        return f"a legacy PyTorch file that cannot be read: {first}"
+    return f"not a PyTorch checkpoint file; it starts with {head!r}"
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Read a dalivssl checkpoint; DalivsslError if missing, unreadable or not ours."""
     path = Path(path)
@@ -85,8 +102,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DalivsslError(f"{path}: not a readable dalivssl checkpoint ({reason[:120]})") from None
+        raise DalivsslError(f"{path}: not a readable dalivssl checkpoint "
+                            f"({_unreadable_reason(path, exc)})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
         raise DalivsslError(f"{path}: not a dalivssl checkpoint (missing {', '.join(missing)})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -283,11 +284,12 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         ck.save_checkpoint(path, **fields(final), versions=versions(), step=step,
                            epoch=loader.epoch, optimizer=optimizer.state_dict(),
                            scheduler=scheduler.state_dict(), rng=rng, loader=loader.state_dict(),
-                           final=final)
+                           final=final, losses=torch.tensor(res.losses, dtype=torch.float64))
 
     log = RunLog(run_dir / cfg.log_name, step, cfg.tensorboard) if is_main else None
     kill_at = faults.kill_step()  # the kill/resume tests' hook (engine.faults)
-    res = FitResult(step=step)
+    # a resumed run's summary covers the whole run: the losses before ``start_step`` come back
+    res = FitResult(step=step, losses=_resumed_losses(ckpt_path, step) if is_main else [])
     wait_total = busy_total = window_wait = window_time = 0.0
     window_steps = 0
     t_start = time.perf_counter()
@@ -392,7 +394,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     res.step = step
     res.wall_s = time.perf_counter() - t_start
     res.data_wait = wait_total / max(wait_total + busy_total, 1e-9)
-    res.items_per_s = cfg.items_per_step * len(res.losses) / max(res.wall_s, 1e-9)
+    res.items_per_s = cfg.items_per_step * (step - int(start_step)) / max(res.wall_s, 1e-9)
     if log is not None:
         res.history = list(log.rows)
         log.close()
@@ -407,6 +409,18 @@ def stage_name(epoch: int) -> str:
 def keep_steps(keep_epochs, steps_per_epoch: int) -> dict:
     """{step: epoch} of the kept stages: the end of each epoch in ``keep_epochs``."""
     return {int(e) * int(steps_per_epoch): int(e) for e in keep_epochs}
+
+
+def _resumed_losses(ckpt_path: Path, step: int) -> list:
+    """The per-step losses of steps 1..``step`` stored in the checkpoint a run resumes from
+    (memory-mapped: the weights are not read); [] for a fresh run or an older checkpoint."""
+    if step <= 0 or not ckpt_path.is_file():
+        return []
+    try:
+        stored = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("losses")
+    except Exception:  # unreadable: restore() has already said so, or the summary just starts later
+        return []
+    return stored.tolist() if stored is not None and len(stored) == step else []
 
 
 def loss_summary(losses: list) -> tuple[float, float]:

@@ -139,6 +139,10 @@ def _build(cfg: PretrainConfig, task, dist):
     sampler_opts = opts["sampler"]
     check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
                   reserved=("clip_len", "size", "augment"))
+    try:  # option values (--set/--config) fail here, not blamed on the dataset by the loader
+        SAMPLERS[spec["sampler"]](clip_len=cfg.clip_len, size=cfg.size, **sampler_opts)
+    except (TypeError, ValueError) as exc:
+        raise DalivsslError(str(exc)) from None
     from dalivssl.data.verify import routes
 
     try:

@@ -158,6 +158,7 @@ def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool =
     run_dir = Path(run_dir)
     dist = distributed.setup(dev.name)
     lock = None
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()] if dist.is_main else []
     try:
         if dist.is_main:  # writable, locked, no silent overwrite: before any work
             lock = rec.open_run_dir(run_dir, spec.artifact, resume, overwrite)
@@ -166,7 +167,23 @@ def execute(spec: RunSpec, cfg, run_dir, resume: bool = False, overwrite: bool =
         ctx = RunContext(run_dir=run_dir, device=dev, dist=dist, resume=resume,
                          overwrite=overwrite)
         return spec.run(cfg, ctx, **inputs)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        _remove_empty(made)
+        raise
     finally:
         if lock is not None:
             lock.release()
         distributed.cleanup()
+
+
+def _remove_empty(dirs) -> None:
+    """Remove the folders a failed run created (deepest first) while they are empty: a run that
+    fails before writing anything leaves no empty output dir behind (review t3 #17)."""
+    for path in dirs:
+        try:
+            path.rmdir()
+        except OSError:
+            return

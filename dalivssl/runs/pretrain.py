@@ -166,6 +166,13 @@ def _run(cfg: PretrainConfig, ctx) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         rec.write_run_record(run_dir, record.marked(True))
         _summary_table(summary)
+        if loader.short:  # review t3 #16: not only in summary.json
+            from dalivssl.console import stderr_console
+
+            stderr_console().print(
+                f"warning: {loader.short} of {len(loader.records)} videos are shorter than a "
+                f"{cfg.clip_len}-frame clip's span, so their clips repeat frames (looped or "
+                "padded); lower --clip-len or use longer videos", highlight=False, soft_wrap=True)
     return summary
 
 

@@ -40,6 +40,25 @@ def test_corrupt_writes_noisy_copy(make_video, tmp_path, noise, severity, expect
     assert not np.array_equal(decode_frames(other), decode_frames(out))
 
 
+def test_corrupt_reports_the_noise_the_written_file_holds(make_video, tmp_path, capsys):
+    """Review t3 #12: the report said std 43.8 while the lossy file differed by 31.8."""
+    src = make_video(12, size=(64, 80))
+    out = tmp_path / "noisy.webm"
+    capsys.readouterr()
+    assert _run(["corrupt", str(src), str(out), "--noise", "shot", "--severity", "3"]) == 0
+    err = capsys.readouterr().err
+    measured = (decode_frames(out).astype(np.float32) - decode_frames(src)).std()
+    added = float(err.split("noise std ")[1].split(" levels added")[0])
+    assert f"levels added, {measured:.1f} in the written file (vp9 is lossy" in err, err
+    assert added > measured + 1  # the encoder removed part of it
+    from click.testing import CliRunner
+
+    from dalivssl.cli import cli
+
+    help_text = " ".join(CliRunner().invoke(cli, ["corrupt", "--help"]).output.split())
+    assert "re-encoded with a lossy codec" in help_text and "measured in OUT" in help_text
+
+
 def test_corrupt_codec_from_suffix(make_video, tmp_path):
     src = make_video(8, size=(64, 64))
     out = tmp_path / "noisy.avi"

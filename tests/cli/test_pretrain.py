@@ -57,6 +57,8 @@ def test_unwritable_out_dir(tmp_path, tiny_synth, capsys):
     code, err = _run(["pretrain", "--data", str(tiny_synth["train"]), "--out",
                       str(blocker / "run")], capsys)
     assert code == 2 and "output directory is not writable" in err and str(blocker) in err
+    assert err.strip() == (f"error: {blocker / 'run'}: output directory is not writable "
+                           f"({blocker} is a file, not a directory)")  # review t3 #18: "(File exists)"
 
 
 def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
@@ -70,6 +72,11 @@ def test_bad_task_option_and_too_small_clip(tmp_path, tiny_synth, capsys):
                      capsys)
     assert code == 2 and "vcop head: feature_norm must be one of none, layer, batch, got True" in err
     assert err.count("\n") == 1 and "Traceback" not in err
+    for item, msg in [("sampler.num_rotations=0", "rotnet sampler: num_rotations must be 2, 3 or 4, got 0"),
+                      ("sampler.foo=1", "rotnet sampler: unknown option(s) foo; valid: ")]:
+        code, err = _run(["pretrain", *data, "--task", "rotnet", "--clip-len", "8", "--arch", "r21d",
+                          "--set", item], capsys)  # review t3 #18: not blamed on the dataset
+        assert code == 2 and err.startswith(f"error: {msg}") and err.count("\n") == 1, err
     code, err = _run(["pretrain", *data[:2], "--out", str(tmp_path / "small"), "--size", "16"],
                      capsys)
     # the arch's declared minimum, checked before anything is built or written
@@ -102,6 +109,26 @@ def test_tiny_run_via_main(tmp_path, tiny_synth, capsys):
                      capsys)
     assert code == 0, err
     assert (out / "checkpoint.pt").is_file() and (out / "config.yaml").is_file()
+
+
+def test_short_videos_are_said_on_screen(tmp_path, tiny_synth, capsys):
+    import json
+
+    out = tmp_path / "run"  # 40-frame videos, 16-frame clips at stride 5: an 80-frame span
+    code, err = _run(["pretrain", "--task", "rotnet", "--arch", "r21d", "--size", "32",
+                      "--batch-size", "2", "--max-steps", "2", "--threads", "1", "--data",
+                      str(tiny_synth["train"]), "--out", str(out), "--set", "tensorboard=false",
+                      "--set", "sampler.strides=[5]", "--no-progress"], capsys)
+    assert code == 0, err
+    from dalivssl.data.manifest import load_manifest
+
+    short = json.loads((out / "summary.json").read_text())["short_videos"]
+    assert short >= 4  # at least the 2 steps × batch 2 used, each too short (prefetch plans more)
+    total = len(load_manifest(tiny_synth["train"]).records)
+    warn = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warn == [f"warning: {short} of {total} videos are shorter than a 16-frame clip's span, so "
+                    "their clips repeat frames (looped or padded); lower --clip-len or use longer "
+                    "videos"], err
 
 
 def test_help_is_fast_and_lazy():

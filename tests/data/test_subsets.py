@@ -86,3 +86,8 @@ def test_cli_subset(tmp_path):
                                    str(tmp_path / "x")])
     assert isinstance(res.exception, DalivsslError) and "larger than the manifest" in str(
         res.exception)
+    res = CliRunner().invoke(cli, ["data", "subset", str(src), "--sizes", "3", "--split", "nosuch",
+                                   "-o", str(tmp_path / "y")])  # review t3 #45: was "(0 videos)"
+    assert isinstance(res.exception, DalivsslError) and str(res.exception) == (
+        f"{src}: no video in split 'nosuch'; its splits: train")
+    assert not (tmp_path / "y").exists()

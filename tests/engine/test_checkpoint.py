@@ -45,7 +45,21 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
     with pytest.raises(DalivsslError, match="junk.pt: not a readable dalivssl checkpoint"):
         ck.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(DalivsslError, match=r"junk.pt: .*not a PyTorch checkpoint file; it starts with b'not '\)$"):
+        ck.load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(DalivsslError, match=r"empty.pt: .*\(the file is empty\)$"):
+        ck.load_checkpoint(tmp_path / "empty.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    whole = (tmp_path / "other.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[: len(whole) // 2])  # truncated copy (review #18: "If yo)")
+    with pytest.raises(DalivsslError) as err:
+        ck.load_checkpoint(tmp_path / "cut.pt")
+    assert str(err.value) == (f"{tmp_path / 'cut.pt'}: not a readable dalivssl checkpoint (a PyTorch zip "
+                              "archive that is truncated or damaged; save or copy it again)")
+    torch.save(torch.nn.Linear(1, 1), tmp_path / "module.pt")  # whole module: needs unpickling code
+    with pytest.raises(DalivsslError, match=r"module.pt: .*\(a PyTorch file a weights-only load refuses"):
+        ck.load_checkpoint(tmp_path / "module.pt")
     with pytest.raises(DalivsslError, match="missing kind"):
         ck.load_checkpoint(tmp_path / "other.pt")
 

@@ -42,6 +42,10 @@ def test_yaml_errors(tmp_path):
     (tmp_path / "k.yaml").write_text("colour: red\n")
     with pytest.raises(DalivsslError, match="k.yaml: unknown config key 'colour'"):
         resolve(PretrainConfig, tmp_path / "k.yaml")
+    (tmp_path / "b.yaml").write_text("lr: [1\n")  # review t3 #18: "b.yaml: b.yaml: invalid YAML"
+    with pytest.raises(DalivsslError) as err:
+        resolve(PretrainConfig, tmp_path / "b.yaml")
+    assert str(err.value).count("b.yaml") == 1 and str(err.value).startswith(f"{tmp_path / 'b.yaml'}: invalid YAML")
 
 
 def test_config_is_frozen_and_parse_set():

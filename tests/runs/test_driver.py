@@ -72,6 +72,34 @@ def test_bad_input_fails_before_the_run_dir_exists(tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_a_run_failing_before_writing_leaves_no_empty_dir(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")  # review t3 #17: clean error, but an empty out dir was left
+    with pytest.raises(DalivsslError, match="bad.jsonl"):
+        pretrain(_cfg(tiny_synth, tmp_path / "new" / "run", data=str(bad)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]  # run and its parent gone
+    (tmp_path / "mine").mkdir()  # a folder the user made stays, even empty
+    with pytest.raises(DalivsslError, match="bad.jsonl"):
+        pretrain(_cfg(tiny_synth, tmp_path / "mine", data=str(bad)))
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_summary_after_resume_covers_the_whole_run(tiny_synth, tmp_path):
+    from dalivssl.runs.pretrain import pretrain
+
+    # 10 steps: the first / last loss are means over 2 steps; steps 1-2 see the same lr whether
+    # the run was planned for 6 or 10 steps (milestones 1/3, 2/3)
+    full = pretrain(_cfg(tiny_synth, tmp_path / "full", max_steps=10, tensorboard=False))
+    run = tmp_path / "r"
+    pretrain(_cfg(tiny_synth, run, max_steps=6, tensorboard=False))
+    resumed = pretrain(_cfg(tiny_synth, run, max_steps=10, tensorboard=False), resume=True)
+    # review t3 #20: "loss first→last" covered only the resumed part (steps 7-10)
+    assert resumed["steps"] == 10 and resumed["first_loss"] == full["first_loss"]
+    assert json.loads((run / "summary.json").read_text())["first_loss"] == full["first_loss"]
+
+
 def test_every_registered_spec_loads():
     from dalivssl.runs import SPECS, spec
 

@@ -21,10 +21,12 @@ from tests.study.conftest import study_dict, write_study
 pytestmark = pytest.mark.slow
 
 
-def dalivssl(*args, check=True):
+def dalivssl(*args, check=True, process=False):
     """A study in this process (tests/conftest.py: run_cli); its commands run as the study runs
-    them, each in its own process."""
-    res = run_cli(*args)
+    them, each in its own process. ``process``: the study runner itself in a process of its own
+    (submitit's local executor starts and watches job processes: a process boundary under test)."""
+    res = (subprocess.run([sys.executable, "-m", "dalivssl", *map(str, args)],
+                          capture_output=True, text=True) if process else run_cli(*args))
     if check:
         assert res.returncode == 0, res.stdout + res.stderr
     return res
@@ -135,7 +137,7 @@ def test_submitit_local_executor(tmp_path, tiny_data):
     path = write_study(tmp_path / "study.yaml", raw)
     out = tmp_path / "out"
     res = dalivssl("study", "run", path, "--out", out, "--executor", "submitit-local",
-                   "--time-min", "10")
+                   "--time-min", "10", process=True)
     plan = expand(load_study(path))
     assert "submitted 2 job(s) to local" in res.stdout
     assert all(status(out, r) == "done" for r in plan.runs.values())

@@ -494,6 +494,8 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
                   "cpus_per_task": threads or 2}
         if cluster == "slurm":
             params.update(slurm_partition=partition, **dict(slurm_extra or {}))
+        elif cluster == "local":
+            params["local_setup"] = [_local_job_dir_wait(out / "submitit")]
         ex.update_parameters(**params)
         budget, jobs = _Budget(max_runs), {}
         for r in todo:
@@ -529,6 +531,18 @@ def run_submitit(plan: Plan, out, cluster: str = "slurm", partition: str | None 
     finally:
         lock.release()
     return res
+
+
+def _local_job_dir_wait(folder: Path) -> str:
+    """A shell line for submitit's local executor: wait (at most 20 s) until the job's folder
+    exists. The executor starts a job's controller and only then creates ``<folder>/<job id>``
+    (it learns the id, the controller's pid, from the start), so on a busy machine a quick
+    controller failed to open its logs there and the job ended with no output. With a setup
+    line the controller runs under a shell whose pid (``$$``) is the job id."""
+    import shlex
+
+    return (f"i=0; while [ ! -d {shlex.quote(str(folder))}/$$ ] && [ $i -lt 400 ]; "
+            "do sleep 0.05; i=$((i+1)); done")
 
 
 def local_gpus() -> list[str]:

@@ -142,3 +142,24 @@ def test_submitit_local_executor(tmp_path, tiny_data):
     assert "submitted 2 job(s) to local" in res.stdout
     assert all(status(out, r) == "done" for r in plan.runs.values())
     assert any((out / "submitit").rglob("*_result.pkl"))
+
+
+def test_submitit_local_job_waits_for_its_folder(tmp_path, tiny_data, monkeypatch):
+    """submitit's local executor makes a job's folder only after starting its controller: a
+    controller quicker than that (a busy machine) could not open its logs, and the job ended
+    with no output. Here the folder comes 1.5 s late, every time; the jobs still run."""
+    submitit = pytest.importorskip("submitit")
+    move = submitit.core.utils.JobPaths.move_temporary_file
+
+    def late(self, *a, **kw):
+        time.sleep(1.5)
+        return move(self, *a, **kw)
+
+    monkeypatch.setattr(submitit.core.utils.JobPaths, "move_temporary_file", late)
+    raw = study_dict(tiny_data, steps={"finetune": {"max_steps": 2, "batch_size": 4}})
+    raw["axes"].update(task=["rotnet"], subset=[8])
+    path = write_study(tmp_path / "study.yaml", raw)
+    out = tmp_path / "out"
+    dalivssl("study", "run", path, "--out", out, "--executor", "submitit-local", "--time-min",
+             "10")
+    assert all(status(out, r) == "done" for r in expand(load_study(path)).runs.values())

@@ -144,7 +144,7 @@ def cli(examples, batch_size, layers, dims, mean, repeats, out, seed):
         table.add_row(r["backend"], r["device"], f"{r['seconds']:.4f}",
                       f"{r['examples_per_s']:.1f}", f"{r['max_abs_err']:.2e}")
     Console().print(table)
-    result = {"config": dict(examples=n, batch_size=batch_size, layers=layers, dims=dims,
+    result = {"benchmark": "cka_throughput", "config": dict(examples=n, batch_size=batch_size, layers=layers, dims=dims,
                              mean=mean, repeats=repeats, seed=seed), "results": rows}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

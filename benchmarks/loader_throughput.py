@@ -422,6 +422,16 @@ def _rss(m) -> str:
     return f"{m['main']:.0f}" + (f" / {max(w):.0f} max of {len(w)}" if w else "")
 
 
+def make_console(file=None):
+    """The benchmark's console: logged lines without rich's ``file.py:NNN`` suffix (it named
+    this script's lines, not the user's); off a terminal (logs, pipes) a width that fits the table
+    without wrapping its cells."""
+    from rich.console import Console
+
+    console = Console(file=file, log_path=False)
+    return console if console.is_terminal else Console(file=file, log_path=False, width=160)
+
+
 @click.command()
 @click.option("--task", default="vcop", show_default=True,
               help="pretext task (SAMPLERS key), or a comma list: one table per task")
@@ -451,11 +461,7 @@ def _rss(m) -> str:
 def cli(task, device, data, batches, batch_size, clip_len, size, workers, videos, segment_frames,
         short_side, datasets, repeats, variants, json_out):
     """Clips/s of the DALI PretextLoader vs DataLoader + torchcodec / PyAV on the same plans."""
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: a table that fits without wrapping its cells
-        console = Console(width=160)
+    console = make_console()
     workers = workers or os.cpu_count() or 1
     variants = tuple(v.strip() for v in variants.split(",") if v.strip())
     if set(variants) - set(VARIANTS):

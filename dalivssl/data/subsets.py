@@ -55,6 +55,11 @@ def nested_subsets(manifest: Manifest, sizes, seed: int = 0) -> dict[int, Manife
     if sizes[-1] > len(manifest):
         raise DalivsslError(f"subset size {sizes[-1]} is larger than the manifest "
                             f"({len(manifest)} videos)")
+    n_classes = len({r.label for r in manifest.records})
+    if sizes[0] < n_classes:
+        raise DalivsslError(f"subset size {sizes[0]} is smaller than the manifest's {n_classes} "
+                            f"classes: a class-balanced subset needs every class at least once "
+                            f"(else the subsets of a benchmark cover different classes)")
     order = balanced_order(manifest, seed)
     out = {}
     for n in sizes:

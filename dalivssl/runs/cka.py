@@ -10,6 +10,7 @@ replaced only with ``--overwrite``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from dalivssl.config import CKAConfig, save_yaml
@@ -30,6 +31,19 @@ def cka(cfg: CKAConfig, resume: bool = False, overwrite: bool = False) -> dict:
     ``resume`` found the same map done)."""
     cfg, inputs = prepare(cfg)
     return execute(SPEC, cfg, cfg.out, resume=resume, overwrite=overwrite, **inputs)
+
+
+def distinct_names(names: list[str], checkpoints) -> list[str]:
+    """Two equal record names get ``-<tag>``: the last part of their checkpoint paths (suffix
+    dropped) that differs, e.g. ``ft_rotnet_squeezenet-ft1`` and ``…-ft2`` for
+    ``ft1/checkpoint.pt`` and ``ft2/checkpoint.pt``; one file given twice keeps its name."""
+    if len(names) != 2 or names[0] != names[1]:
+        return names
+    parts = [Path(p).resolve().with_suffix("").parts[::-1] for p in checkpoints]
+    for a, b in zip(*parts):
+        if a != b:
+            return [f"{names[0]}-{a}", f"{names[1]}-{b}"]
+    return names
 
 
 def prepare(cfg: CKAConfig):
@@ -55,12 +69,9 @@ def prepare(cfg: CKAConfig):
         raise DalivsslError(f"{records[0].name} was trained on {a.clip_len}×{a.size}² clips and "
                             f"{records[1].name} on {b.clip_len}×{b.size}²; CKA needs the same "
                             "clips for both: pass --clip-len/--size")
-    names = [r.name for r in records]
-    if len(names) == 2 and names[0] == names[1]:
-        names = [f"{n} ({Path(p).parent.name}/{Path(p).name})"
-                 for n, p in zip(names, cfg.checkpoints)]
+    names = distinct_names([r.name for r in records], cfg.checkpoints)
     name = cfg.name or (f"{names[0]}_vs_{names[1]}" if len(names) == 2 else f"{names[0]}_self")
-    out = cfg.out or str(Path("runs/cka") / name.replace("/", "_").replace(" ", "_"))
+    out = cfg.out or str(Path("runs/cka") / re.sub(r"[^\w.-]+", "_", name))
     data, manifest = resolve_manifest(cfg.data)
     cfg = dataclasses.replace(cfg, name=name, out=out, data=str(data),
                               clip_len=clips[0].clip_len, size=clips[0].size)

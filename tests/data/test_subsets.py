@@ -70,6 +70,25 @@ def test_too_large_and_bad_sizes():
         nested_subsets(m, "2,x")
 
 
+def test_size_below_class_count_refused(tmp_path):
+    """Review t3 #45: --sizes 3 on 4 classes silently gave a 3-class subset."""
+    from dalivssl.cli import cli
+
+    m = make_manifest({c: 2 for c in range(4)})
+    with pytest.raises(DalivsslError, match=r"^subset size 3 is smaller than the manifest's 4 "
+                                            r"classes: a class-balanced subset needs every class"):
+        nested_subsets(m, [3, 8])
+    assert set(counts(nested_subsets(m, [4])[4]).values()) == {1}
+    (tmp_path / "d").mkdir()
+    src = save_manifest(make_manifest({c: 2 for c in range(4)}, tmp_path / "d"),
+                        tmp_path / "m.jsonl")
+    res = CliRunner().invoke(cli, ["data", "subset", str(src), "--sizes", "3,8", "-o",
+                                   str(tmp_path / "subs")])
+    assert isinstance(res.exception, DalivsslError) and "subset size 3 is smaller than the " \
+        "manifest's 4 classes" in str(res.exception)
+    assert not (tmp_path / "subs").exists()
+
+
 def test_cli_subset(tmp_path):
     from dalivssl.cli import cli
 

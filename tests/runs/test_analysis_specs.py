@@ -222,3 +222,32 @@ def test_retrieve_warns_when_queries_are_gallery_videos(tiny_synth, capsys):
     assert "retrieval accuracy (a query finds itself) will overstate" in err
     prepare(RetrieveConfig(random_init=True, arch="squeezenet", train=train, test=test))
     assert "training videos too" not in capsys.readouterr().err  # disjoint splits: no word
+
+
+def test_cka_default_dir_for_two_checkpoints_of_one_run_name(tiny_synth, tmp_path):
+    """Review t3 #11: two checkpoints with one record name gave the run dir
+    ``…_(ft1_checkpoint.pt)_vs_…``; now ``<name>-<dir>_vs_<name>-<dir>``."""
+    import dataclasses
+
+    import torch
+
+    from dalivssl import record as rec
+    from dalivssl.config import CKAConfig
+    from dalivssl.runs.cka import prepare
+
+    paths = []
+    for d, seed in (("ft1", 0), ("ft2", 1)):
+        p = tmp_path / d / "checkpoint.pt"
+        p.parent.mkdir()
+        _checkpoint(p, seed)
+        ck = torch.load(p, weights_only=False)
+        ck["record"] = dataclasses.replace(rec.record_of(ck, p), name="ft_rotnet").to_dict()
+        torch.save(ck, p)
+        paths.append(str(p))
+    cfg, inputs = prepare(CKAConfig(checkpoints=tuple(paths), data=str(tiny_synth["train"])))
+    assert inputs["names"] == ["ft_rotnet-ft1", "ft_rotnet-ft2"]
+    assert cfg.name == "ft_rotnet-ft1_vs_ft_rotnet-ft2"
+    assert cfg.out == "runs/cka/ft_rotnet-ft1_vs_ft_rotnet-ft2"
+    cfg, inputs = prepare(CKAConfig(checkpoints=(paths[0], paths[0]),
+                                    data=str(tiny_synth["train"])))
+    assert cfg.out == "runs/cka/ft_rotnet_vs_ft_rotnet"

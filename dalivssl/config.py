@@ -33,11 +33,12 @@ def _check_ranges(cfg, at_least_one=(), positive=(), non_negative=()):
     return cfg
 
 
-PROTOCOLS = ("original", "paper")  # the run's protocol (dalivssl.tasks.paper_overrides)
 KD_LOSSES = ("hinton", "paper")  # DistillConfig.kd_loss (engine.distill.kd_loss)
 
 
 def _check_protocol(protocol: str) -> None:
+    from pipelines.samplers.base import PROTOCOLS  # the one list (the samplers hold both recipes)
+
     if protocol not in PROTOCOLS:
         raise DalivsslError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 

@@ -57,7 +57,6 @@ from dalivssl.errors import DalivsslError
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 AXES = ("task", "arch", "data", "subset", "complexity", "seed", "stage")
-PROTOCOLS = ("original", "paper")
 # step -> (option, value) pairs ``protocol: paper`` adds (a 'set' entry: --set key=value)
 PAPER_FLAGS = {"pretrain": {"set": {"protocol": "paper"}},
                "finetune": {"set": {"protocol": "paper"}},
@@ -257,6 +256,8 @@ def parse_study(raw: dict, base=".", source=None) -> Study:
     _need(isinstance(raw.get("axes"), dict), "needs 'axes:' (a mapping of axis: [values])")
     device = raw.get("device", "cpu")
     _need(device in ("cpu", "gpu"), f"device: expected cpu or gpu, got {device!r}")
+    from pipelines.samplers.base import PROTOCOLS
+
     protocol = raw.get("protocol", "original")
     _need(protocol in PROTOCOLS, f"protocol: expected {' or '.join(PROTOCOLS)}, got "
           f"{protocol!r}")

@@ -54,8 +54,6 @@ def demo_overrides(task_name: str, arch: str | None = None) -> dict:
     return out
 
 
-PROTOCOLS = ("original", "paper")
-
 
 def dataset_overrides(task_name: str, manifest) -> dict:
     """The task's per-dataset option defaults (``DATASET``, keyed by the manifest's meta

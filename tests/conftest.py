@@ -116,3 +116,18 @@ def run_cli(*args) -> "subprocess.CompletedProcess":
             traceback.print_exc()
             code = 1
     return subprocess.CompletedProcess(["dalivssl", *argv], code, out.getvalue(), err.getvalue())
+
+
+def run_torchrun(port: int, *args, timeout: float = 600) -> "subprocess.CompletedProcess":
+    """``torchrun --nproc_per_node=2 -m dalivssl ARGS`` on the CPU (gloo, one thread per rank,
+    this checkout on the path): two real processes, as DDP needs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={port}", "-m", "dalivssl", *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

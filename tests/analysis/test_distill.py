@@ -12,6 +12,7 @@ from dalivssl.engine import distill as D
 from dalivssl.errors import DalivsslError
 from pipelines.types import Batch
 from tests.batches import BatchList
+from tests.conftest import run_torchrun
 
 
 def _softmax(z):
@@ -419,26 +420,17 @@ def test_amp_runs_the_student_in_bf16_on_cpu_and_keeps_the_loss_in_fp32(tmp_path
 def test_distill_under_torchrun_ddp_two_cpu_processes_with_amp(tmp_path, tiny_synth,
                                                                 train_manifest):
     """The student in DDP over 2 gloo processes (each its shard), bf16 autocast, one writer."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import yaml
 
     from dalivssl.engine.checkpoint import load_checkpoint
     from dalivssl.record import read_run_record
 
-    root = Path(__file__).resolve().parents[2]
     t1 = _finetune_ckpt(tmp_path / "t1.pt", D.manifest_classes(train_manifest), 1)
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29547", "-m", "dalivssl", "distill", "--teacher", str(t1), "--student",
-           ARCH, "--data", str(tiny_synth["train"]), "--eval-data", str(tiny_synth["test"]),
-           "--batch-size", "2", "--max-steps", "2", "--threads", "1", "--set", "amp=true",
-           "--out", str(out), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    p = run_torchrun(29547, "distill", "--teacher", t1, "--student", ARCH, "--data",
+                     tiny_synth["train"], "--eval-data", tiny_synth["test"], "--batch-size", "2",
+                     "--max-steps", "2", "--threads", "1", "--set", "amp=true", "--out", out,
+                     "--no-progress")
     assert p.returncode == 0, p.stderr[-2000:]
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]

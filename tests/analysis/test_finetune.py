@@ -10,6 +10,7 @@ import torch
 from dalivssl.errors import DalivsslError
 from tests.analysis.test_features import TinyBackbone, make_batches
 from tests.batches import BatchList
+from tests.conftest import run_torchrun
 
 # 6 videos, 3 classes; the class is the dominant colour channel (learnable by the tiny net)
 COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.9, 0.1, 0), (0.1, 0.8, 0.1), (0, 0.2, 0.9)]
@@ -340,22 +341,13 @@ def test_record_of_legacy_checkpoints_follows_the_pretext_task():
 @pytest.mark.slow
 def test_finetune_under_torchrun_ddp_two_cpu_processes(tmp_path, tiny_synth):
     """The one engine's DDP path for finetuning: 2 gloo processes, sharded loader, one writer."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from dalivssl.engine.checkpoint import load_checkpoint
 
-    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", "-m", "dalivssl", "finetune", "--random-init", "--arch",
-           "shufflenet", "--clip-len", "16", "--size", "48", "--batch-size", "2", "--threads",
-           "1", "--data", str(tiny_synth["train"]), "--test-data", str(tiny_synth["test"]),
-           "--max-steps", "2", "--eval-clips", "1", "--out", str(out), "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    p = run_torchrun(29533, "finetune", "--random-init", "--arch", "shufflenet", "--clip-len",
+                     "16", "--size", "48", "--batch-size", "2", "--threads", "1", "--data",
+                     tiny_synth["train"], "--test-data", tiny_synth["test"], "--max-steps", "2",
+                     "--eval-clips", "1", "--out", out, "--no-progress", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]

@@ -26,7 +26,7 @@ setup(
     package_data={"dalivssl.study": ["presets/*.yaml"]},
     # bench: the strongest CPU peer for `dalivssl bench loader` (also needs FFmpeg's shared
     # libraries: apt-get install ffmpeg)
-    extras_require={"test": ["pytest", "pytest-timeout", "submitit", "pyarrow"],
+    extras_require={"test": ["pytest", "pytest-timeout", "pytest-xdist", "submitit", "pyarrow"],
                     "study": ["submitit", "pyarrow"], "bench": ["torchcodec"]},
     entry_points={"console_scripts": ["dalivssl=dalivssl.cli:main"]},
 )

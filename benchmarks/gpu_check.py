@@ -4,8 +4,9 @@ checkout with ``PYTHONPATH=$PWD``).
 
 Steps (``STEPS``, in this order; each writes rows of one table and one JSON file):
   preflight    nvidia-smi (driver, MIG), where libnvcuvid is, DALI/CuPy/torch/PyAV imports,
-               NVDEC's caps per codec; printed at once (about 5 s of imports on 2 cores; it is
-               given up to 15 s, so a loaded machine does not turn it into a timeout);
+               NVDEC's caps per codec; printed at once (about 5 s of imports on a quiet 2-core
+               machine; it needs 15 s left to start and may take up to 60 s, so a loaded
+               machine, where imports and interpreter exit take 30 s, is no timeout);
   verify       the decode verification (``dalivssl.data.verify``) of the synthetic set and the
                decode-matrix files on this GPU (and the CPU), verdicts into the machine's cache;
   matrix       the trimmed decode matrix (``decode_matrix.first_run_cells``: the R1-R4 cases
@@ -502,7 +503,7 @@ class Step:
     optional: bool = False
 
 
-STEPS = {"preflight": Step(step_preflight, 30, 15), "verify": Step(step_verify, 60, 10),
+STEPS = {"preflight": Step(step_preflight, 60, 15), "verify": Step(step_verify, 60, 10),
          "matrix": Step(step_matrix, 120, 10), "pytest-gpu": Step(step_pytest_gpu, 150, 30),
          "same-plans": Step(step_same_plans, 90, 10), "memory": Step(step_memory, 60, 10),
          "pretrain": Step(step_pretrain, 120, 20),

@@ -12,7 +12,8 @@ Datasets (unless --data names a manifest):
 
 --variants adds DALI rows that each change one loader option (``VARIANTS``: the whole file instead
 of GOP ranges; 'dali-augment', the CPU graph that resizes and colours in DALI, as before torch took
-that over on CPU; without DALI's antialiasing; prefetch depth 2), timed in the same rounds.
+that over on CPU; without DALI's antialiasing; prefetch depth 2; one DALI thread; the threads
+split over two pipelines that make alternate batches), timed in the same rounds.
 
 Every manifest gets its packet index first (what `dalivssl data index` records; written beside
 the benchmark's own copy of the manifest, never into a cached dataset), so DALI decodes only the
@@ -50,6 +51,11 @@ VARIANTS = {
     "dali-augment-noaa": ("dali_augment_noaa", "DALI resize, no antialias",
                           {"cpu_augment": "dali", "antialias": False}),
     "prefetch-2": ("dali_prefetch_2", "prefetch 2", {"prefetch": 2}),
+    # threads per pipeline against pipelines per worker (issue 22, item 3): the default is one
+    # pipeline with --workers DALI threads; these give it one thread, or split the threads over
+    # that many pipelines, each making every other batch in its own thread (PipelinePool)
+    "threads-1": ("dali_threads_1", "1 pipeline × 1 thread", {"num_threads": 1}),
+    "pipelines-2": ("dali_pipelines_2", "2 pipelines × threads/2", {"pipelines": 2}),
 }
 MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
 
@@ -206,6 +212,48 @@ def _time(batches_iter, pids=lambda: ()) -> dict:
             "decoded": decoded}
 
 
+class PipelinePool:
+    """N PretextLoaders of one seed (so the same batches), each with its own DALI pipeline and
+    num_threads/N threads; batch b is made by loader b % N in its own thread, and batches come out
+    in order: "pipelines per worker" against one pipeline with all the threads."""
+
+    def __init__(self, loaders):
+        self.loaders = loaders
+
+    def __len__(self):
+        return len(self.loaders[0])
+
+    def __getattr__(self, name):  # sampler, normalize, batch_plans, … of the first loader
+        return getattr(self.loaders[0], name)
+
+    @property
+    def decode_stats(self) -> dict:
+        return {k: sum(lo.decode_stats[k] for lo in self.loaders)
+                for k in self.loaders[0].decode_stats}
+
+    def batch_at(self, epoch, b):
+        for lo in self.loaders:  # warm-up: build every pipeline
+            out = lo.batch_at(epoch, b)
+        return out
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        n = len(self.loaders)
+        with ThreadPoolExecutor(n) as pool:
+            pending = [pool.submit(self.loaders[b % n].batch_at, self.epoch, b)
+                       for b in range(min(n, len(self)))]
+            for b in range(len(self)):
+                batch = pending[b].result()
+                if b + n < len(self):
+                    pending.append(pool.submit(self.loaders[(b + n) % n].batch_at, self.epoch,
+                                               b + n))
+                yield batch
+
+
 def _dali_batches(loader, batches: int):
     sched = _schedule(loader, batches)
     done = 0
@@ -304,11 +352,19 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     from pipelines.loader import PretextLoader
 
     man = load_manifest(manifest_path)
-    loaders = {key: PretextLoader(task, man, batch_size=batch_size, device=device,
-                                  clip_len=clip_len, size=size, seed=0, num_threads=workers,
-                                  router=routes, **opts, **task_options)
-               for key, opts in (("dali", {}), *((VARIANTS[v][0], VARIANTS[v][2])
-                                                 for v in variants))}
+
+    def make(opts):
+        opts = {"num_threads": workers, **opts}
+        n = opts.pop("pipelines", 1)
+        if n > 1:
+            opts["num_threads"] = max(1, opts["num_threads"] // n)
+        made = [PretextLoader(task, man, batch_size=batch_size, device=device,
+                              clip_len=clip_len, size=size, seed=0, router=routes, **opts,
+                              **task_options) for _ in range(n)]
+        return made[0] if n == 1 else PipelinePool(made)
+
+    loaders = {key: make(opts) for key, opts in (("dali", {}), *((VARIANTS[v][0], VARIANTS[v][2])
+                                                                 for v in variants))}
     loader = loaders["dali"]
     # warm-up outside the timing: pipeline build + one batch of an epoch the timing never uses
     t0 = time.perf_counter()

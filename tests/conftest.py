@@ -58,6 +58,17 @@ def _gpu_state() -> tuple[bool, bool]:
         return False, False
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n 2``) each worker owns one core: torch and OpenMP
+    get one thread there and in the commands a test starts, instead of two workers spinning two
+    threads each on two cores."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+
+
 def pytest_collection_modifyitems(config, items):
     """GPU-marked tests run only where a CUDA GPU exists; those that decode on the GPU need
     NVDEC as well, unless they are also marked ``cuda_only`` (CuPy, GPU noise, backbones)."""

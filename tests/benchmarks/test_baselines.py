@@ -80,3 +80,30 @@ def test_dataloader_baselines_never_fork():
     tl = TorchLoader([], [], 2, 2, (8, 8), "unit", "pyav")
     assert tl.dl.multiprocessing_context.get_start_method() == "forkserver"
     assert TorchLoader([], [], 2, 0, (8, 8), "unit", "pyav").dl.multiprocessing_context is None
+
+
+def test_pipeline_pool_gives_the_single_pipelines_batches_in_order(tiny_synth):
+    """The 'pipelines-2' row (two pipelines, a thread each) delivers what one pipeline does,
+    batch for batch, and counts both pipelines' decoding."""
+    import torch
+
+    from benchmarks.loader_throughput import PipelinePool
+    from dalivssl.data.manifest import load_manifest
+    from pipelines.loader import PretextLoader
+
+    man = load_manifest(tiny_synth["train"])
+
+    def make(threads):
+        return PretextLoader("vcop", man, batch_size=2, clip_len=4, size=32, seed=3,
+                             num_threads=threads, return_indices=True)
+
+    one, pool = make(2), PipelinePool([make(1), make(1)])
+    pool.set_epoch(1)
+    one.set_epoch(1)
+    got, want = list(pool), list(one)
+    assert len(got) == len(want) == len(one) >= 3
+    for g, w in zip(got, want):
+        assert torch.equal(g.frames, w.frames) and torch.equal(g.labels, w.labels)
+        assert torch.allclose(g.clips, w.clips)
+    used = [lo.decode_stats["samples"] for lo in pool.loaders]
+    assert all(n > 0 for n in used) and pool.decode_stats["samples"] == sum(used)

@@ -48,8 +48,7 @@ def test_paper_preset_grids(name):
         if r.step == "distill":
             assert 'kd_loss="paper"' in r.argv
         if r.step == "robustness":  # noise before the resize, the paper's per-cell counts
-            assert " --noise-at decoded " in f" {' '.join(r.argv)} "
-            assert r.argv[r.argv.index("--videos-per-cell") + 1] == "paper"
+            assert 'noise_at="decoded"' in r.argv and 'videos_per_cell="paper"' in r.argv
 
 
 def test_every_paper_preset_is_pinned():
@@ -61,7 +60,7 @@ def test_every_paper_preset_is_pinned():
 def test_complexity_batch_changes_for_vcop_only():
     plan = expand(load_study("paper-table3-complexity"))
     batch = {(r.columns["task"], r.columns["complexity"]):
-             r.argv[r.argv.index("--batch-size") + 1]
+             next(a.split("=")[1] for a in r.argv if a.startswith("batch_size="))
              for r in plan.runs.values() if r.step == "pretrain" and r.columns["arch"] == "r21d"}
     assert [batch[("vcop", c)] for c in ("C1", "C2", "C3")] == ["32", "16", "8"]
     assert {batch[(t, c)] for t in ("rotnet", "prp") for c in ("C1", "C2", "C3")} == {"32"}

@@ -18,7 +18,7 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       seed: [0, 1]
       stage: [50, 100]          # finetune from the checkpoint kept after each epoch (one
                                 # pretraining per cell, --set keep_epochs); null = the last
-    pretrain: {epochs: 100, clip_len: 16, size: 112}   # options of `dalivssl pretrain`
+    pretrain: {epochs: 100, clip_len: 16, size: 112, amp: true}   # PretrainConfig keys
     steps:                      # downstream of every pretrained cell (options of each command)
       finetune: {data: [ucf101], epochs: 50}            # `dalivssl finetune`
       probe: {data: [ucf101]}                           # `dalivssl finetune --linear-probe`
@@ -33,14 +33,21 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       task+complexity: {vcop+C3: {pretrain: {batch_size: 8}}}   # a combination (wins)
     references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
 
-Each run's name is its readable settings plus a short hash of its whole command line and of its
-data's content (manifest records and video files), so a changed option or other data gives new
-runs (the unchanged ones are reused) and a rerun skips what is done.
+A step's options are keys of its command's typed config (``runs.spec(command).config``, e.g.
+``PretrainConfig``: ``lr`` and ``amp`` too, which have no flag), plus ``set:`` (dotted keys of
+sampler/head/backbone) and ``no_progress``; reserved keys (:data:`RESERVED`) are the study's own.
+A run passes them as ``--set key=value``; its data, checkpoints, seed and device go as flags.
+Keys and types are checked when the file is read, ranges and names per run (:func:`check_run`).
+
+Each run's name is its readable settings plus a short hash of its command line (options in
+:func:`flag_form`) and of its data's content (manifest records and video files), so a changed
+option or other data gives new runs (the unchanged ones are reused) and a rerun skips what is
+done.
 
 ``protocol: paper`` (Kumar et al.; :data:`PAPER_FLAGS`) adds to each command the settings of the
 paper's benchmark: the supp. C.3 augmentation and TDL K = 500 (pretrain), resize + centre crop
 (finetune, probe), the CE + Σ KL loss (distill), noise on the decoded frames and the paper's
-per-cell video counts (robustness, where the command has the options).
+per-cell video counts (robustness).
 """
 from __future__ import annotations
 

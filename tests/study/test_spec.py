@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dalivssl.errors import DalivsslError
-from dalivssl.study.spec import expand, load_study, parse_study, preset_names
+from dalivssl.study.spec import expand, load_study, parse_study, preset_names, run_config
 from tests.conftest import run_cli
 from tests.study.conftest import study_dict, write_study
 
@@ -160,6 +160,27 @@ def test_cli_reports_a_bad_file_in_one_line(tmp_path, tiny_data):
     assert "bad.yaml: pretrain: unknown option" in res.stderr
 
 
+def test_config_keys_without_a_flag_reach_the_run_and_bad_values_stop_the_study(tmp_path,
+                                                                                 tiny_data):
+    """A step's options are keys of its command's typed config (momentum and amp have no flag
+    of `dalivssl finetune`): they go as --set and resolve as the command resolves them; a bad
+    value stops `study run` in one line before anything starts."""
+    steps = {"finetune": {"max_steps": 2, "momentum": 0.8, "lr": 1e-5, "set": {"amp": True}}}
+    p = plan_of(study_dict(tiny_data, steps=steps))
+    ft = [r for r in p.runs.values() if r.step == "finetune"][0]
+    assert ft.argv[-8:] == ("--set", "amp=true", "--set", "lr=1.0e-05", "--set", "max_steps=2",
+                            "--set", "momentum=0.8")
+    cfg = run_config(p, ft)
+    assert (cfg.momentum, cfg.amp, cfg.lr, cfg.max_steps) == (0.8, True, 1e-5, 2)
+    assert cfg.pretrained == ft.structure["pretrained"] and cfg.test_data == str(tiny_data["test"])
+    bad = {"finetune": {"max_steps": 2, "momentum": 1.5}}
+    path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, steps=bad))
+    res = run_cli("study", "run", path, "--out", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert "steps.finetune.momentum: momentum must be in [0, 1), got 1.5" in res.stderr
+    assert not (tmp_path / "out").exists()  # nothing started, no dir made
+
+
 @pytest.mark.parametrize("name", preset_names())
 def test_presets_validate_and_expand(name):
     p = expand(load_study(name))
@@ -168,3 +189,45 @@ def test_presets_validate_and_expand(name):
     assert "pretrain" in steps and len(steps) >= 2
     if name != "tiny-cpu":
         assert p.study.device == "gpu"
+
+
+# tiny-cpu's runs (the embedded dataset: no data content in the hash) as study dirs made before
+# options went as --set (d0c9596) named them: a rerun there finds them done, none is remade
+OLD_NAMES = [
+    "rotnet_squeezenet_embedded_n48_s0-d29756",
+    "rotnet_squeezenet_embedded_n48_s0_ft-embedded-4cbff4",
+    "rotnet_squeezenet_embedded_n48_s0_ret-embedded-2c6d15",
+    "rotnet_squeezenet_embedded_n48_s0_rob-finetune-embedded-7aeab4",
+    "vcop_squeezenet_embedded_n96_s0-52582f", "vcop_squeezenet_embedded_n96_s0_ft-embedded-a5672e",
+    "vcop_squeezenet_embedded_n96_s0_ret-embedded-c279a3",
+    "vcop_squeezenet_embedded_n96_s0_rob-finetune-embedded-08331c"]
+
+
+def test_run_names_of_existing_study_dirs_stay():
+    p = expand(load_study("tiny-cpu"))
+    assert set(OLD_NAMES) <= set(p.runs)
+    # cka runs changed: the clips are no longer copied from the pretraining into their options
+    assert len(p.runs) == 18 and sum(r.step == "cka" for r in p.runs.values()) == 2
+
+
+def test_commands_take_what_the_study_passes():
+    """The runner passes --set to every step's command, --name and --threads where the
+    command's config has the field, --resume where its RunSpec says (robustness: none)."""
+    import dataclasses
+    import importlib
+
+    import click
+
+    from dalivssl.cli import COMMANDS
+    from dalivssl.runs import spec
+    from dalivssl.study.spec import STEP_COMMANDS, config_class
+
+    for step, command in STEP_COMMANDS.items():
+        module, attr, _ = COMMANDS[command]
+        cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
+        flags = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+        fields = {f.name for f in dataclasses.fields(config_class(step))}
+        assert "--set" in flags and "--out" in flags, step
+        assert ("--name" in flags) == ("name" in fields), step
+        assert ("--threads" in flags) == ("threads" in fields), step
+        assert ("--resume" in flags) == spec(command).resume_flag, step

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 from dalivssl.record import RunLock, read_run_record
-from dalivssl.study.spec import CHECKPOINTS, Plan, Run, config_class, data_path
+from dalivssl.study.spec import CHECKPOINTS, Plan, Run, config_fields, data_path
 
 RUN_FILE = "study.json"
 PLAN_FILE = "study_plan.json"
@@ -116,7 +116,7 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
             a = str(run_dir(out, parent).resolve() / (file or CHECKPOINTS[parent.step]))
         argv.append(data_path(plan, a))
     argv += name_flag(run)
-    if threads and "threads" in _fields(run):
+    if threads and "threads" in config_fields(run.step):
         argv += ["--threads", str(threads)]
     if status(out, run, plan) == "partial" and resume_flag(run):
         # robustness has no --resume: a rerun into its dir resumes its content-keyed cells
@@ -129,12 +129,6 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
     return head + ["dalivssl", *argv]
 
 
-def _fields(run: Run) -> set[str]:
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(config_class(run.step))}
-
-
 def resume_flag(run: Run) -> bool:
     """Whether ``run``'s command takes ``--resume`` (``RunSpec.resume_flag``)."""
     from dalivssl.runs import spec
@@ -144,7 +138,7 @@ def resume_flag(run: Run) -> bool:
 
 def name_flag(run: Run) -> list[str]:
     """``--name`` (the human name tables use) where the command's config has one."""
-    return ["--name", run.name.rsplit("-", 1)[0]] if "name" in _fields(run) else []
+    return ["--name", run.name.rsplit("-", 1)[0]] if "name" in config_fields(run.step) else []
 
 
 def write_run_files(plan: Plan, out) -> None:

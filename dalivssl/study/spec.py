@@ -391,6 +391,10 @@ def config_class(step: str) -> type:
     return spec(STEP_COMMANDS[step]).config
 
 
+def config_fields(step: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class(step))}
+
+
 def _noun(tp) -> str:
     """What a config annotation holds, in words (the first type of an optional or union)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -647,8 +651,8 @@ class _Expander:
                 and value == "+".join(str(getattr(cell, a)) for a in axis.split("+"))]
         paper = {}
         if self.s.protocol == "paper":
-            fields = {f.name for f in dataclasses.fields(config_class(step))} | {"set"}
-            paper = {k: v for k, v in PAPER_FLAGS.get(step, {}).items() if k in fields}
+            paper = {k: v for k, v in PAPER_FLAGS.get(step, {}).items()
+                     if k in config_fields(step) | {"set"}}
         own = "pretrain" if step == "pretrain" else f"steps.{step}"
         return _combine([("protocol: paper", paper), (own, base), *per, *extra])
 

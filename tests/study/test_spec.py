@@ -213,20 +213,19 @@ def test_run_names_of_existing_study_dirs_stay():
 def test_commands_take_what_the_study_passes():
     """The runner passes --set to every step's command, --name and --threads where the
     command's config has the field, --resume where its RunSpec says (robustness: none)."""
-    import dataclasses
     import importlib
 
     import click
 
     from dalivssl.cli import COMMANDS
     from dalivssl.runs import spec
-    from dalivssl.study.spec import STEP_COMMANDS, config_class
+    from dalivssl.study.spec import STEP_COMMANDS, config_fields
 
     for step, command in STEP_COMMANDS.items():
         module, attr, _ = COMMANDS[command]
         cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
         flags = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
-        fields = {f.name for f in dataclasses.fields(config_class(step))}
+        fields = config_fields(step)
         assert "--set" in flags and "--out" in flags, step
         assert ("--name" in flags) == ("name" in fields), step
         assert ("--threads" in flags) == ("threads" in fields), step

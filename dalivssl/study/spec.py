@@ -392,6 +392,7 @@ def config_class(step: str) -> type:
 
 
 def config_fields(step: str) -> set[str]:
+    """The keys of ``step``'s config (the runner passes --name and --threads where they are)."""
     return {f.name for f in dataclasses.fields(config_class(step))}
 
 

@@ -65,9 +65,11 @@ def plan(study_file, out, show_runs):
             for c in p.cells]
     click.echo(_columns([*AXES, "runs", "done"], rows))
     if show_runs:
-        click.echo()
+        import shlex
+
+        click.echo()  # commands as a shell reads them ({run:…}, {data:…}: resolved at run time)
         click.echo(_columns(["step", "run", "status", "command"],
-                            [[r.step, r.name, state[n] or "-", "dalivssl " + " ".join(r.argv)]
+                            [[r.step, r.name, state[n] or "-", shlex.join(["dalivssl", *r.argv])]
                              for n, r in p.runs.items()]))
     by_step: dict = {}
     for r in p.runs.values():

@@ -31,7 +31,8 @@ class RunSpec:
     artifact: the run's main output in its dir (what ``--resume``/``--overwrite`` guard);
     resume_keys: settings a resume must not change; outputs: every file/dir the run writes
     (removed by ``--overwrite``); run(cfg, ctx) -> summary dict; metrics(run_dir) -> dict
-    (what the study reads); check(cfg, device) raises on bad input before the dir is touched."""
+    (what the study reads); check(cfg, device) raises on bad input before the dir is touched;
+    resume_flag: the command takes ``--resume`` (robustness resumes a rerun by itself)."""
 
     name: str
     config: type
@@ -41,6 +42,7 @@ class RunSpec:
     run: Callable[[Any, "RunContext"], dict]
     metrics: Callable[[Path], dict] | None = None
     check: Callable[[Any, Any], None] | None = None  # (cfg, device): bad input, before any write
+    resume_flag: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -76,4 +76,5 @@ def _run(cfg: ExportLogitsConfig, ctx) -> dict:
 
 
 SPEC = RunSpec(name="export-logits", config=ExportLogitsConfig, artifact="logits.h5",
-               resume_keys=(), outputs=("logits.h5",), run=_run, check=_check)
+               resume_keys=(), outputs=("logits.h5",), run=_run, check=_check,
+               resume_flag=False)

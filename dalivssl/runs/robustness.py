@@ -202,4 +202,4 @@ def _metrics(run_dir) -> list[dict]:
 
 
 SPEC = RunSpec(name="robustness", config=RobustnessConfig, artifact=ARTIFACT, resume_keys=(),
-               outputs=OUTPUTS, run=_run, metrics=_metrics)
+               outputs=OUTPUTS, run=_run, metrics=_metrics, resume_flag=False)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dalivssl.errors import DalivsslError
 from dalivssl.record import RunLock, read_run_record
-from dalivssl.study.spec import CHECKPOINTS, Plan, Run, command_options, data_path
+from dalivssl.study.spec import CHECKPOINTS, Plan, Run, config_fields, data_path
 
 RUN_FILE = "study.json"
 PLAN_FILE = "study_plan.json"
@@ -106,7 +106,8 @@ def attempts(d) -> list[dict]:
 def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per_run: int = 1
                  ) -> list[str]:
     """The full command of ``run``: parents' checkpoints resolved, plus the flags the study sets
-    per machine (--name, threads, --resume) where the command has them."""
+    per machine (--name, --threads, --resume) where the command has them (its RunSpec: config
+    fields ``name`` and ``threads``, ``resume_flag``)."""
     argv = []
     for a in run.argv:
         if a.startswith("{run:") and a.endswith("}"):  # {run:NAME} or {run:NAME:FILE}
@@ -114,15 +115,12 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
             parent = plan.runs[name]
             a = str(run_dir(out, parent).resolve() / (file or CHECKPOINTS[parent.step]))
         argv.append(data_path(plan, a))
-    params = command_options(run.step)
-    argv += name_flag(params, run)
-    for key in ("threads", "num_threads"):
-        if threads and key in params:
-            argv += [next(o for o in params[key].opts if o.startswith("--")), str(threads)]
-            break
-    if status(out, run, plan) == "partial":
+    argv += name_flag(run)
+    if threads and "threads" in config_fields(run.step):
+        argv += ["--threads", str(threads)]
+    if status(out, run, plan) == "partial" and resume_flag(run):
         # robustness has no --resume: a rerun into its dir resumes its content-keyed cells
-        argv += ["--resume"] if "resume" in params else []
+        argv += ["--resume"]
     argv += ["--out", str(run_dir(out, run).resolve())]
     head = [sys.executable, "-m"]
     if gpus_per_run > 1 and run.step == "pretrain":
@@ -131,9 +129,16 @@ def command_line(plan: Plan, out, run: Run, threads: int | None = None, gpus_per
     return head + ["dalivssl", *argv]
 
 
-def name_flag(params: dict, run: Run) -> list[str]:
-    """``--name`` (the human name tables use) where the command has it."""
-    return ["--name", run.name.rsplit("-", 1)[0]] if "name" in params else []
+def resume_flag(run: Run) -> bool:
+    """Whether ``run``'s command takes ``--resume`` (``RunSpec.resume_flag``)."""
+    from dalivssl.runs import spec
+
+    return spec(run.command).resume_flag
+
+
+def name_flag(run: Run) -> list[str]:
+    """``--name`` (the human name tables use) where the command's config has one."""
+    return ["--name", run.name.rsplit("-", 1)[0]] if "name" in config_fields(run.step) else []
 
 
 def write_run_files(plan: Plan, out) -> None:
@@ -270,7 +275,7 @@ def make_job(plan: Plan, out, run: Run, threads=None, gpus_per_run=1, env=None,
     """What :func:`execute` needs, as plain data (submitit pickles it)."""
     return {"name": run.name, "step": run.step, "dir": str(run_dir(out, run)),
             "cmd": command_line(plan, out, run, threads, gpus_per_run), "env": dict(env or {}),
-            "data": run_data(plan, run), "resumable": "resume" in command_options(run.step),
+            "data": run_data(plan, run), "resumable": resume_flag(run),
             "deps": [(str(run_dir(out, plan.runs[p])), plan.runs[p].step) for p in run.deps],
             "wait": wait_deps, "since": time.time()}
 

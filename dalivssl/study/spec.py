@@ -18,7 +18,7 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       seed: [0, 1]
       stage: [50, 100]          # finetune from the checkpoint kept after each epoch (one
                                 # pretraining per cell, --set keep_epochs); null = the last
-    pretrain: {epochs: 100, clip_len: 16, size: 112}   # options of `dalivssl pretrain`
+    pretrain: {epochs: 100, clip_len: 16, size: 112, amp: true}   # PretrainConfig keys
     steps:                      # downstream of every pretrained cell (options of each command)
       finetune: {data: [ucf101], epochs: 50}            # `dalivssl finetune`
       probe: {data: [ucf101]}                           # `dalivssl finetune --linear-probe`
@@ -33,23 +33,31 @@ A study file (YAML; ``dalivssl study presets`` lists the shipped ones)::
       task+complexity: {vcop+C3: {pretrain: {batch_size: 8}}}   # a combination (wins)
     references: {my_ref: /path/checkpoint.pt}          # named checkpoints for cka `against`
 
-Each run's name is its readable settings plus a short hash of its whole command line and of its
-data's content (manifest records and video files), so a changed option or other data gives new
-runs (the unchanged ones are reused) and a rerun skips what is done.
+A step's options are keys of its command's typed config (``runs.spec(command).config``, e.g.
+``PretrainConfig``: ``lr`` and ``amp`` too, which have no flag), plus ``set:`` (dotted keys of
+sampler/head/backbone) and ``no_progress``; reserved keys (:data:`RESERVED`) are the study's own.
+A run passes them as ``--set key=value``; its data, checkpoints, seed and device go as flags.
+Keys and types are checked when the file is read, ranges and names per run (:func:`check_run`).
+
+Each run's name is its readable settings plus a short hash of its command line (options in
+:func:`flag_form`) and of its data's content (manifest records and video files), so a changed
+option or other data gives new runs (the unchanged ones are reused) and a rerun skips what is
+done.
 
 ``protocol: paper`` (Kumar et al.; :data:`PAPER_FLAGS`) adds to each command the settings of the
 paper's benchmark: the supp. C.3 augmentation and TDL K = 500 (pretrain), resize + centre crop
 (finetune, probe), the CE + Σ KL loss (distill), noise on the decoded frames and the paper's
-per-cell video counts (robustness, where the command has the options).
+per-cell video counts (robustness).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import itertools
 import json
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +89,13 @@ RESERVED = {"out", "out_dir", "resume", "overwrite", "name", "checkpoint", "chec
             "test_data", "eval_data", "train", "test", "task", "arch", "subset", "seed",
             "device", "threads", "num_threads", "workers", "teacher", "teachers",
             "teacher_logits", "student", "random_init", "config", "config_path", "linear_probe",
-            "help"}
+            "pretrained", "help"}
+# a study-file key that negates a boolean config field (`no_progress: true`, as every preset
+# writes it, is `progress: false`)
+NEGATED = {"no_progress": "progress"}
+# structural settings passed under another flag than --<key> (a run's data, checkpoints, seed
+# and device go as flags; its options as --set key=value)
+FLAGS = {"pretrained": "--checkpoint", "checkpoints": "--checkpoint", "teachers": "--teacher"}
 # the file each step's checkpoint lands in (what a downstream run reads)
 CHECKPOINTS = {"pretrain": "checkpoint.pt", "finetune": "checkpoint.pt",
                "probe": "checkpoint.pt", "distill": "checkpoint.pt"}
@@ -102,16 +116,17 @@ class Dataset:
     content: tuple = ()  # manifest_hash of each manifest found (part of run hashes: new data,
     #                      or videos replaced in place, give new runs)
 
-    def flags(self, step: str) -> list[str]:
-        """The data options of ``step``'s command for this dataset, paths as ``{data:NAME:split}``
-        (resolved by the runner, so run names do not depend on where the data lies)."""
+    def paths(self, step: str) -> dict:
+        """The data settings of ``step``'s command for this dataset (config key -> path), paths
+        as ``{data:NAME:split}`` (resolved by the runner, so run names do not depend on where
+        the data lies)."""
         if self.train is None:
-            return []
+            return {}
         tr, te = f"{{data:{self.name}:train}}", f"{{data:{self.name}:test}}"
-        return {"pretrain": ["--data", tr], "finetune": ["--data", tr, "--test-data", te],
-                "probe": ["--data", tr, "--test-data", te], "retrieve": ["--train", tr,
-                "--test", te], "robustness": ["--data", te], "cka": ["--data", te],
-                "distill": ["--data", tr, "--eval-data", te]}[step]
+        return {"pretrain": {"data": tr}, "finetune": {"data": tr, "test_data": te},
+                "probe": {"data": tr, "test_data": te}, "retrieve": {"train": tr, "test": te},
+                "robustness": {"data": te}, "cka": {"data": te},
+                "distill": {"data": tr, "eval_data": te}}[step]
 
 
 @dataclass(frozen=True)
@@ -180,14 +195,20 @@ class Cell:
 
 @dataclass(frozen=True)
 class Run:
-    """One ordinary command in its own directory. ``argv`` follows ``dalivssl``; ``{run:NAME}``
-    stands for run NAME's checkpoint (resolved by the runner)."""
+    """One ordinary command in its own directory. ``structure``: what the study gives it as flags
+    (config key -> value: data, checkpoints, seed, device; ``{run:NAME}`` stands for run NAME's
+    checkpoint and ``{data:NAME:split}`` for a manifest, both resolved by the runner);
+    ``settings``: its options as config keys (``--set key=value``), with where the study file
+    gives each (``sources``). ``argv`` follows ``dalivssl``."""
 
     name: str
     step: str
     argv: tuple
     deps: tuple
     columns: dict
+    structure: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)
 
     @property
     def command(self) -> str:
@@ -363,49 +384,65 @@ def _complexity_levels(override) -> dict:
     return levels
 
 
-def command_options(step: str) -> dict:
-    """YAML key -> click option of ``step``'s command (its own parameter table: no copy)."""
-    import click
+def config_class(step: str) -> type:
+    """The typed config of ``step``'s command (its RunSpec's): what a step's options are keys of."""
+    from dalivssl.runs import spec
 
-    from dalivssl.cli import COMMANDS
+    return spec(STEP_COMMANDS[step]).config
 
-    module, attr, _ = COMMANDS[STEP_COMMANDS[step]]
-    cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
-    out = {}
-    for p in cmd.params:
-        if isinstance(p, click.Option):
-            for key in {p.name, *(o.lstrip("-").replace("-", "_") for o in p.opts)}:
-                out[key] = p
-    return out
+
+def config_fields(step: str) -> set[str]:
+    """The keys of ``step``'s config (the runner passes --name and --threads where they are)."""
+    return {f.name for f in dataclasses.fields(config_class(step))}
+
+
+def _noun(tp) -> str:
+    """What a config annotation holds, in words (the first type of an optional or union)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    tp = typing.get_origin(tp) or tp
+    return {int: "integer", float: "number", bool: "boolean (true or false)", str: "string",
+            tuple: "list", dict: "mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _check_options(step: str, options: dict, where: str | None = None) -> dict:
-    """Keys and values of ``options`` checked against the command's own option types."""
-    import click
+    """Keys and value types of ``options`` checked as keys of the command's typed config
+    (:func:`config_class`; ``set:`` a mapping of its keys, dotted for sampler/head/backbone, as
+    ``--set`` takes them); ranges and names are checked per run (:func:`check_run`)."""
+    from dalivssl import config as C
 
     where = where or step
     _need(isinstance(options, dict), f"{where}: expected a mapping of option: value")
-    params = command_options(step)
-    valid = sorted({p.name for k, p in params.items()} - RESERVED)
+    cls = config_class(step)
+    hints = typing.get_type_hints(cls)
+    valid = sorted((set(hints) | set(NEGATED) | {"set"}) - RESERVED)
+    out = {}
     for key, value in options.items():
         key = str(key).replace("-", "_")
         _need(key not in RESERVED, f"{where}: {key!r} is set by the study, not by the file")
-        _need(key in params, f"{where}: unknown option {key!r} of `dalivssl "
+        _need(key in valid, f"{where}: unknown option {key!r} of `dalivssl "
               f"{STEP_COMMANDS[step]}`; valid: {', '.join(valid)}")
-        p = params[key]
-        if p.name == "sets":
+        if key == "set":
             _need(isinstance(value, dict), f"{where}.set: expected a mapping of key: value")
-            continue
-        if p.is_flag:
-            _need(isinstance(value, bool), f"{where}.{key}: expected true or false")
-            continue
-        for v in _as_list(value) if p.multiple else [value]:
-            text = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+            value = {str(k): v for k, v in value.items()}
+            for k, v in value.items():
+                _need(k.split(".")[0] not in RESERVED,
+                      f"{where}.set: {k!r} is set by the study, not by the file")
+                _need(k.split(".")[0] in hints, f"{where}.set: unknown key {k!r} of `dalivssl "
+                      f"{STEP_COMMANDS[step]}`; valid: {', '.join(sorted(set(hints) - RESERVED))}")
+                try:
+                    C.from_dict(cls, C.parse_set([f"{k}={set_text(v)}"]))
+                except DalivsslError as exc:
+                    raise DalivsslError(f"{where}.set: {exc}") from None
+        else:
+            tp = hints[NEGATED.get(key, key)]
             try:
-                p.type.convert(text, p, None)
-            except click.BadParameter as exc:
-                raise DalivsslError(f"{where}.{key}: {exc.message}") from None
-    return {str(k).replace("-", "_"): v for k, v in options.items()}
+                C.from_dict(cls, {NEGATED.get(key, key): value})
+            except DalivsslError:
+                raise DalivsslError(f"{where}.{key}: {value!r} is not a valid {_noun(tp)}"
+                                    ) from None
+        out[key] = value
+    return out
 
 
 def _selector(sel, where) -> tuple:
@@ -516,27 +553,80 @@ def _merge(*dicts) -> dict:
     return out
 
 
-def option_argv(step: str, options: dict) -> list[str]:
-    """``options`` (YAML keys) as command-line flags of ``step``'s command, sorted by key."""
-    params = command_options(step)
+def settings_of(options: dict) -> dict:
+    """A step's options (study-file keys) as config settings ``{key or sub.key: value}``, sorted:
+    ``set:`` entries win over plain keys (as ``--set`` wins over a flag), :data:`NEGATED` keys
+    become their field."""
+    out = {NEGATED.get(k, k): (not v if k in NEGATED else v) for k, v in options.items()
+           if k != "set"}
+    out.update({str(k): v for k, v in options.get("set", {}).items()})
+    return dict(sorted(out.items()))
+
+
+def set_text(value) -> str:
+    """``value`` as ``--set`` text that ``config.parse_set`` reads back as the same value: JSON
+    (which YAML reads), or YAML's flow form where YAML 1.1 reads the JSON otherwise (``1e-05``
+    would be a string)."""
+    import yaml
+
+    text = json.dumps(value)
+    if yaml.safe_load(text) != value:
+        text = yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
+    return text
+
+
+def set_argv(settings: dict) -> list[str]:
+    """``settings`` as ``--set key=value`` pairs (in their order)."""
+    return [x for k, v in settings.items() for x in ("--set", f"{k}={set_text(v)}")]
+
+
+def structure_argv(step: str, structure: dict) -> list[str]:
+    """A run's structure as flags, in its order (a tuple repeats the flag, True is a bare flag,
+    None is left out)."""
+    argv: list[str] = []
+    for key, value in structure.items():
+        flag = "--student" if (step, key) == ("distill", "arch") else \
+            FLAGS.get(key, "--" + key.replace("_", "-"))
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, tuple):
+            argv += [x for v in value for x in (flag, str(v))]
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def flag_form(options: dict) -> list[str]:
+    """``options`` as flags sorted by key (``--key value``, a list comma-joined, a boolean as
+    ``--key`` or ``--no-key``, ``set:`` entries as ``--set key=JSON``): the form of a run's
+    command line before its options went as ``--set`` (d0c9596). Kept as the run's identity,
+    hashed into its name, so that the runs of an existing study dir keep their names."""
     argv: list[str] = []
     for key in sorted(options):
-        value, p = options[key], params[key]
-        flag = next(o for o in p.opts if o.startswith("--"))
-        if p.name == "sets":
+        value, flag = options[key], "--" + key.replace("_", "-")
+        if key == "set":
             argv += [x for k in sorted(value) for x in ("--set", f"{k}={json.dumps(value[k])}")]
-        elif p.is_flag:
-            if value:
-                argv.append(flag)
-            elif p.secondary_opts:
-                argv.append(p.secondary_opts[0])
-        elif p.multiple:
-            for v in _as_list(value):
-                argv += [flag, str(v)]
+        elif isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
         else:
             argv += [flag, ",".join(map(str, value)) if isinstance(value, (list, tuple))
                      else str(value)]
     return argv
+
+
+def _combine(sections) -> tuple[dict, dict, dict]:
+    """``(where, options)`` sections, later ones winning: the merged options (study-file keys),
+    their settings (:func:`settings_of`) and where the study file gives each setting."""
+    options = _merge(*(o for _, o in sections))
+    plain, sets = {}, {}
+    for where, opts in sections:
+        for k in opts:
+            if k == "set":
+                sets.update({str(sk): f"{where}.set.{sk}" for sk in opts[k]})
+            else:
+                plain[NEGATED.get(k, k)] = f"{where}.{k}"
+    settings = settings_of(options)
+    return options, settings, {k: sets.get(k) or plain.get(k) for k in settings}
 
 
 class _Expander:
@@ -547,23 +637,25 @@ class _Expander:
         self.cells = [Cell(*v) for v in itertools.product(*(study.axes[a] for a in AXES))]
         self.labels = {c.label for c in self.cells}
         self.runs: dict[str, Run] = {}
-        self.device = ["--device", study.device]
 
     def add(self, run: Run) -> str:
         self.runs.setdefault(run.name, run)
         return run.name
 
-    def options(self, cell: Cell, step: str, base: dict) -> dict:
-        """The step's options for ``cell``: the paper's (``protocol: paper``, those the command
-        has) < the step's own < per-axis values."""
-        per = [self.s.per.get((a, str(getattr(cell, a)), step), {}) for a in AXES]
-        per += [opts for (axis, value, s), opts in self.s.per.items() if s == step and "+" in axis
+    def options(self, cell: Cell, step: str, base: dict, *extra) -> tuple:
+        """The step's options for ``cell`` (:func:`_combine`): the paper's (``protocol: paper``,
+        those its config has) < the step's own < per-axis values < ``extra`` sections."""
+        per = [(f"per.{a}.{getattr(cell, a)}.{step}",
+                self.s.per.get((a, str(getattr(cell, a)), step), {})) for a in AXES]
+        per += [(f"per.{axis}.{value}.{step}", opts)
+                for (axis, value, s), opts in self.s.per.items() if s == step and "+" in axis
                 and value == "+".join(str(getattr(cell, a)) for a in axis.split("+"))]
         paper = {}
         if self.s.protocol == "paper":
-            params = command_options(step)
-            paper = {k: v for k, v in PAPER_FLAGS.get(step, {}).items() if k in params}
-        return _merge(paper, base, *per)
+            paper = {k: v for k, v in PAPER_FLAGS.get(step, {}).items()
+                     if k in config_fields(step) | {"set"}}
+        own = "pretrain" if step == "pretrain" else f"steps.{step}"
+        return _combine([("protocol: paper", paper), (own, base), *per, *extra])
 
     def checkpoint(self, cell: Cell, pre: str) -> str:
         """The reference to ``cell``'s pretrained weights: the kept ``epoch_<stage>.pt`` of its
@@ -572,41 +664,45 @@ class _Expander:
 
         return f"{{run:{pre}:{stage_name(cell.stage)}}}" if cell.stage else f"{{run:{pre}}}"
 
-    def make(self, step, label, argv, deps, columns, data_names) -> Run:
+    def make(self, step, label, structure, options, deps, columns, data_names) -> Run:
+        """A run of ``step``: ``structure`` as flags, then its settings as ``--set`` pairs; its
+        name hashes the structure, the options in :func:`flag_form` and the data."""
+        opts, settings, sources = options
+        head = [STEP_COMMANDS[step], *structure_argv(step, structure)]
         given = {d: (*self.s.datasets[d].given, *self.s.datasets[d].content) for d in data_names}
-        name = f"{label}-{_short_hash({'step': step, 'argv': argv, 'data': given})}"
+        identity = head + flag_form(opts)
+        name = f"{label}-{_short_hash({'step': step, 'argv': identity, 'data': given})}"
         cols = {k: columns.get(k) for k in COLUMNS}
         cols["step"] = step
-        return Run(name, step, tuple(argv), tuple(deps), cols)
+        return Run(name, step, tuple(head + set_argv(settings)), tuple(deps), cols,
+                   structure, settings, sources)
 
     def pretrain(self, cell: Cell) -> Run:
         cell = cell.pretraining  # the stages of a cell share one pretraining
-        opts = self.options(cell, "pretrain", self.s.pretrain)
+        extra = []
         stages = sorted(s for s in self.s.axes["stage"] if s is not None)
         if stages:
-            opts = _merge(opts, {"set": {"keep_epochs": stages}})
+            extra.append(("axes.stage", {"set": {"keep_epochs": stages}}))
         if cell.complexity is not None:
             knob = _task_knob(cell.task)
             level = self.s.complexity[cell.task][cell.complexity]
-            opts = _merge(opts, {"set": {f"sampler.{knob}": level}})
-        argv = ["pretrain", "--task", cell.task, "--arch", cell.arch,
-                *self.s.datasets[cell.data].flags("pretrain"),
-                *(["--subset", str(cell.subset)] if cell.subset else []),
-                "--seed", str(cell.seed), *self.device,
-                *option_argv("pretrain", opts)]
-        return self.make("pretrain", cell.label, argv, (), cell.columns(), [cell.data])
+            extra.append(("axes.complexity", {"set": {f"sampler.{knob}": level}}))
+        structure = {"task": cell.task, "arch": cell.arch,
+                     **self.s.datasets[cell.data].paths("pretrain"), "subset": cell.subset,
+                     "seed": cell.seed, "device": self.s.device}
+        return self.make("pretrain", cell.label, structure,
+                         self.options(cell, "pretrain", self.s.pretrain, *extra), (),
+                         cell.columns(), [cell.data])
 
     def model(self, cell: Cell, kind: str, target: str) -> Run:
         """The finetuned (or probed) model of ``cell`` on ``target``."""
         pre = self.add(self.pretrain(cell))
-        step = self.s.step(kind)
-        opts = self.options(cell, kind, step.options)
-        argv = ["finetune", "--checkpoint", self.checkpoint(cell, pre),
-                *self.s.datasets[target].flags(kind), "--seed", str(cell.seed),
-                *self.device, *(["--linear-probe"] if kind == "probe" else []),
-                *option_argv(kind, opts)]
+        structure = {"pretrained": self.checkpoint(cell, pre),
+                     **self.s.datasets[target].paths(kind), "seed": cell.seed,
+                     "device": self.s.device, "linear_probe": kind == "probe" or None}
         tag = "ft" if kind == "finetune" else "probe"
-        return self.make(kind, f"{cell.label}_{tag}-{target}", argv, (pre,),
+        return self.make(kind, f"{cell.label}_{tag}-{target}", structure,
+                         self.options(cell, kind, self.s.step(kind).options), (pre,),
                          {**cell.columns(), "target": target}, [cell.data, target])
 
     def other(self, cell: Cell, selector: tuple, where: str) -> Cell:
@@ -624,20 +720,19 @@ class _Expander:
         elif step.kind == "retrieve":
             pre = self.add(self.pretrain(cell))
             for t in targets:
-                argv = ["retrieve", "--checkpoint", self.checkpoint(cell, pre),
-                        *self.s.datasets[t].flags("retrieve"), *self.device,
-                        *option_argv("retrieve", self.options(cell, "retrieve", step.options))]
-                out.append(self.make("retrieve", f"{cell.label}_ret-{t}", argv, (pre,),
+                structure = {"checkpoint": self.checkpoint(cell, pre),
+                             **self.s.datasets[t].paths("retrieve"), "device": self.s.device}
+                out.append(self.make("retrieve", f"{cell.label}_ret-{t}", structure,
+                                     self.options(cell, "retrieve", step.options), (pre,),
                                      {**cell.columns(), "target": t}, [cell.data, t]))
         elif step.kind == "robustness":
             for t in targets:
                 m = self.add(self.model(cell, step.model, t))
-                argv = ["robustness", "--checkpoint", f"{{run:{m}}}",
-                        *self.s.datasets[t].flags("robustness"), "--seed", str(cell.seed),
-                        *self.device,
-                        *option_argv("robustness", self.options(cell, "robustness",
-                                                                step.options))]
-                out.append(self.make("robustness", f"{cell.label}_rob-{step.model}-{t}", argv,
+                structure = {"checkpoints": (f"{{run:{m}}}",),
+                             **self.s.datasets[t].paths("robustness"), "seed": cell.seed,
+                             "device": self.s.device}
+                out.append(self.make("robustness", f"{cell.label}_rob-{step.model}-{t}",
+                                     structure, self.options(cell, "robustness", step.options),
                                      (m,), {**cell.columns(), "target": t, "ref": step.model},
                                      [cell.data, t]))
         elif step.kind == "cka":
@@ -649,6 +744,9 @@ class _Expander:
         return out
 
     def cka(self, cell: Cell, step: Step, against) -> Run | None:
+        """One CKA map. Its clips are the checkpoints' own: their records, resolved by the cka
+        command, which refuses two checkpoints trained on other clips unless the step's options
+        give clip_len and size."""
         data = step.targets[0] if step.targets else cell.data
         a = cell
         if against == SELF:  # the model's own layer × layer map: one --checkpoint
@@ -673,38 +771,31 @@ class _Expander:
             ra = self.add(self.pretrain(cell))
             label, ref = f"{cell.label}_vs_{against}", against
             paths, deps = [self.checkpoint(cell, ra), self.s.references[against]], (ra,)
-        opts = self.options(a, "cka", step.options)
-        clip = _clip_of(self.options(a, "pretrain", self.s.pretrain))
-        params = command_options("cka")
-        opts = {**{k: v for k, v in clip.items() if k in params}, **opts}
-        argv = ["cka", *(x for p in paths for x in ("--checkpoint", p)),
-                *self.s.datasets[data].flags("cka"), "--seed", str(a.seed),
-                *self.device, *option_argv("cka", opts)]
-        return self.make("cka", label, argv, deps, {**a.columns(), "target": data, "ref": ref},
-                         [a.data, data])
+        structure = {"checkpoints": tuple(paths), **self.s.datasets[data].paths("cka"),
+                     "seed": a.seed, "device": self.s.device}
+        return self.make("cka", label, structure, self.options(a, "cka", step.options), deps,
+                         {**a.columns(), "target": data, "ref": ref}, [a.data, data])
 
     def distill(self, cell: Cell, step: Step, target: str, baseline=False) -> Run:
         student = step.student or cell.arch
         opts = self.options(cell, "distill", step.options)
-        head = ["distill", "--student", student, *self.s.datasets[target].flags("distill"),
-                "--seed", str(cell.seed), *self.device]
+        structure = {"arch": student, **self.s.datasets[target].paths("distill"),
+                     "seed": cell.seed, "device": self.s.device}
         if baseline:
-            argv = head + option_argv("distill", opts)
-            return self.make("distill", f"kd_{student}_{target}_s{cell.seed}_none", argv, (),
-                             {"arch": student, "task": "none", "seed": cell.seed,
-                              "target": target, "ref": "none"}, [target])
+            return self.make("distill", f"kd_{student}_{target}_s{cell.seed}_none", structure,
+                             opts, (), {"arch": student, "task": "none", "seed": cell.seed,
+                                        "target": target, "ref": "none"}, [target])
         teachers = sorted({self.other(cell, sel, "steps.distill.teachers")
                            for sel in step.teachers}, key=lambda c: c.label)
         models = [self.add(self.model(c, "finetune", target)) for c in teachers]
-        argv = head + [x for m in models for x in ("--teacher", f"{{run:{m}}}")]
-        argv += [x for f in step.teacher_logits for x in ("--teacher-logits", f)]
-        argv += option_argv("distill", opts)
+        structure.update(teachers=tuple(f"{{run:{m}}}" for m in models),
+                         teacher_logits=tuple(step.teacher_logits))
         shared = {a: getattr(teachers[0], a) for a in ("data", "subset", "complexity")
                   if teachers and len({getattr(c, a) for c in teachers}) == 1}
         names = [c.label for c in teachers] + [Path(f).stem for f in step.teacher_logits]
         tasks = "+".join(sorted({c.task for c in teachers}) or ["logits"])
         label = f"kd_{student}_{target}_{len(names)}t_s{cell.seed}"
-        return self.make("distill", label, argv, tuple(models),
+        return self.make("distill", label, structure, opts, tuple(models),
                          {**shared, "arch": student, "task": tasks, "seed": cell.seed,
                           "target": target, "ref": ",".join(names)},
                          [target, *{c.data for c in teachers}])
@@ -714,15 +805,6 @@ def _task_knob(task: str) -> str:
     from dalivssl.tasks import TASKS
 
     return TASKS[task].SPEC["complexity"]
-
-
-def _clip_of(pretrain_opts: dict) -> dict:
-    """clip_len and size a cell pretrains with (the file's, else PretrainConfig's defaults)."""
-    from dalivssl.config import PretrainConfig
-
-    d = PretrainConfig()
-    return {"clip_len": pretrain_opts.get("clip_len", d.clip_len),
-            "size": pretrain_opts.get("size", d.size)}
 
 
 def expand(study: Study, check: bool = True) -> Plan:
@@ -742,44 +824,51 @@ def expand(study: Study, check: bool = True) -> Plan:
     return plan
 
 
-# step -> the typed config its command builds from its options (dalivssl.config)
-STEP_CONFIGS = {"pretrain": "PretrainConfig", "finetune": "FinetuneConfig",
-                "probe": "FinetuneConfig", "distill": "DistillConfig",
-                "retrieve": "RetrieveConfig", "robustness": "RobustnessConfig", "cka": "CKAConfig"}
+def run_config(plan: Plan, run: Run, settings: dict | None = None):
+    """The typed config ``run``'s command resolves: defaults < its structure (data paths
+    resolved; parents' checkpoints as placeholders) < its settings (``--set``)."""
+    from dalivssl import config as C
+
+    flags = {k: data_path(plan, v) if isinstance(v, str) else v
+             for k, v in run.structure.items()}
+    pairs = set_argv(run.settings if settings is None else settings)[1::2]
+    return C.resolve(config_class(run.step), None, flags, pairs)
+
+
+def _checked(plan: Plan, run: Run, settings: dict | None = None):
+    cfg = run_config(plan, run, settings)
+    return (cfg.resolved() if hasattr(cfg, "resolved") else cfg).check()
+
+
+def _passes(plan: Plan, run: Run, settings: dict) -> bool:
+    try:
+        _checked(plan, run, settings)
+    except (DalivsslError, ValueError):
+        return False
+    return True
 
 
 def check_run(plan: Plan, run: Run) -> None:
-    """``run``'s command line checked the way its command checks it, before any run starts
-    (review t3 #23: a bad value failed only after the parents had run): click's own parsing
-    (types, ranges, choices), the typed config's ranges, names and keys (``--set`` included:
-    robustness's noises and severities too), and a subset larger than its training data."""
-    import click
-
-    from dalivssl import config as C
-    from dalivssl.cli import COMMANDS
-
-    module, attr, _ = COMMANDS[STEP_COMMANDS[run.step]]
-    cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
-    argv = [data_path(plan, a) for a in run.argv[1:]]
+    """``run``'s settings checked the way its command checks them, before any run starts
+    (review t3 #23: a bad value failed only after the parents had run): its typed config
+    resolved and checked (types, ranges, names, ``--set`` keys: robustness's noises and
+    severities too), naming the study-file key that makes it fail where one does; and a subset
+    larger than its training data."""
     where = f"{run.step} run {run.name}"
     try:
-        params = cmd.make_context(cmd.name, argv).params
-        if run.step in STEP_CONFIGS:
-            cls = getattr(C, STEP_CONFIGS[run.step])
-            fields = {f.name for f in dataclasses.fields(cls)}
-            cfg = C.resolve(cls, None, {k: v for k, v in params.items() if k in fields},
-                            params.get("sets"))
-            (cfg.resolved() if hasattr(cfg, "resolved") else cfg).check()
-        if run.step == "pretrain" and params.get("subset") and params.get("data") and \
-                Path(params["data"]).is_file():
-            from dalivssl.data.subsets import nested_subsets
-            from dalivssl.data.synth import resolve_manifest
-
-            nested_subsets(resolve_manifest(params["data"], "train")[1], [params["subset"]])
-    except click.ClickException as exc:
-        raise DalivsslError(f"{where}: {exc.format_message()}") from None
+        cfg = _checked(plan, run)
     except (DalivsslError, ValueError) as exc:
-        raise DalivsslError(f"{where}: {exc}") from None
+        source = next((run.sources[k] for k in run.settings if _passes(
+            plan, run, {s: v for s, v in run.settings.items() if s != k})), None)
+        raise DalivsslError(f"{where}: {source + ': ' if source else ''}{exc}") from None
+    if run.step == "pretrain" and cfg.subset and cfg.data and Path(cfg.data).is_file():
+        from dalivssl.data.subsets import nested_subsets
+        from dalivssl.data.synth import resolve_manifest
+
+        try:
+            nested_subsets(resolve_manifest(cfg.data, "train")[1], [cfg.subset])
+        except (DalivsslError, ValueError) as exc:
+            raise DalivsslError(f"{where}: {exc}") from None
 
 
 def data_path(plan: Plan, arg: str) -> str:

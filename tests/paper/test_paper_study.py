@@ -48,8 +48,7 @@ def test_paper_preset_grids(name):
         if r.step == "distill":
             assert 'kd_loss="paper"' in r.argv
         if r.step == "robustness":  # noise before the resize, the paper's per-cell counts
-            assert " --noise-at decoded " in f" {' '.join(r.argv)} "
-            assert r.argv[r.argv.index("--videos-per-cell") + 1] == "paper"
+            assert 'noise_at="decoded"' in r.argv and 'videos_per_cell="paper"' in r.argv
 
 
 def test_every_paper_preset_is_pinned():
@@ -61,7 +60,7 @@ def test_every_paper_preset_is_pinned():
 def test_complexity_batch_changes_for_vcop_only():
     plan = expand(load_study("paper-table3-complexity"))
     batch = {(r.columns["task"], r.columns["complexity"]):
-             r.argv[r.argv.index("--batch-size") + 1]
+             next(a.split("=")[1] for a in r.argv if a.startswith("batch_size="))
              for r in plan.runs.values() if r.step == "pretrain" and r.columns["arch"] == "r21d"}
     assert [batch[("vcop", c)] for c in ("C1", "C2", "C3")] == ["32", "16", "8"]
     assert {batch[(t, c)] for t in ("rotnet", "prp") for c in ("C1", "C2", "C3")} == {"32"}
@@ -72,9 +71,10 @@ def _tiny(data, **changes):
            "data": {"synth": {"train": str(data["train"]), "test": str(data["test"])}},
            "axes": {"task": ["rotnet"], "arch": ["squeezenet"], "data": ["synth"],
                     "subset": [8], "stage": [1, 2]},
+           # lr (pretrain) and momentum (finetune): config keys without a flag of the command
            "pretrain": {**{k: v for k, v in TINY_PRETRAIN.items() if k != "max_steps"},
-                        "epochs": 2},
-           "steps": {"finetune": {"max_steps": 2, "batch_size": 4},
+                        "epochs": 2, "lr": 0.02},
+           "steps": {"finetune": {"max_steps": 2, "batch_size": 4, "momentum": 0.8},
                      "cka": {"against": ["self"], "batches": 2, "batch_size": 4}}}
     raw.update(changes)
     return raw
@@ -114,6 +114,9 @@ def test_tiny_paper_protocol_study_runs_end_to_end(tiny_data, tmp_path):  # noqa
     d = run_dir(out, pre)
     log = (d / LOG_FILE).read_text()
     assert sum(line.startswith("$ ") for line in log.splitlines()) == 1  # pretrained once
+    import yaml
+
+    assert yaml.safe_load((d / "config.yaml").read_text())["lr"] == 0.02  # rotnet's own: 0.01
     kept = {e: load_checkpoint(d / f"epoch_{e}.pt") for e in (1, 2)}
     assert [kept[e]["record"]["settings"]["stage"] for e in (1, 2)] == [1, 2]
     assert kept[1]["config"]["sampler"]["protocol"] == "paper"
@@ -122,6 +125,8 @@ def test_tiny_paper_protocol_study_runs_end_to_end(tiny_data, tmp_path):  # noqa
             ck = load_checkpoint(run_dir(out, r) / "checkpoint.pt")
             assert ck["config"]["protocol"] == "paper"
             assert ck["config"]["pretrained"].endswith(f"epoch_{r.columns['stage']}.pt")
+            ft_config = yaml.safe_load((run_dir(out, r) / "config.yaml").read_text())
+            assert ft_config["momentum"] == 0.8 and ft_config["protocol"] == "paper"
         if r.step == "cka":  # self-CKA: the model against itself, diagonal 1
             with ResultsFile(run_dir(out, r) / "cka.h5", "r") as f:
                 m = np.asarray(f.read("cka", "map"), float)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from dalivssl.errors import DalivsslError
-from dalivssl.study.spec import expand, load_study, parse_study, preset_names
+from dalivssl.study.spec import expand, load_study, parse_study, preset_names, run_config
 from tests.conftest import run_cli
 from tests.study.conftest import study_dict, write_study
 
@@ -42,10 +42,11 @@ def test_cells_and_run_names(tiny_data):
         "vcop_squeezenet_synth_n16_s0_ft-synth", "vcop_squeezenet_synth_n16_s0_ret-synth",
         "vcop_squeezenet_synth_n16_s0_rob-finetune-synth"]
     pre = p.runs[next(n for n in p.runs if n.startswith("rotnet_squeezenet_synth_n8_s0-"))]
+    # the study's structure as flags, the step's options as config settings (--set, sorted)
     assert pre.argv == ("pretrain", "--task", "rotnet", "--arch", "squeezenet", "--data",
                         "{data:synth:train}", "--subset", "8", "--seed", "0", "--device", "cpu",
-                        "--batch-size", "4", "--clip-len", "8", "--max-steps", "2",
-                        "--no-progress", "--size", "32")
+                        "--set", "batch_size=4", "--set", "clip_len=8", "--set", "max_steps=2",
+                        "--set", "progress=false", "--set", "size=32")
     # names do not depend on where the data lies, only on the settings
     moved = {"train": "/elsewhere/train.jsonl", "test": "/elsewhere/test.jsonl"}
     assert list(plan_of(study_dict(tiny_data)).runs) == list(p.runs)
@@ -53,11 +54,11 @@ def test_cells_and_run_names(tiny_data):
     ft = [r for r in p.runs.values() if r.step == "finetune"][0]
     assert ft.argv[1:3] == ("--checkpoint", f"{{run:{pre.name}}}") and ft.deps == (pre.name,)
     rob = [r for r in p.runs.values() if r.step == "robustness"][0]
-    assert rob.deps == (ft.name,) and "--severities" in rob.argv
-    assert rob.argv[rob.argv.index("--severities") + 1] == "1,3"
+    assert rob.deps == (ft.name,) and "severities=[1, 3]" in rob.argv
     cka = [r for r in p.runs.values() if r.step == "cka"][0]
     assert cka.columns["ref"] == "task=vcop" and len(cka.deps) == 2
-    assert cka.argv[cka.argv.index("--clip-len") + 1] == "8"  # the pretraining clips
+    # the clips are the checkpoints' own (their records, resolved by `dalivssl cka`)
+    assert cka.argv[-4:] == ("--set", "batch_size=4", "--set", "batches=2")
     assert p.by_cell["vcop_squeezenet_synth_n8_s0"][0].startswith("vcop_squeezenet_synth_n8_s0-")
 
 
@@ -87,11 +88,10 @@ def test_complexity_per_axis_and_shared_runs(tiny_data):
     assert set(pre) == {f"{t}_squeezenet_synth_n8_{c}_s0" for t in ("rotnet", "vcop")
                         for c in ("C1", "C2")}
     argv = pre["vcop_squeezenet_synth_n8_C2_s0"].argv
-    assert argv[argv.index("--set") + 1] == "sampler.num_clips=4"
-    assert argv[argv.index("--batch-size") + 1] == "2"
+    assert "sampler.num_clips=4" in argv and "batch_size=2" in argv
+    assert "batch_size=4" not in argv
     argv = pre["rotnet_squeezenet_synth_n8_C1_s0"].argv
-    assert argv[argv.index("--set") + 1] == "sampler.num_rotations=2"
-    assert argv[argv.index("--batch-size") + 1] == "4"
+    assert "sampler.num_rotations=2" in argv and "batch_size=4" in argv
     # one cka run per pair of cells (asked from both sides), and one per pretrain-vs-finetune
     assert sorted(labels(p, "cka")) == sorted(
         [f"rotnet_squeezenet_synth_n8_{c}_s0_vs_vcop_squeezenet_synth_n8_{c}_s0"
@@ -117,7 +117,7 @@ BAD = [
     ({"axes": {"task": ["cvrl"], "arch": ["squeezenet"], "complexity": ["C2"]}},
      "task 'cvrl' has no level 'C2'"),
     ({"axes": {"task": ["rotnet"], "arch": ["squeezenet"], "subset": [0]}}, "axes.subset"),
-    ({"pretrain": {"lr": 0.1}}, "unknown option 'lr' of `dalivssl pretrain`"),
+    ({"pretrain": {"learning_rate": 0.1}}, "unknown option 'learning_rate' of `dalivssl pretrain`"),
     ({"pretrain": {"task": "vcop"}}, "'task' is set by the study"),
     ({"pretrain": {"batch_size": "many"}}, "pretrain.batch_size: 'many' is not a valid integer"),
     ({"steps": {"finetune": {"optimizer": "lion"}}}, "steps.finetune.optimizer"),
@@ -153,11 +153,32 @@ def test_validation_errors(tiny_data, change, message):
 
 
 def test_cli_reports_a_bad_file_in_one_line(tmp_path, tiny_data):
-    path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, pretrain={"lr": 0.1}))
+    path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, pretrain={"lr_max": 0.1}))
     res = run_cli("study", "plan", path)  # in this process (tests/conftest.py)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0
     assert "bad.yaml: pretrain: unknown option" in res.stderr
+
+
+def test_config_keys_without_a_flag_reach_the_run_and_bad_values_stop_the_study(tmp_path,
+                                                                                 tiny_data):
+    """A step's options are keys of its command's typed config (momentum and amp have no flag
+    of `dalivssl finetune`): they go as --set and resolve as the command resolves them; a bad
+    value stops `study run` in one line before anything starts."""
+    steps = {"finetune": {"max_steps": 2, "momentum": 0.8, "lr": 1e-5, "set": {"amp": True}}}
+    p = plan_of(study_dict(tiny_data, steps=steps))
+    ft = [r for r in p.runs.values() if r.step == "finetune"][0]
+    assert ft.argv[-8:] == ("--set", "amp=true", "--set", "lr=1.0e-05", "--set", "max_steps=2",
+                            "--set", "momentum=0.8")
+    cfg = run_config(p, ft)
+    assert (cfg.momentum, cfg.amp, cfg.lr, cfg.max_steps) == (0.8, True, 1e-5, 2)
+    assert cfg.pretrained == ft.structure["pretrained"] and cfg.test_data == str(tiny_data["test"])
+    bad = {"finetune": {"max_steps": 2, "momentum": 1.5}}
+    path = write_study(tmp_path / "bad.yaml", study_dict(tiny_data, steps=bad))
+    res = run_cli("study", "run", path, "--out", tmp_path / "out")
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
+    assert "steps.finetune.momentum: momentum must be in [0, 1), got 1.5" in res.stderr
+    assert not (tmp_path / "out").exists()  # nothing started, no dir made
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -168,3 +189,44 @@ def test_presets_validate_and_expand(name):
     assert "pretrain" in steps and len(steps) >= 2
     if name != "tiny-cpu":
         assert p.study.device == "gpu"
+
+
+# tiny-cpu's runs (the embedded dataset: no data content in the hash) as study dirs made before
+# options went as --set (d0c9596) named them: a rerun there finds them done, none is remade
+OLD_NAMES = [
+    "rotnet_squeezenet_embedded_n48_s0-d29756",
+    "rotnet_squeezenet_embedded_n48_s0_ft-embedded-4cbff4",
+    "rotnet_squeezenet_embedded_n48_s0_ret-embedded-2c6d15",
+    "rotnet_squeezenet_embedded_n48_s0_rob-finetune-embedded-7aeab4",
+    "vcop_squeezenet_embedded_n96_s0-52582f", "vcop_squeezenet_embedded_n96_s0_ft-embedded-a5672e",
+    "vcop_squeezenet_embedded_n96_s0_ret-embedded-c279a3",
+    "vcop_squeezenet_embedded_n96_s0_rob-finetune-embedded-08331c"]
+
+
+def test_run_names_of_existing_study_dirs_stay():
+    p = expand(load_study("tiny-cpu"))
+    assert set(OLD_NAMES) <= set(p.runs)
+    # cka runs changed: the clips are no longer copied from the pretraining into their options
+    assert len(p.runs) == 18 and sum(r.step == "cka" for r in p.runs.values()) == 2
+
+
+def test_commands_take_what_the_study_passes():
+    """The runner passes --set to every step's command, --name and --threads where the
+    command's config has the field, --resume where its RunSpec says (robustness: none)."""
+    import importlib
+
+    import click
+
+    from dalivssl.cli import COMMANDS
+    from dalivssl.runs import spec
+    from dalivssl.study.spec import STEP_COMMANDS, config_fields
+
+    for step, command in STEP_COMMANDS.items():
+        module, attr, _ = COMMANDS[command]
+        cmd = getattr(importlib.import_module(f"dalivssl.cli.{module}"), attr)
+        flags = {o for p in cmd.params if isinstance(p, click.Option) for o in p.opts}
+        fields = config_fields(step)
+        assert "--set" in flags and "--out" in flags, step
+        assert ("--name" in flags) == ("name" in fields), step
+        assert ("--threads" in flags) == ("threads" in fields), step
+        assert ("--resume" in flags) == spec(command).resume_flag, step

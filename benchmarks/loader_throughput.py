@@ -55,7 +55,7 @@ VARIANTS = {
     # pipeline with --workers DALI threads; these give it one thread, or split the threads over
     # that many pipelines, each making every other batch in its own thread (PipelinePool)
     "threads-1": ("dali_threads_1", "1 pipeline × 1 thread", {"num_threads": 1}),
-    "pipelines-2": ("dali_pipelines_2", "2 pipelines × threads/2", {"pipelines": 2}),
+    "pipelines-2": ("dali_pipelines_2", "2 pipelines × DALI threads/2", {"pipelines": 2}),
 }
 MIN_TIMED = 10  # fewer timed batches than this: the figure is flagged as untrustworthy
 
@@ -356,7 +356,8 @@ def bench_dataset(name, manifest_path, task, device, batches, batch_size, clip_l
     def make(opts):
         opts = {"num_threads": workers, **opts}
         n = opts.pop("pipelines", 1)
-        if n > 1:
+        if n > 1:  # DALI's threads split; torch augments on one shared pool of them all
+            opts["augment_threads"] = opts["num_threads"]
             opts["num_threads"] = max(1, opts["num_threads"] // n)
         made = [PretextLoader(task, man, batch_size=batch_size, device=device,
                               clip_len=clip_len, size=size, seed=0, router=routes, **opts,

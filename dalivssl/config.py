@@ -91,7 +91,7 @@ class PretrainConfig:
     gamma: float | None = None        # 'step' decay factor
     min_lr_ratio: float | None = None  # 'cosine' floor as a fraction of lr
     grad_clip: float | None = None    # max gradient norm
-    amp: bool = False                 # bfloat16 autocast (GPU only)
+    amp: bool = False                 # bf16 autocast of the training forward (GPU, or CPU)
     deterministic: bool = False       # torch.use_deterministic_algorithms: bitwise resume on CPU
     ckpt_every: int = 50              # steps between checkpoints (and one at the end)
     log_every: int = 5

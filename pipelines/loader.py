@@ -103,8 +103,8 @@ class PretextLoader:
     verify without one stops rather than deliver unverified frames. cpu_augment: where a CPU
     run augments: 'auto' (torch on DALI's decoded frames when it implements the plan's keys and
     no noise is asked for: ``pipelines.augment.TORCH_KEYS``; else DALI), 'dali', or 'torch'
-    (``video.GraphConfig``), on as many threads as DALI's, one torch thread each; a GPU run
-    augments in DALI. antialias: DALI's resize filter.
+    (``video.GraphConfig``), on ``augment_threads`` threads of one torch thread each (None = as
+    many as DALI's); a GPU run augments in DALI. antialias: DALI's resize filter.
 
     Counts: ``skipped`` {reason: videos} (never used), ``short`` (videos used whose clips repeat
     frames: shorter than the plan's window, looped or padded by the sampler), ``counts()`` (both
@@ -117,7 +117,7 @@ class PretextLoader:
                  num_threads: int | None = None, drop_last: bool = True, raw: bool = False,
                  noise: tuple | None = None, prefetch: int = 1, gop_ranges: bool | str = True,
                  verify: bool | str = "auto", router=None, cpu_augment: str = "auto",
-                 antialias: bool = True, **task_options):
+                 antialias: bool = True, augment_threads: int | None = None, **task_options):
         if device not in ("cpu", "gpu"):
             raise LoaderError(f"device must be 'cpu' or 'gpu', not {device!r}")
         rank, world = (int(shard[0]), int(shard[1]))
@@ -145,6 +145,7 @@ class PretextLoader:
         from dalivssl.devices import dali_threads  # a leaf module, like dalivssl.errors
 
         self.num_threads = dali_threads(device, num_threads)
+        self.augment_threads = int(augment_threads or self.num_threads)
         self.drop_last = bool(drop_last)
         self.raw = bool(raw)
         self.noise = tuple(noise) if noise is not None else None
@@ -413,7 +414,7 @@ class PretextLoader:
                if self.device == "gpu" and e.backend == "cpu"]
         if not cpu:
             return run(self._pipe, cfg, [e.data for _, _, e in items],
-                       [e.frames for _, _, e in items], params)
+                       [e.frames for _, _, e in items], params, self.augment_threads)
         parts = []
         for pipe, js in ((self._pipe, [j for j in range(len(items)) if j not in cpu]),
                          (None, cpu)):
@@ -424,7 +425,8 @@ class PretextLoader:
             try:
                 parts.append((js, run(pipe, cfg if pipe is self._pipe else self._cpu[0],
                                       [items[j][2].data for j in js],
-                                      [items[j][2].frames for j in js], [params[j] for j in js])))
+                                      [items[j][2].frames for j in js], [params[j] for j in js],
+                                      self.augment_threads)))
             except RuntimeError:
                 if pipe is not self._pipe:
                     self._cpu = None

@@ -172,17 +172,18 @@ def feed(pipe, cfg: GraphConfig, encoded: list[np.ndarray], frames: list[np.ndar
     return orders
 
 
-def run(pipe, cfg: GraphConfig, encoded, frames, params) -> list:
+def run(pipe, cfg: GraphConfig, encoded, frames, params, threads: int | None = None) -> list:
     """Feed one batch and run it; returns torch tensors on the pipeline's device (zero-copy
     through DLPack): raw (normalize None): [uint8 (B, F, H, W, 3)]; normalised: [float
-    (B, K, C, T, H, W)] + one float (B, C, N, H, W) per extra-frame group."""
+    (B, K, C, T, H, W)] + one float (B, C, N, H, W) per extra-frame group. ``threads``: the torch
+    augmentation's (``cfg.torch_augment``; None = the pipeline's)."""
     import torch
 
     orders = feed(pipe, cfg, encoded, frames, params)
     if cfg.torch_augment:
         (decoded,) = pipe.run()
         return torch_outputs(cfg, [np.asarray(decoded[j]) for j in range(len(orders))],
-                             [o for _, o in orders], params, pipe.num_threads)
+                             [o for _, o in orders], params, threads or pipe.num_threads)
     return [torch.from_dlpack(o.as_tensor()) for o in pipe.run()]
 
 

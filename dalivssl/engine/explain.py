@@ -25,13 +25,13 @@ def settings(cfg) -> tuple[dict, dict]:
     """({setting name: value this run uses}, demo-preset values in effect) for ``cfg`` (a
     PretrainConfig), resolved as the trainer resolves them (one process)."""
     from dalivssl.engine.optim import resolve_optim
+    from dalivssl.engine.trainer import check_task_options
     from dalivssl.tasks import get_task, head_context, resolve_options
-    from pipelines.samplers import SAMPLERS
 
     task = get_task(cfg.task)
     spec = task.SPEC
     opts = resolve_options(cfg)
-    sampler = SAMPLERS[spec["sampler"]](clip_len=cfg.clip_len, size=cfg.size, **opts["sampler"])
+    sampler = check_task_options(cfg, opts)  # what a real run would refuse, refused here too
     out = {k: getattr(cfg, k) for k in RUN_KEYS}
     o = resolve_optim(cfg, spec, cfg.batch_size, total_steps=1)
     o["warmup"] = (f"{cfg.warmup_steps} steps" if cfg.warmup_steps is not None
@@ -122,7 +122,11 @@ def explain(cfg) -> str:
 
     from dalivssl.tasks import get_task
 
+    from dalivssl.engine.trainer import check_task_options
+    from dalivssl.tasks import resolve_options
+
     task = get_task(cfg.task)
+    sampler = check_task_options(cfg, resolve_options(cfg))
     vals, demo = settings(cfg)
     paper, _ = settings(dataclasses.replace(cfg, protocol="paper"))
     original = dict(getattr(task, "ORIGINAL", {}))
@@ -131,11 +135,6 @@ def explain(cfg) -> str:
     original.setdefault("sampler.protocol", "original")
     data = cfg.data or "the embedded synthetic dataset" + (" (demo preset)" if demo else "")
     lines = [f"pretrain {cfg.task} / {cfg.arch} on {data} (protocol {cfg.protocol})"]
-    from dalivssl.tasks import resolve_options
-    from pipelines.samplers import SAMPLERS
-
-    sampler = SAMPLERS[task.SPEC["sampler"]](clip_len=cfg.clip_len, size=cfg.size,
-                                             **resolve_options(cfg)["sampler"])
     need, fix = sampler.need()  # the sampler's min_frames, stated (pipelines.samplers.base)
     lines += [f"frames a video needs: {need}" + (f"; lowered by {fix}" if fix else ""), ""]
     lines += table(vals, paper, original)

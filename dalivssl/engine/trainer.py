@@ -121,12 +121,31 @@ def _summary_table(summary: dict):
     stdout_console().print(t)
 
 
+def check_task_options(cfg: PretrainConfig, opts: dict):
+    """The sampler and head options of a pretrain run (``opts``: ``tasks.resolve_options``) checked
+    before anything is built, by the real run and by ``--explain`` alike: unknown keys are one
+    line with the valid ones, and the sampler is built once so that its values fail here, not
+    blamed on the dataset by the loader. Returns the sampler."""
+    from dalivssl.tasks import check_head_values, get_task
+    from pipelines.samplers import SAMPLERS
+
+    task = get_task(cfg.task)
+    make = SAMPLERS[task.SPEC["sampler"]]
+    check_options(f"{cfg.task} sampler", make, opts["sampler"],
+                  reserved=("clip_len", "size", "augment"))
+    check_options(f"{cfg.task} head", task.build_head, cfg.head)
+    try:
+        check_head_values(cfg.task, opts["head"])
+        return make(clip_len=cfg.clip_len, size=cfg.size, **opts["sampler"])
+    except (TypeError, ValueError) as exc:
+        raise DalivsslError(str(exc)) from None
+
+
 def _build(cfg: PretrainConfig, task, dist):
     """-> (loader, model, optimizer, scheduler, resolved cfg, opt, total_steps)."""
     from dalivssl.devices import dali_threads
     from models import create_backbone
     from pipelines.loader import LoaderError, PretextLoader
-    from pipelines.samplers import SAMPLERS
 
     spec = task.SPEC
     from dalivssl.tasks import dataset_overrides, head_context, option_defaults, resolve_options
@@ -137,12 +156,7 @@ def _build(cfg: PretrainConfig, task, dist):
         own = dict(getattr(cfg, key, None) or {})
         opts[key].update({k: v for k, v in vals.items() if k not in own})
     sampler_opts = opts["sampler"]
-    check_options(f"{cfg.task} sampler", SAMPLERS[spec["sampler"]], sampler_opts,
-                  reserved=("clip_len", "size", "augment"))
-    try:  # option values (--set/--config) fail here, not blamed on the dataset by the loader
-        SAMPLERS[spec["sampler"]](clip_len=cfg.clip_len, size=cfg.size, **sampler_opts)
-    except (TypeError, ValueError) as exc:
-        raise DalivsslError(str(exc)) from None
+    check_task_options(cfg, opts)
     from dalivssl.data.verify import routes
 
     try:
@@ -159,7 +173,6 @@ def _build(cfg: PretrainConfig, task, dist):
     backbone = create_backbone(cfg.arch, **opts["backbone"])
     _check_input_size(backbone, cfg)
     ctx = head_context(task.build_head, cfg, loader.sampler, sampler_opts, dist.world)
-    check_options(f"{cfg.task} head", task.build_head, cfg.head)
     head_opts = {**ctx, **opts["head"]}
     try:
         head = task.build_head(backbone, **head_opts)

@@ -38,8 +38,6 @@ def _check(cfg: PretrainConfig, dev) -> None:
     if cfg.batch_size < 2:
         raise DalivsslError(f"batch_size must be >= 2 (BatchNorm, contrastive negatives), got "
                             f"{cfg.batch_size}")
-    if cfg.amp and dev.name != "gpu":
-        raise DalivsslError("amp needs --device gpu")
     cfg.check()  # the CLI checked already; the Python API gets the same one-line errors
 
 

@@ -9,6 +9,8 @@
 - ``ORIGINAL``: the original's value of each setting ("head.dim", "lr", …) for ``--explain``;
 - ``DIFFERENCES``: the known differences from the original, one line each;
 - ``DEMO`` (optional): sampler/head overrides of the demo preset (below);
+- ``HEAD_RANGES`` (optional): {head option: rule} of its numeric options (:data:`RULES`), checked
+  before anything is built (:func:`check_head_values`), by ``--explain`` too;
 - ``PAPER`` (optional): head/sampler values of the benchmark's protocol (``protocol: paper``,
   Kumar et al. arXiv 2306.06010: supp. C.3 and §4), beyond the sampler's own ``protocol``;
   ``--explain`` lists them under "Paper protocol" beside the augmentation.
@@ -34,6 +36,31 @@ SUB_OPTIONS = ("sampler", "head", "backbone")
 # parameters of a sampler, head or backbone builder that the run supplies (never options)
 RUN_PARAMS = frozenset({"self", "backbone", "clip_len", "size", "augment", "unknown",
                         "num_classes", "net", "kwargs", "kw"})
+
+
+# the range rules of HEAD_RANGES: name -> (type, test, words)
+RULES = {"int>=1": (int, lambda v: v >= 1, ">= 1"), ">0": (float, lambda v: v > 0, "> 0"),
+         ">=0": (float, lambda v: v >= 0, ">= 0"),
+         "[0,1)": (float, lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
+def check_head_values(task_name: str, head: dict) -> None:
+    """ValueError naming the option, its value and its range (the form of
+    ``models.heads.check_at_least``) when a head option the run sets breaks the task's
+    ``HEAD_RANGES`` (e.g. TDL's ``queue_size: 0``, a temperature of 0)."""
+    ranges = getattr(get_task(task_name), "HEAD_RANGES", {})
+    for key, rule in ranges.items():
+        kind, test, words = RULES[rule]
+        value = head.get(key)
+        if value is None:
+            continue
+        ok_type = not isinstance(value, bool) and isinstance(value, (int, float) if kind is float
+                                                              else int)
+        if not ok_type:
+            noun = "an integer" if kind is int else "a number"
+            raise ValueError(f"{task_name} head: {key} must be {noun}, got {value!r}")
+        if not test(value):
+            raise ValueError(f"{task_name} head: {key} must be {words}, got {value!r}")
 
 
 def get_task(name: str):

@@ -47,6 +47,10 @@ DIFFERENCES = (
 TEMPERATURE = 0.1
 
 
+HEAD_RANGES = {  # checked before building (tasks.check_head_values)
+    "hidden": "int>=1", "out_dim": "int>=1", "layers": "int>=1"}
+
+
 def build_head(backbone, hidden: int = 2048, out_dim: int = 128, layers: int = 3):
     return MLPProjection(backbone.feature_dim, hidden, out_dim, layers)
 

@@ -67,6 +67,9 @@ class PRPHead(nn.Module):
         return self.cls(fmap), self.dec(fmap)
 
 
+HEAD_RANGES = {"width": "int>=1"}  # checked before building (check_head_values)
+
+
 def build_head(backbone, num_classes: int = 4, clip_len: int = 16, size: int = 112,
                width: int = 512):
     """``num_classes`` = number of rates; the decoder targets 3×2T×size×size. The backbone's map

@@ -41,6 +41,9 @@ DIFFERENCES = (
 )
 
 
+HEAD_RANGES = {"dropout": "[0,1)"}  # checked before building (check_head_values)
+
+
 def build_head(backbone, num_classes: int = 4, dropout: float = 0.5):
     """LinearHead(feature_dim → num_classes); ``num_classes`` = the sampler's num_rotations."""
     return LinearHead(backbone.feature_dim, num_classes, dropout)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.heads import EmbeddingHead
+from dalivssl.tasks.tdl import HEAD_RANGES as MOCO_RANGES
 from models.moco import KeyQueue, ema_update, infonce, key_copy, shuffled_encode, trimmed_size
 
 SPEC = {
@@ -82,6 +83,9 @@ class RSPNetHead(nn.Module):
         ema_update(backbone, self.key_backbone, self.momentum)
         ema_update(self.avid, self.key_avid, self.momentum)
         ema_update(self.rsp, self.key_rsp, self.momentum)
+
+
+HEAD_RANGES = {**MOCO_RANGES, "margin": ">=0"}  # checked before building (tasks.check_head_values)
 
 
 def build_head(backbone, queue_size: int = 16384, dim: int = 128, momentum: float = 0.999,

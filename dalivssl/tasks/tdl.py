@@ -73,6 +73,11 @@ class TDLHead(nn.Module):
 PAPER = {"head": {"queue_size": 500}}
 
 
+# the MoCo head's options (RSPNet's too), checked before building (tasks.check_head_values)
+HEAD_RANGES = {"queue_size": "int>=1", "dim": "int>=1", "momentum": "[0,1)",
+               "temperature": ">0", "shuffle_groups": "int>=1"}
+
+
 def build_head(backbone, queue_size: int = 5000, dim: int = 128, momentum: float = 0.999,
                temperature: float = 0.07, shuffle_groups: int = 1):
     """``shuffle_groups`` 1: the original trains on one GPU, where its ShuffleBN is a permutation

@@ -48,6 +48,10 @@ DEMO = {"head": {"feature_norm": "batch", "backbone_pass": "joint"}}
 BACKBONE_PASSES = ("position", "joint")
 
 
+HEAD_RANGES = {  # checked before building (tasks.check_head_values)
+    "hidden": "int>=1", "dropout": "[0,1)"}
+
+
 def build_head(backbone, num_clips: int = 3, hidden: int = 512, dropout: float = 0.5,
                feature_norm: str = "none", backbone_pass: str = "position"):
     """``num_clips`` = the sampler's K (number of classes K!). ``feature_norm``: "none" (default,

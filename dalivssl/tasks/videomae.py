@@ -97,6 +97,10 @@ class MAEDecoder(nn.Module):
         return self.head(self.norm(x[:, -idx_mask.shape[1]:]))
 
 
+HEAD_RANGES = {  # checked before building (tasks.check_head_values)
+    "decoder_dim": "int>=1", "decoder_depth": "int>=1", "decoder_heads": "int>=1"}
+
+
 def build_head(backbone, decoder_dim: int | None = None, decoder_depth: int = 4,
                decoder_heads: int | None = None):
     """Decoder over ``backbone`` tokens. Defaults follow VideoMAE: width D/2 (ViT-B 384, ViT-S

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,27 @@ def test_pretrain_runs_and_writes_outputs(tiny_synth, tmp_path):
     bb, _ = load_backbone(run / "checkpoint.pt", arch="r21d")
     assert bb.feature_dim == 512
     assert json.loads((run / "summary.json").read_text())["steps"] == 3
+
+
+def test_pretrain_with_amp_on_cpu_trains_in_bf16(tiny_synth, tmp_path):
+    """amp=True on the CPU (the loop's bf16 autocast, as finetune and distill): recorded, finite,
+    and not the fp32 losses of the same seed."""
+    from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.runs.pretrain import pretrain
+
+    losses = {}
+    for amp in (False, True):
+        cfg = PretrainConfig(task="vcop", arch="r21d", data=str(tiny_synth["train"]), clip_len=8,
+                             size=32, batch_size=2, max_steps=2, threads=1, amp=amp,
+                             out=str(tmp_path / str(amp)), progress=False, log_every=1,
+                             tensorboard=False)
+        pretrain(cfg)
+        rows = (tmp_path / str(amp) / "log.csv").read_text().splitlines()[1:]
+        losses[amp] = [float(r.split(",")[2]) for r in rows]
+        rec = load_checkpoint(tmp_path / str(amp) / "checkpoint.pt")["record"]
+        assert rec["settings"]["amp"] is amp and rec["status"] == "complete"
+    assert len(losses[True]) == 2 and all(np.isfinite(losses[True]))
+    assert losses[True] != losses[False]
 
 
 @pytest.mark.slow

@@ -21,6 +21,14 @@ def test_bad_values_fail_in_one_line():
     assert rc == 2 and "--keep-epochs '1,x'" in out and "Traceback" not in out
     rc, out = _run("pretrain", "--keep-epochs", "5", "--epochs", "2", "--explain")
     assert rc == 2 and "keep_epochs: 5 is not an epoch" in out
+    # --explain refuses what the run would refuse: an unknown head or sampler option
+    rc, out = _run("pretrain", "--task", "rspnet", "--set", "head.queue_sise=64", "--explain")
+    assert rc == 2 and "unknown rspnet head option 'queue_sise'" in out and "queue_size" in out
+    rc, out = _run("pretrain", "--task", "vcop", "--set", "sampler.num_clip=3", "--explain")
+    assert rc == 2 and "vcop sampler: unknown option(s) num_clip" in out
+    rc, out = _run("pretrain", "--task", "tdl", "--set", "head.temperature=0", "--explain")
+    assert rc == 2 and "tdl head: temperature must be > 0, got 0" in out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
     rc, out = _run("robustness", "--checkpoint", __file__, "--videos-per-cell", "many")
     assert rc == 2 and "--videos-per-cell 'many'" in out
     rc, out = _run("distill", "--student", "r21d", "--student-checkpoint", "/nope.pt")

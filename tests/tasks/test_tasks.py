@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 
 import pytest
 import torch
@@ -98,6 +99,32 @@ def test_loss_falls_tiny_backbone(name):
         head.queue.keys.copy_(initial_queue)
     after = _eval_loss(name, bb, head, probe)
     assert after < 0.8 * before, (name, before, after)
+
+
+def test_head_ranges_name_real_options_and_refuse_bad_values():
+    """Every task's HEAD_RANGES names parameters of its build_head and known rules; values out
+    of range (or of the wrong type) are a ValueError naming the option, value and range."""
+    from dalivssl.tasks import RULES, check_head_values
+
+    for name, mod in TASKS.items():
+        params = inspect.signature(mod.build_head).parameters
+        for key, rule in getattr(mod, "HEAD_RANGES", {}).items():
+            assert key in params and rule in RULES, (name, key)
+    assert getattr(TASKS["rspnet"], "HEAD_RANGES")["queue_size"] == "int>=1"  # MoCo's, shared
+    for task, key, bad, words in [("tdl", "queue_size", 0, ">= 1"),
+                                  ("tdl", "temperature", 0.0, "> 0"),
+                                  ("rspnet", "momentum", 1.0, "in [0, 1)"),
+                                  ("rspnet", "margin", -1, ">= 0"),
+                                  ("vcop", "dropout", 1.5, "in [0, 1)"),
+                                  ("cvrl", "layers", 2.5, "an integer"),
+                                  ("videomae", "decoder_depth", 0, ">= 1"),
+                                  ("prp", "width", "wide", "an integer"),
+                                  ("tdl", "temperature", True, "a number")]:
+        with pytest.raises(ValueError, match=rf"{task} head: {key} must be "
+                                             rf"{re.escape(words)}, got {re.escape(repr(bad))}"):
+            check_head_values(task, {key: bad})
+    check_head_values("tdl", {"queue_size": 500, "temperature": 0.07, "momentum": 0.999})
+    check_head_values("rotnet", {"dropout": 0.0, "num_classes": 4})
 
 
 def test_vcop_head_pairs_and_classes():

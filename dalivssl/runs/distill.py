@@ -214,9 +214,13 @@ def _summary(run_dir) -> dict:
             "teachers": teachers, "out": Path(run_dir)}
 
 
-def _metrics(run_dir) -> dict:
-    """What the study reads of a distillation: the student's video top-1."""
-    return {"top1": _summary(run_dir)["accuracy"]}
+def _metrics(run_dir) -> list[dict]:
+    """What the study reads of a distillation: [{metric 'top1', value}], the student's video
+    top-1 in its distill.h5."""
+    from dalivssl.results import ResultsFile
+
+    with ResultsFile(Path(run_dir) / RESULTS_NAME, "r") as rf:
+        return [{"metric": "top1", "value": float(rf.read("eval", "accuracy"))}]
 
 
 SPEC = RunSpec(name="distill", config=DistillConfig, artifact="checkpoint.pt",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -164,6 +165,17 @@ def _stored(out_dir, step: int, batches: int, name: str) -> dict:
             "skipped": {"test videos skipped": skipped} if skipped else {}, "name": name}
 
 
+def _metrics(run_dir) -> list[dict]:
+    """What the study reads of a finetuning or probe: [{metric 'clip_top1' | 'video_top1',
+    value}] from its finetune.h5."""
+    from dalivssl.results import ResultsFile
+
+    with ResultsFile(Path(run_dir) / RESULTS_NAME, "r") as f:
+        return [{"metric": f"{m}_top1", "value": float(f.read("finetune", f"{m}_acc"))}
+                for m in ("clip", "video")]
+
+
 SPEC = RunSpec(name="finetune", config=FinetuneConfig, artifact="checkpoint.pt",
-               resume_keys=RESUME_KEYS, outputs=OUTPUTS, run=_run, check=_check)
+               resume_keys=RESUME_KEYS, outputs=OUTPUTS, run=_run, metrics=_metrics,
+               check=_check)
 PROBE = replace(SPEC, name="probe")

@@ -174,12 +174,14 @@ def _run(cfg: PretrainConfig, ctx) -> dict:
     return summary
 
 
-def _metrics(run_dir) -> dict:
-    """What the study reads of a pretraining: its summary."""
+def _metrics(run_dir) -> list[dict]:
+    """What the study reads of a pretraining: [{metric, value}] of its summary.json, the final
+    loss and the task's own metrics (``pretext_<name>``)."""
     from pathlib import Path
 
-    p = Path(run_dir) / "summary.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    s = json.loads((Path(run_dir) / "summary.json").read_text())
+    return [{"metric": "final_loss", "value": s.get("final_loss")}] + [
+        {"metric": f"pretext_{k}", "value": v} for k, v in (s.get("metrics") or {}).items()]
 
 
 SPEC = RunSpec(name="pretrain", config=PretrainConfig, artifact="checkpoint.pt",

@@ -28,7 +28,7 @@ from pathlib import Path
 from dalivssl.errors import DalivsslError
 from dalivssl.record import read_run_record
 from dalivssl.study.runner import PLAN_FILE, RUN_FILE, attempts, read_plan, run_done
-from dalivssl.study.spec import COLUMNS
+from dalivssl.study.spec import COLUMNS, STEP_COMMANDS
 
 FIELDS = ("study", "name", *COLUMNS, "metric", "noise", "severity", "value")
 GROUP = tuple(c for c in FIELDS if c not in ("name", "seed", "value"))
@@ -39,28 +39,14 @@ HEADLINE = {"finetune": "video_top1", "probe": "video_top1", "retrieve": "top1",
 
 # ------------------------------------------------------------------------------ reading
 def read_metrics(step: str, d: Path) -> list[dict]:
-    """[{metric, value[, noise, severity]}] of the finished run in ``d``; the commands on the run
-    driver say it themselves (``runs.spec(step).metrics``)."""
-    from dalivssl.results import ResultsFile
+    """[{metric, value[, noise, severity]}] of the finished run in ``d``, as its command's
+    RunSpec reads its own files (``runs.spec(step).metrics``; a probe is a finetune run)."""
+    from dalivssl.runs import spec
 
-    d = Path(d)
-    if step in ("retrieve", "robustness", "cka"):
-        from dalivssl.runs import spec
-
-        return spec(step).metrics(d)
-    if step == "pretrain":
-        s = json.loads((d / "summary.json").read_text())
-        rows = [{"metric": "final_loss", "value": s.get("final_loss")}]
-        return rows + [{"metric": f"pretext_{k}", "value": v}
-                       for k, v in (s.get("metrics") or {}).items()]
-    if step in ("finetune", "probe"):
-        with ResultsFile(d / "finetune.h5", "r") as f:
-            return [{"metric": m, "value": float(f.read("finetune", m.replace("_top1", "_acc")))}
-                    for m in ("clip_top1", "video_top1")]
-    if step == "distill":
-        with ResultsFile(d / "distill.h5", "r") as f:
-            return [{"metric": "top1", "value": float(f.read("eval", "accuracy"))}]
-    raise DalivsslError(f"unknown step {step!r}")
+    command = STEP_COMMANDS.get(step)
+    if command is None:
+        raise DalivsslError(f"unknown step {step!r}")
+    return spec(command).metrics(Path(d))
 
 
 def collect(out, warn=None) -> list[dict]:

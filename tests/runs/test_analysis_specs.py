@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from dalivssl.errors import DalivsslError
 from dalivssl.results import ResultsFile
 
 
@@ -251,3 +252,17 @@ def test_cka_default_dir_for_two_checkpoints_of_one_run_name(tiny_synth, tmp_pat
     cfg, inputs = prepare(CKAConfig(checkpoints=(paths[0], paths[0]),
                                     data=str(tiny_synth["train"])))
     assert cfg.out == "runs/cka/ft_rotnet_vs_ft_rotnet"
+
+
+def test_every_study_step_reads_its_metrics_through_its_spec(tmp_path):
+    """The study knows no output layout: every step's rows come from its command's RunSpec."""
+    from dalivssl.runs import spec
+    from dalivssl.study.results import read_metrics
+    from dalivssl.study.spec import STEP_COMMANDS
+
+    assert all(callable(spec(c).metrics) for c in STEP_COMMANDS.values())
+    (tmp_path / "summary.json").write_text('{"final_loss": 1.5, "metrics": {"acc": 0.25}}')
+    assert read_metrics("pretrain", tmp_path) == [
+        {"metric": "final_loss", "value": 1.5}, {"metric": "pretext_acc", "value": 0.25}]
+    with pytest.raises(DalivsslError, match="unknown step 'nope'"):
+        read_metrics("nope", tmp_path)

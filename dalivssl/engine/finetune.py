@@ -100,14 +100,15 @@ class ClassifierTask(nn.Module):
 
 def build_optimizer(model: Classifier, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """SGD momentum (VCOP's finetuning) or AdamW; the probe optimises the head only."""
-    from dalivssl.engine.trainer import make_optimizer
+    from dalivssl.engine.optim import OptimSpec, make_optimizer
 
-    cfg = cfg.resolved().check()
+    cfg = cfg.resolved().check()  # the optimiser's name and values are checked here
     groups = [{"params": list(model.head.parameters()), "lr": cfg.lr * cfg.head_lr_mult}]
     if not model.frozen:
         groups.insert(0, {"params": [p for p in model.backbone.parameters() if p.requires_grad],
                           "lr": cfg.lr})
-    return make_optimizer(groups, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    return make_optimizer(groups, OptimSpec(name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
+                                            weight_decay=cfg.weight_decay))
 
 
 def checkpoint_fields(model: Classifier, record, classes, cfg: FinetuneConfig,

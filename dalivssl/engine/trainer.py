@@ -22,7 +22,7 @@ from dalivssl.engine.fit import LRFactor, make_scheduler, seed_all
 from dalivssl.engine.optim import build_optimizer, resolve_optim
 from dalivssl.errors import DalivsslError
 
-__all__ = ["TaskModel", "make_optimizer", "LRFactor", "RESUME_KEYS"]
+__all__ = ["TaskModel", "LRFactor", "RESUME_KEYS"]
 
 # settings a resumed pretraining must share with the stored run (anything else, e.g. more
 # steps, is honoured and stated)
@@ -50,19 +50,6 @@ class TaskModel(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- optimiser
-def make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float,
-                   betas=(0.9, 0.999)):
-    """``name`` in OPTIMIZERS over ``params`` (tensors or param groups); SGD uses ``momentum``,
-    AdamW ``betas`` (``engine.optim.make_optimizer`` of that :class:`OptimSpec`)."""
-    from dalivssl.engine.optim import OptimSpec, make_optimizer as build
-
-    try:
-        spec = OptimSpec(name, lr, momentum, betas, weight_decay)
-    except ValueError as exc:  # an unknown optimiser: one line, as the config's own checks
-        raise DalivsslError(str(exc)) from None
-    return build(params, spec)
-
-
 def build_scheduler(optimizer, opt: dict, total_steps: int):
     return make_scheduler(optimizer, opt["schedule"], total_steps, opt["warmup_steps"],
                           opt["milestones"], opt["gamma"], opt["min_lr_ratio"])

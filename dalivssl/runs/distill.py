@@ -98,7 +98,7 @@ def _run(cfg: DistillConfig, ctx) -> dict:
     from dalivssl.engine import distill as D
     from dalivssl.engine.finetune import Classifier
     from dalivssl.engine.fit import FitConfig, fit, loss_summary, make_scheduler, restore, seed_all
-    from dalivssl.engine.trainer import make_optimizer
+    from dalivssl.engine.optim import OptimSpec, make_optimizer
     from dalivssl.plots import plot_distill
 
     dev, dist, out = ctx.device, ctx.dist, ctx.run_dir
@@ -125,7 +125,7 @@ def _run(cfg: DistillConfig, ctx) -> dict:
     check_input_size(student.backbone, clip.clip_len, clip.size, cfg.arch)
     task = D.DistillTask(student, [*t_models, *t_files], clip.normalize, cfg.temperature,
                          cfg.alpha, cfg.kd_loss, record=record, classes=classes, config=cfg)
-    optimizer = make_optimizer(student.parameters(), "adamw", cfg.lr, 0.0, 0.0)
+    optimizer = make_optimizer(student.parameters(), OptimSpec(name="adamw", lr=cfg.lr))
     loader = make_loader("eval", manifest, str(data_path), batch_size=cfg.batch_size,
                          device=cfg.device, clip_len=clip.clip_len, size=clip.size,
                          seed=cfg.seed, augment=True, drop_last=True, raw=True, num_clips=1,

@@ -223,21 +223,26 @@ def load_logits_teacher(path, manifest, data_classes, device, data_path=None) ->
 
 
 # ------------------------------------------------------------------------------- running
+def video_outputs(model, loader, normalize: str, device, gather: bool = False):
+    """``engine.features.VideoOutputs`` of a classifier on a raw loader (uint8 batches
+    (B, K, T, H, W, C), normalised with ``normalize``); ``gather``: all torchrun ranks' shards."""
+    from dalivssl.engine.features import model_logits, normalized_batches
+
+    return model_logits(model, normalized_batches(loader, normalize, device), device,
+                        gather=gather)
+
+
 def video_logits(model, loader, normalize: str, device) -> tuple[np.ndarray, np.ndarray]:
     """Video-level logits: the mean over each video's K eval clips. ``loader`` yields raw uint8
     batches (B, K, T, H, W, C). -> (logits (N, C) float32, manifest indices (N,) ascending;
     a video the loader repeats is kept once)."""
-    from dalivssl.engine.features import model_logits, normalized_batches
-
-    out = model_logits(model, normalized_batches(loader, normalize, device), device)
+    out = video_outputs(model, loader, normalize, device)
     return out.video, out.indices
 
 
-def accuracy(model, loader, normalize: str, device) -> tuple[float, int]:
-    """Top-1 video accuracy (logits averaged over clips) -> (accuracy, videos)."""
-    logits, idx = video_logits(model, loader, normalize, device)
-    targets = np.array([int(loader.records[i].label) for i in idx])
-    return float(np.mean(logits.argmax(1) == targets)), int(len(idx))
+def top1(out) -> tuple[float, int]:
+    """(video top-1 of the clip-averaged outputs, videos) of ``VideoOutputs``."""
+    return float(np.mean(out.video.argmax(1) == out.targets)), len(out)
 
 
 class DistillTask(torch.nn.Module):
@@ -302,14 +307,14 @@ class DistillTask(torch.nn.Module):
 
 
 # ------------------------------------------------------------------------------ evaluation
-def teacher_accuracy(teacher, loader) -> tuple[float, int]:
+def teacher_accuracy(teacher, loader, gather: bool = False) -> tuple[float, int]:
     """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video, the
-    same :func:`dalivssl.engine.features.extract` every evaluation uses)."""
+    same :func:`dalivssl.engine.features.extract` every evaluation uses; ``gather``: its)."""
     from dalivssl.engine.features import extract
 
     # extract hands the B·K clips as (N, T, H, W, C); the teacher takes (N, 1, T, H, W, C) raw
-    out = extract(lambda x: teacher(x[:, None], None), loader, keep_clips=False)
-    return float(np.mean(out.video.argmax(1) == out.targets)), len(out)
+    return top1(extract(lambda x: teacher(x[:, None], None), loader, keep_clips=False,
+                        gather=gather))
 
 
 def student_backbone(cfg):

@@ -86,3 +86,19 @@ def all_gather_object(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
+
+
+def broadcast_from_main(module) -> None:
+    """Copy rank 0's parameters and buffers into ``module`` on every rank (a no-op without a
+    process group). DDP broadcasts buffers at the start of each forward and the training forward
+    then updates BN running statistics from the rank's own batch, so after training the ranks'
+    statistics differ; a sharded evaluation must score rank 0's model, the one checkpointed."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for t in module.state_dict().values():  # detached views of the live tensors
+            if isinstance(t, torch.Tensor):
+                dist.broadcast(t, src=0)

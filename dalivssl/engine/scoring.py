@@ -56,20 +56,23 @@ class EvalResult:
     targets: np.ndarray  # V
     indices: np.ndarray  # V manifest positions
     confusion: np.ndarray  # C×C
+    per_rank: tuple[int, ...] = ()  # videos each torchrun rank evaluated (() in one process)
 
 
 def evaluate(model: nn.Module, batches: Iterable, num_classes: int, device="cpu",
-             on_batch=None) -> EvalResult:
-    """Clip- and video-level top-1 of ``model`` over eval batches (K clips per video)."""
+             on_batch=None, gather: bool = False) -> EvalResult:
+    """Clip- and video-level top-1 of ``model`` over eval batches (K clips per video).
+    ``gather``: under torchrun each rank passes its shard and scores all the ranks' videos
+    (``engine.features.gather_outputs``)."""
     from dalivssl.engine.features import model_logits
 
-    out = model_logits(model, batches, device, on_batch)
+    out = model_logits(model, batches, device, on_batch, gather)
     if (out.targets < 0).any():
         raise DalivsslError("test videos without labels (label -1): cannot score accuracy")
     pred = video_predictions(out.clips)
     return EvalResult(clip_accuracy(out.clips, out.targets), video_accuracy(out.clips, out.targets),
                       out.clips, pred, out.targets, out.indices,
-                      confusion_matrix(pred, out.targets, num_classes))
+                      confusion_matrix(pred, out.targets, num_classes), out.per_rank)
 
 
 def write_results(path: Path, record, cfg, data, history: list[dict], r: EvalResult,

@@ -93,7 +93,8 @@ def _run(cfg: DistillConfig, ctx) -> dict:
     import torch
 
     from dalivssl import record as rec
-    from dalivssl.engine.features import check_input_size, eval_loader, make_loader
+    from dalivssl.engine.features import (check_input_size, eval_loader, gather_skipped,
+                                          make_loader, shard_line)
     from dalivssl.devices import dali_threads
     from dalivssl.engine import distill as D
     from dalivssl.engine.finetune import Classifier
@@ -152,20 +153,26 @@ def _run(cfg: DistillConfig, ctx) -> dict:
     test_loader = eval_loader(eval_manifest, cfg.eval_clips, cfg.batch_size, clip.clip_len,
                               clip.size, device=cfg.device, seed=cfg.seed, raw=True,
                               num_threads=dali_threads(dev, cfg.dali_threads),
-                              where=str(eval_path))
-    acc, n_eval = D.accuracy(student, test_loader, clip.normalize, tdev)
-    teacher_acc = {t.record.name: D.teacher_accuracy(t, test_loader)[0] for t in t_models}
+                              where=str(eval_path), shard=(dist.rank, dist.world))
+    # under torchrun each rank scores its shard of the eval videos; all get every rank's
+    scored = D.video_outputs(student, test_loader, clip.normalize, tdev, gather=dist.enabled)
+    acc, n_eval = D.top1(scored)
+    teacher_acc = {t.record.name: D.teacher_accuracy(t, test_loader, dist.enabled)[0]
+                   for t in t_models}
+    skipped = gather_skipped(test_loader)
     if dist.is_main:
+        if scored.per_rank:
+            _say(shard_line(scored.per_rank, n_eval, "eval videos"))
         record = record.marked(True)
         _write(out / RESULTS_NAME, record, cfg, res.history, acc, n_eval, eval_path,
-               teacher_acc, teachers, dict(getattr(test_loader, "skipped", {})))
+               teacher_acc, teachers, skipped)
         plot_distill(out / "distill.png", res.history, teachers, acc, n_eval, teacher_acc,
                      cfg.name, f"distill {record.describe()}")
         rec.write_run_record(out, record)
     first_loss, last_loss = loss_summary(res.losses)
     return {"name": cfg.name, "arch": cfg.arch, "step": res.step, "first_loss": first_loss,
             "last_loss": last_loss, "accuracy": acc, "videos": n_eval, "teachers": teacher_acc,
-            "out": out}
+            "out": out, "eval_per_rank": list(scored.per_rank)}
 
 
 def _write(path: Path, record, cfg, history, acc, n_eval, eval_path, teacher_acc,

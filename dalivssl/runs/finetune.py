@@ -127,24 +127,30 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
 
         test_batches = eval_loader(data.test, cfg.eval_clips, cfg.batch_size, cfg.clip_len,
                                    cfg.size, cfg.device, cfg.seed, cfg.normalize,
-                                   num_threads=loader_threads(cfg), where=data.test_path)
+                                   num_threads=loader_threads(cfg), where=data.test_path,
+                                   shard=(dist.rank, dist.world))
+    from dalivssl.engine.features import gather_skipped, shard_line
     from dalivssl.engine.scoring import evaluate, write_results
     from dalivssl.plots import plot_finetune
 
-    result = evaluate(model, test_batches, len(data.classes), device)
-    skipped = dict(getattr(test_batches, "skipped", {}) or {})
+    # under torchrun each rank scores its shard of the test videos; all get every rank's
+    result = evaluate(model, test_batches, len(data.classes), device, gather=dist.enabled)
+    skipped = gather_skipped(test_batches)
     epochs = math.ceil(res.step / len(loader))
     results_path = out_dir / RESULTS_NAME
     # the logged rows (those of a resumed run's earlier part were read back from its CSV: str)
     history = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in res.history]
     if dist.is_main:
+        if result.per_rank:
+            con.print(shard_line(result.per_rank, len(result.targets)), highlight=False)
         record = record.marked(True)  # the scores go to finetune.h5, not into the checkpoint
         write_results(results_path, record, cfg, data, history, result, skipped)
         plot_finetune(out_dir / "finetune.png", record, history, result, data.classes)
         rec.write_run_record(out_dir, record)
     return {"clip_acc": result.clip_acc, "video_acc": result.video_acc, "epochs": epochs,
             "step": res.step, "checkpoint": ckpt_path, "results": results_path,
-            "history": history, "skipped": skipped, "name": cfg.name}
+            "history": history, "skipped": skipped, "name": cfg.name,
+            "eval_per_rank": list(result.per_rank)}
 
 
 def _stored(out_dir, step: int, batches: int, name: str) -> dict:

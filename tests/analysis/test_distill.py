@@ -441,3 +441,25 @@ def test_distill_under_torchrun_ddp_two_cpu_processes_with_amp(tmp_path, tiny_sy
     rows = (out / "losses.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[1].split(",")[4] != ""  # one writer: 2 steps, one header
     assert p.stdout.count("student ") == 2  # each rank reports; rank 0 alone wrote the files
+    # the evaluation is sharded: 2 of the 3 (odd) eval videos per rank, gathered on every rank
+    assert p.stderr.count("evaluation sharded over 2 ranks: 2 + 2 eval videos evaluated "
+                          "(3 distinct)") == 1, p.stderr[-2000:]
+    assert p.stdout.count(" on 3 videos; teacher ") == 2
+    # ... and scores what one process scores on the checkpoint: the student and the teacher
+    from dalivssl.data.manifest import load_manifest
+    from dalivssl.engine.features import eval_loader
+    from dalivssl.engine.finetune import load_classifier
+    from dalivssl.results import ResultsFile
+
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    test = load_manifest(tiny_synth["test"])
+    loader = lambda: eval_loader(test, cfg["eval_clips"], 2, cfg["clip_len"],  # noqa: E731
+                                 cfg["size"], seed=cfg["seed"], raw=True)
+    student, _ = load_classifier(out / "checkpoint.pt")
+    acc, videos = D.top1(D.video_outputs(student, loader(), cfg["normalize"], "cpu"))
+    teacher = D.load_model_teacher(t1, D.manifest_classes(train_manifest), "cpu")
+    with ResultsFile(out / "distill.h5", "r") as rf:
+        assert (float(rf.read("eval", "accuracy")), rf.attrs("eval", "accuracy")["videos"]) == \
+            (acc, videos) == (acc, 3)
+        assert rf.read("eval", "teacher_accuracy").tolist() == \
+            [D.teacher_accuracy(teacher, loader())[0]]

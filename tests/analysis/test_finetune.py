@@ -340,19 +340,52 @@ def test_record_of_legacy_checkpoints_follows_the_pretext_task():
 
 @pytest.mark.slow
 def test_finetune_under_torchrun_ddp_two_cpu_processes(tmp_path, tiny_synth):
-    """The one engine's DDP path for finetuning: 2 gloo processes, sharded loader, one writer."""
+    """The one engine's DDP path for finetuning: 2 gloo processes, sharded loaders, one writer.
+    The evaluation is sharded too: each rank scores 2 of the 3 (odd) test videos, one of them the
+    padded repeat, and the gathered result is what one process computes on the checkpoint."""
+    import yaml
+
+    from dalivssl.data.manifest import load_manifest
     from dalivssl.engine.checkpoint import load_checkpoint
+    from dalivssl.engine.features import eval_loader
+    from dalivssl.engine.finetune import load_classifier
+    from dalivssl.engine.scoring import evaluate
+    from dalivssl.results import ResultsFile
 
     out = tmp_path / "ddp"
     p = run_torchrun(29533, "finetune", "--random-init", "--arch", "shufflenet", "--clip-len",
                      "16", "--size", "48", "--batch-size", "2", "--threads", "1", "--data",
                      tiny_synth["train"], "--test-data", tiny_synth["test"], "--max-steps", "2",
-                     "--eval-clips", "1", "--out", out, "--no-progress", timeout=300)
+                     "--eval-clips", "2", "--out", out, "--no-progress", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["step"] == 2 and ck["loader"]["shard"] == [0, 2]
     assert isinstance(ck["rng"], list) and len(ck["rng"]) == 2
     assert "optimizer" in ck and ck["record"]["status"] == "complete"  # final, still resumable
+    # rank 0 states the shards: 2 + 2 videos decoded and scored, 3 distinct (once, no drop)
+    assert p.stderr.count("evaluation sharded over 2 ranks: 2 + 2 test videos evaluated "
+                          "(3 distinct)") == 1, p.stderr[-2000:]
+    # the same checkpoint scored by one process on the whole test set
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    test = load_manifest(tiny_synth["test"])
+    model, _ = load_classifier(out / "checkpoint.pt")
+    one = evaluate(model, eval_loader(test, 2, 2, 16, 48, seed=cfg["seed"],
+                                      normalize=cfg["normalize"]), 3)
+    assert one.per_rank == () and len(one.targets) == 3
+    with ResultsFile(out / "finetune.h5", "r") as rf:
+        assert rf.attrs("finetune", "video_acc")["videos"] == 3
+        assert float(rf.read("finetune", "video_acc")) == one.video_acc
+        assert float(rf.read("finetune", "clip_acc")) == one.clip_acc
+        assert rf.read("predictions", "video_index").tolist() == one.indices.tolist() == [0, 1, 2]
+        assert rf.read("predictions", "video_target").tolist() == one.targets.tolist()
+        assert rf.read("predictions", "video_pred").tolist() == one.video_pred.tolist()
+        assert rf.read("predictions", "clip_pred").tolist() == \
+            one.clip_logits.argmax(-1).tolist()
+        assert rf.read("finetune", "confusion").tolist() == one.confusion.tolist()
+        np.testing.assert_allclose(rf.read("predictions", "video_logits"),
+                                   one.clip_logits.mean(axis=1), rtol=1e-4, atol=1e-5)
+        assert [str(v) for v in rf.read("predictions", "video_path")] == \
+            [r.path for r in test.records]
 
 
 def test_dependent_defaults_resolve_once_in_the_config():

@@ -44,17 +44,12 @@ def cli(data, arch, clip_len, size, clips_per_video, batch_size, forward_clips, 
     from rich.table import Table
 
     from dalivssl.engine import robustness as rb
-    from dalivssl.engine.features import torch_device
     from dalivssl.data.synth import resolve_manifest
-    from dalivssl.engine.features import check_input_size
     from dalivssl.devices import dali_threads as resolve_threads
-    from models import BACKBONES, create_backbone
+    from dalivssl.engine.features import check_arch, check_input_size, torch_device
+    from models import create_backbone
 
-    if arch not in BACKBONES:
-        from dalivssl.errors import unknown_name
-
-        raise unknown_name("architecture", arch, BACKBONES)
-    check_input_size(BACKBONES[arch], clip_len, size, arch)  # the declared minimum, first
+    check_input_size(check_arch(arch), clip_len, size, arch)  # the declared minimum, first
     threads = resolve_threads(device, dali_threads)
     tdev = torch.device(torch_device(device))
 

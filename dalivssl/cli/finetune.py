@@ -61,10 +61,8 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
     logits). Clip settings come from the checkpoint's run record unless overridden (stated on
     screen). Writes OUT/checkpoint.pt, record.json, finetune.h5, finetune_log.csv, finetune.png.
     """
-    from dataclasses import replace
     from pathlib import Path
 
-    from dalivssl import record as rec
     from dalivssl.config import FinetuneConfig, resolve
     from dalivssl.console import stderr_console
     from dalivssl.errors import DalivsslError
@@ -78,86 +76,32 @@ def finetune(checkpoint, random_init, arch, data, test_data, linear_probe, l2_no
                  test_data=test_data)
     cfg = resolve(FinetuneConfig, config_path, flags, sets)
     given = explicit_keys(config_path, flags, sets)  # what the user set, anywhere
-    checkpoint = cfg.pretrained
-    if bool(checkpoint) == bool(cfg.random_init):
+    if bool(cfg.pretrained) == bool(cfg.random_init):
         raise DalivsslError("give exactly one of --checkpoint PATH or --random-init --arch NAME")
     if cfg.random_init and "arch" not in given:
         raise DalivsslError("--random-init needs --arch")
-    cfg = cfg.resolved().check()
-    console = stderr_console()
+    from dalivssl.runs.finetune import prepare, run_finetune
 
-    import torch
-
-    from dalivssl.engine.finetune import resolve_data
-    from dalivssl.runs.finetune import run_finetune
-
-    torch.set_num_threads(cfg.threads)
-    fdata = resolve_data(cfg.data, cfg.test_data)  # bad manifests fail first, before any loading
-    from dalivssl.data.manifest import overlap_warning
-
-    warn = overlap_warning(fdata.train, fdata.test, fdata.train_path, fdata.test_path)
-    if warn:
-        console.print(f"[yellow]{warn}[/yellow]", highlight=False)
-    parent, ckpt = None, None
-    if checkpoint:
-        from dalivssl.engine.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(checkpoint)
-        if "arch" in given and ckpt.get("arch") != cfg.arch:
-            raise DalivsslError(f"{checkpoint}: checkpoint is for arch {ckpt.get('arch')!r}, not "
-                                f"{cfg.arch!r}")
-        parent = rec.record_of(ckpt, checkpoint)
-        cfg = replace(cfg, arch=ckpt["arch"], pretrained=str(Path(checkpoint).resolve()))
-    # clip settings: the checkpoint's record, under any given by a flag, --config or --set
-    clip = rec.resolve_clip(parent, {k: getattr(cfg, k) for k in ("clip_len", "size", "normalize")
-                                     if k in given},
-                            say=lambda s: console.print(s, highlight=False))
-    from models import BACKBONES
-
-    from dalivssl.engine.features import check_input_size
-
-    if cfg.arch not in BACKBONES:
-        from dalivssl.errors import unknown_name
-
-        raise unknown_name("architecture", cfg.arch, BACKBONES)
-    # the backbone's declared minimum input, before anything is built
-    check_input_size(BACKBONES[cfg.arch], clip.clip_len, clip.size, cfg.arch)
+    cfg, inputs, parent = prepare(cfg, given, build=not explain)
     if explain:
         from dalivssl.engine.explain import explain_finetune
 
-        click.echo(explain_finetune(replace(cfg, clip_len=clip.clip_len, size=clip.size,
-                                            normalize=clip.normalize), fdata, parent))
+        click.echo(explain_finetune(cfg, inputs["data"], parent))
         return
-    if ckpt is not None:
-        from dalivssl.engine.checkpoint import load_backbone
-
-        backbone, _ = load_backbone(checkpoint, device="cpu")
-        backbone_kwargs = dict(ckpt.get("backbone_kwargs") or {})
-    else:
-        from models import create_backbone
-
-        torch.manual_seed(cfg.seed)
-        backbone, backbone_kwargs = create_backbone(cfg.arch), {}
-    check_input_size(backbone, clip.clip_len, clip.size, cfg.arch)
-    cfg = replace(cfg, clip_len=clip.clip_len, size=clip.size, normalize=clip.normalize,
-                  **stored_data(cfg, fdata))
-    from dalivssl.engine.finetune import default_name
-
-    cfg = replace(cfg, name=cfg.name or default_name(cfg, parent))
+    fdata, console = inputs["data"], stderr_console()
     out = Path(out or Path("runs/finetune") / cfg.name)
-    console.print(f"{cfg.name}: {cfg.arch} at {clip.clip_len}×{clip.size}² {clip.normalize}, "
+    console.print(f"{cfg.name}: {cfg.arch} at {cfg.clip_len}×{cfg.size}² {cfg.normalize}, "
                   f"{'linear probe' if cfg.linear_probe else 'finetune'}"
                   f"{' from ' + parent.name if parent else ' from random init'} → {out}",
                   highlight=False)
-    res = run_finetune(cfg, fdata, backbone, out, resume=resume, overwrite=overwrite,
-                       backbone_kwargs=backbone_kwargs)
+    res = run_finetune(cfg, out_dir=out, resume=resume, overwrite=overwrite, **inputs)
 
     from rich.table import Table
 
     from dalivssl.console import stdout_console
 
     table = Table(title=f"{'linear probe' if cfg.linear_probe else 'finetune'} {cfg.name} "
-                        f"({cfg.arch}, {'pretrained' if checkpoint else 'random init'})")
+                        f"({cfg.arch}, {'pretrained' if cfg.pretrained else 'random init'})")
     for col in ("train videos", "test videos", "skipped", "epochs", "steps", "clip top-1",
                 "video top-1"):
         table.add_column(col, justify="right")
@@ -175,17 +119,3 @@ def explicit_keys(config_path, flags: dict, sets) -> set:
 
     keys = {k for k, v in flags.items() if v is not None} | set(parse_set(sets))
     return keys | set(load_yaml(config_path)) if config_path else keys
-
-
-def stored_data(cfg, fdata) -> dict:
-    """data / test_data as the run's config.yaml keeps them: absolute paths of the manifests it
-    used (the embedded dataset's too), test_data only where it was given, so that ``--config``
-    replays the same split."""
-    from pathlib import Path
-
-    def absolute(p):
-        return str(Path(p).resolve())
-
-    test = cfg.test_data if cfg.data else fdata.test_path
-    return dict(data=absolute(fdata.train_path), test_data=absolute(test) if test else None)
-

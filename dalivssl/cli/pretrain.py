@@ -106,11 +106,6 @@ def _validate_names(cfg) -> None:
 def _check_arch(cfg) -> None:
     """An unknown arch, or clips smaller than the arch declares it takes (``min_input``): one
     line, before anything is built (imports the models, not DALI)."""
-    from models import BACKBONES
+    from dalivssl.engine.features import check_arch, check_input_size
 
-    from dalivssl.engine.features import check_input_size
-    from dalivssl.errors import unknown_name
-
-    if cfg.arch not in BACKBONES:
-        raise unknown_name("architecture", cfg.arch, BACKBONES)
-    check_input_size(BACKBONES[cfg.arch], cfg.clip_len, cfg.size, cfg.arch)
+    check_input_size(check_arch(cfg.arch), cfg.clip_len, cfg.size, cfg.arch)

@@ -309,7 +309,8 @@ class DistillTask(torch.nn.Module):
 # ------------------------------------------------------------------------------ evaluation
 def teacher_accuracy(teacher, loader, gather: bool = False) -> tuple[float, int]:
     """Video top-1 of a live teacher on a raw eval loader (clip logits averaged per video, the
-    same :func:`dalivssl.engine.features.extract` every evaluation uses; ``gather``: its)."""
+    same :func:`dalivssl.engine.features.extract` every evaluation uses; ``gather``: over all
+    torchrun ranks' shards, a collective)."""
     from dalivssl.engine.features import extract
 
     # extract hands the B·K clips as (N, T, H, W, C); the teacher takes (N, 1, T, H, W, C) raw

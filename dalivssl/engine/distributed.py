@@ -87,7 +87,6 @@ def all_gather_object(obj) -> list:
     return out
 
 
-
 def broadcast_from_main(module) -> None:
     """Copy rank 0's parameters and buffers into ``module`` on every rank (a no-op without a
     process group). DDP broadcasts buffers at the start of each forward and the training forward

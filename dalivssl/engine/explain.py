@@ -21,9 +21,9 @@ def demo_note(demo: dict) -> str:
             f"in minutes. With --data every task runs with its original's settings.")
 
 
-def settings(cfg) -> tuple[dict, dict]:
-    """({setting name: value this run uses}, demo-preset values in effect) for ``cfg`` (a
-    PretrainConfig), resolved as the trainer resolves them (one process)."""
+def settings(cfg) -> tuple[dict, dict, object]:
+    """({setting name: value this run uses}, demo-preset values in effect, the sampler) for
+    ``cfg`` (a PretrainConfig), resolved and checked as the trainer does (one process)."""
     from dalivssl.engine.optim import resolve_optim
     from dalivssl.engine.trainer import check_task_options
     from dalivssl.tasks import get_task, head_context, resolve_options
@@ -47,7 +47,7 @@ def settings(cfg) -> tuple[dict, dict]:
     for prefix, vals in (("sampler", sampler_vals), ("head", head_vals),
                          ("backbone", backbone_vals)):
         out.update({f"{prefix}.{k}": v for k, v in vals.items()})
-    return out, opts["demo"]
+    return out, opts["demo"], sampler
 
 
 def _backbone_defaults(arch: str) -> dict:
@@ -122,13 +122,9 @@ def explain(cfg) -> str:
 
     from dalivssl.tasks import get_task
 
-    from dalivssl.engine.trainer import check_task_options
-    from dalivssl.tasks import resolve_options
-
     task = get_task(cfg.task)
-    sampler = check_task_options(cfg, resolve_options(cfg))
-    vals, demo = settings(cfg)
-    paper, _ = settings(dataclasses.replace(cfg, protocol="paper"))
+    vals, demo, sampler = settings(cfg)
+    paper, _, _ = settings(dataclasses.replace(cfg, protocol="paper"))
     original = dict(getattr(task, "ORIGINAL", {}))
     for k, v in _backbone_defaults(cfg.arch).items():  # the original: the reference default
         original.setdefault(f"backbone.{k}", v)

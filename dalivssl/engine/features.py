@@ -206,6 +206,18 @@ def make_loader(task: str, manifest, where: str = "", **kw):
         raise DalivsslError(f"{where or 'loader'}: {exc}") from None
 
 
+def check_arch(arch: str):
+    """The backbone class of ``arch`` (``models.BACKBONES``); one line with the valid names
+    otherwise."""
+    from models import BACKBONES
+
+    if arch not in BACKBONES:
+        from dalivssl.errors import unknown_name
+
+        raise unknown_name("architecture", arch, BACKBONES)
+    return BACKBONES[arch]
+
+
 def check_input_size(backbone, clip_len: int, size: int, arch: str = "") -> None:
     """Fail early, in one line, when clips are smaller than the backbone can take."""
     t, h, w = getattr(backbone, "min_input", (1, 1, 1))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -252,7 +251,8 @@ def restore(ckpt: dict, model, optimizer, scheduler, loader, rank: int = 0) -> i
 
 def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
         checkpoint_fields: Callable[[], dict], net=None, dist=None, device="cpu",
-        start_step: int = 0, stage_fields: Callable[[int], dict] | None = None) -> FitResult:
+        start_step: int = 0, stage_fields: Callable[[int], dict] | None = None,
+        start_losses=None) -> FitResult:
     """Train ``model`` for ``cfg.total_steps`` optimiser steps from ``start_step``.
 
     model: nn.Module, ``forward(batch) -> {'loss': scalar tensor, other scalars...}``.
@@ -262,7 +262,8 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     the final save — and weights); ``fit`` adds
     optimiser, scheduler, rng, loader, step and epoch. Checkpoints go to ``run_dir/checkpoint.pt``.
     stage_fields: (epoch) -> the fields of a kept stage ``run_dir/epoch_<E>.pt`` (its own,
-    complete record), written after each step of ``cfg.keep``.
+    complete record), written after each step of ``cfg.keep``. start_losses: the ``losses`` of
+    the checkpoint a resumed run was restored from (its summary then covers the whole run).
     """
     from dalivssl.engine import distributed
     from dalivssl.record import versions
@@ -289,7 +290,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
     log = RunLog(run_dir / cfg.log_name, step, cfg.tensorboard) if is_main else None
     kill_at = faults.kill_step()  # the kill/resume tests' hook (engine.faults)
     # a resumed run's summary covers the whole run: the losses before ``start_step`` come back
-    res = FitResult(step=step, losses=_resumed_losses(ckpt_path, step) if is_main else [])
+    res = FitResult(step=step, losses=_resumed_losses(start_losses, step) if is_main else [])
     wait_total = busy_total = window_wait = window_time = 0.0
     window_steps = 0
     t_start = time.perf_counter()
@@ -374,10 +375,7 @@ def fit(model, loader, optimizer, scheduler, cfg: FitConfig, run_dir: Path,
                     raise Interrupted(f"{cfg.label}: {name} at step {step} of {cfg.total_steps}; "
                                       f"checkpoint saved to {ckpt_path}; to go on, rerun the same "
                                       "command with --resume", signals.signum)
-                if kill_at and step == kill_at:
-                    import signal
-
-                    os.kill(os.getpid(), signal.SIGKILL)
+                faults.after_step(step, kill_at)
                 if step >= cfg.total_steps:
                     break
                 t0 = time.perf_counter()
@@ -411,16 +409,10 @@ def keep_steps(keep_epochs, steps_per_epoch: int) -> dict:
     return {int(e) * int(steps_per_epoch): int(e) for e in keep_epochs}
 
 
-def _resumed_losses(ckpt_path: Path, step: int) -> list:
-    """The per-step losses of steps 1..``step`` stored in the checkpoint a run resumes from
-    (memory-mapped: the weights are not read); [] for a fresh run or an older checkpoint."""
-    if step <= 0 or not ckpt_path.is_file():
-        return []
-    try:
-        stored = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("losses")
-    except Exception:  # unreadable: restore() has already said so, or the summary just starts later
-        return []
-    return stored.tolist() if stored is not None and len(stored) == step else []
+def _resumed_losses(stored, step: int) -> list:
+    """The per-step losses of steps 1..``step`` from the checkpoint a run resumes from (its
+    ``losses``); [] for a fresh run or an older checkpoint that has none."""
+    return stored.tolist() if step > 0 and stored is not None and len(stored) == step else []
 
 
 def loss_summary(losses: list) -> tuple[float, float]:

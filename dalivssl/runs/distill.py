@@ -149,7 +149,7 @@ def _run(cfg: DistillConfig, ctx) -> dict:
                         amp=cfg.amp, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                         progress=cfg.progress, items_per_step=cfg.batch_size * dist.world),
               out, task.run_state, net=task.prepare_distributed(dist), dist=dist, device=tdev,
-              start_step=step)
+              start_step=step, start_losses=(old or {}).get("losses"))
     test_loader = eval_loader(eval_manifest, cfg.eval_clips, cfg.batch_size, clip.clip_len,
                               clip.size, device=cfg.device, seed=cfg.seed, raw=True,
                               num_threads=dali_threads(dev, cfg.dali_threads),

@@ -42,6 +42,70 @@ def run_finetune(cfg: FinetuneConfig, data: FinetuneData, backbone: nn.Module, o
                    backbone_kwargs=backbone_kwargs)
 
 
+def prepare(cfg: FinetuneConfig, given=frozenset(), build: bool = True):
+    """The inputs, checked and loaded before the run dir is touched: the manifests (bad ones
+    fail first), the pretrained checkpoint (read once: its arch, record and weights), the clip
+    settings (``record.resolve_clip``: the record's, under those the user gave, ``given``), the
+    arch's minimum input, the backbone (``build``; not for ``--explain``), the stored data paths
+    and the name. Returns (cfg resolved, the inputs of :func:`run_finetune`, parent record)."""
+    from dalivssl import record as rec
+    from dalivssl.console import stderr_console
+    from dalivssl.data.manifest import overlap_warning
+    from dalivssl.engine import checkpoint as ck
+    from dalivssl.engine.features import check_arch, check_input_size
+    from dalivssl.engine.finetune import resolve_data
+
+    cfg = cfg.resolved().check()
+    say = stderr_console().print
+    torch.set_num_threads(cfg.threads)
+    data = resolve_data(cfg.data, cfg.test_data)
+    warn = overlap_warning(data.train, data.test, data.train_path, data.test_path)
+    if warn:
+        say(f"[yellow]{warn}[/yellow]", highlight=False)
+    parent, ckpt = None, None
+    if cfg.pretrained:
+        ckpt = ck.load_checkpoint(cfg.pretrained)
+        if "arch" in given and ckpt.get("arch") != cfg.arch:
+            raise DalivsslError(f"{cfg.pretrained}: checkpoint is for arch {ckpt.get('arch')!r}, "
+                                f"not {cfg.arch!r}")
+        parent = rec.record_of(ckpt, cfg.pretrained)
+        cfg = replace(cfg, arch=ckpt["arch"], pretrained=str(Path(cfg.pretrained).resolve()))
+    clip = rec.resolve_clip(parent, {k: getattr(cfg, k) for k in ("clip_len", "size", "normalize")
+                                     if k in given}, say=lambda s: say(s, highlight=False))
+    check_input_size(check_arch(cfg.arch), clip.clip_len, clip.size, cfg.arch)
+    cfg = replace(cfg, clip_len=clip.clip_len, size=clip.size, normalize=clip.normalize)
+    inputs = {"data": data}
+    if build:
+        if ckpt is not None:
+            try:
+                backbone = ck.build_backbone_from(ckpt, "cpu").eval()
+            except RuntimeError as exc:  # as engine.checkpoint.load_backbone says it
+                raise DalivsslError(f"{cfg.pretrained}: backbone weights do not fit "
+                                    f"{ckpt['arch']!r} ({str(exc).splitlines()[0][:120]})"
+                                    ) from None
+            kwargs = dict(ckpt.get("backbone_kwargs") or {})
+        else:
+            from models import create_backbone
+
+            torch.manual_seed(cfg.seed)
+            backbone, kwargs = create_backbone(cfg.arch), {}
+        check_input_size(backbone, clip.clip_len, clip.size, cfg.arch)  # its own kwargs' minimum
+        inputs.update(backbone=backbone, backbone_kwargs=kwargs)
+    cfg = replace(cfg, **stored_data(cfg, data))
+    return replace(cfg, name=cfg.name or default_name(cfg, parent)), inputs, parent
+
+
+def stored_data(cfg, data) -> dict:
+    """data / test_data as the run's config.yaml keeps them: absolute paths of the manifests it
+    used (the embedded dataset's too), test_data only where it was given, so that ``--config``
+    replays the same split."""
+    def absolute(p):
+        return str(Path(p).resolve())
+
+    test = cfg.test_data if cfg.data else data.test_path
+    return dict(data=absolute(data.train_path), test_data=absolute(test) if test else None)
+
+
 def _check(cfg: FinetuneConfig, dev) -> None:
     cfg.resolved().check()
 
@@ -121,7 +185,7 @@ def _run(cfg, ctx, data, backbone, train_batches=None, test_batches=None,
                      ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, progress=cfg.progress,
                      tensorboard=True, items_per_step=cfg.batch_size * dist.world)
     res = fit(task, loader, optimizer, scheduler, fcfg, out_dir, fields, net=net, dist=dist,
-              device=device, start_step=step)
+              device=device, start_step=step, start_losses=(old or {}).get("losses"))
     if test_batches is None:
         from dalivssl.engine.features import eval_loader
 

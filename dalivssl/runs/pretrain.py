@@ -26,15 +26,11 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, overwrite: bool = False)
 
 
 def _check(cfg: PretrainConfig, dev) -> None:
-    from models import BACKBONES
-
+    from dalivssl.engine.features import check_arch
     from dalivssl.tasks import get_task
 
     get_task(cfg.task)
-    if cfg.arch not in BACKBONES:
-        from dalivssl.errors import unknown_name
-
-        raise unknown_name("architecture", cfg.arch, BACKBONES)
+    check_arch(cfg.arch)
     if cfg.batch_size < 2:
         raise DalivsslError(f"batch_size must be >= 2 (BatchNorm, contrastive negatives), got "
                             f"{cfg.batch_size}")
@@ -148,7 +144,8 @@ def _run(cfg: PretrainConfig, ctx) -> dict:
                      progress=cfg.progress, items_per_step=clips_per_step,
                      keep=keep_steps(cfg.keep_epochs, len(loader)))
     res = fit(model, loader, optimizer, scheduler, fcfg, run_dir, fields, net=net, dist=dist,
-              device=torch.device(dist.device), start_step=step, stage_fields=stage)
+              device=torch.device(dist.device), start_step=step, stage_fields=stage,
+              start_losses=(ckpt or {}).get("losses"))
     first, last = loss_summary(res.losses)
     summary = {
         "name": record.name, "task": cfg.task, "arch": cfg.arch, "steps": res.step,

@@ -18,6 +18,7 @@ from dalivssl.engine.faults import KILL_ENV
 from dalivssl.engine.optim import resolve_optim
 from dalivssl.engine.trainer import LRFactor
 from dalivssl.tasks import TASKS
+from tests.conftest import run_torchrun
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,12 +142,10 @@ def test_resume_after_kill_is_bitwise_identical(tiny_synth, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_agree(tiny_synth, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29531", "-m", "dalivssl", "pretrain", "--task", "cvrl", "--arch",
-           "r21d", "--clip-len", "8", "--size", "32", "--batch-size", "2", "--threads", "1",
-           "--data", str(tiny_synth["train"]), "--max-steps", "2", "--out", str(out),
-           "--no-progress", "--set", "tensorboard=false", "--set", "head.hidden=64"]
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    p = run_torchrun(29531, "pretrain", "--task", "cvrl", "--arch", "r21d", "--clip-len", "8",
+                     "--size", "32", "--batch-size", "2", "--threads", "1", "--data",
+                     tiny_synth["train"], "--max-steps", "2", "--out", out, "--no-progress",
+                     "--set", "tensorboard=false", "--set", "head.hidden=64", timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2

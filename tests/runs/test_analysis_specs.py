@@ -178,13 +178,10 @@ def test_cka_resume_never_replaces_the_map_with_other_inputs(runs, ckpts, tiny_s
 def test_the_study_reads_metrics_from_each_spec(runs):
     import csv
 
-    from dalivssl.runs import spec
     from dalivssl.study.results import read_metrics
 
     root = runs["root"]
     rows = {s: read_metrics(s, root / s) for s in ("retrieve", "robustness", "cka")}
-    for s, got in rows.items():
-        assert got == spec(s).metrics(root / s)
     table = list(csv.DictReader(open(root / "retrieve" / "retrieval.csv")))
     assert [r["metric"] for r in rows["retrieve"]] == ["top1", "top5"]
     assert [r["value"] for r in rows["retrieve"]] == pytest.approx(
